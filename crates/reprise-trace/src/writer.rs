@@ -251,6 +251,18 @@ impl<R: Row> DatasetWriter<R> {
         Ok(std::mem::take(&mut self.summary))
     }
 
+    /// Abandons the output after a failure upstream: the open `*.tmp` part is deleted so no
+    /// partial file looks complete. Parts finished earlier are kept.
+    pub fn abort(mut self) {
+        self.failed = true;
+        if let Some(part) = self.part.take() {
+            drop(part.writer);
+            if let Err(e) = fs::remove_file(&part.tmp) {
+                tracing::warn!("removing {} failed: {e}", part.tmp.display());
+            }
+        }
+    }
+
     fn close_inner(&mut self) -> Result<()> {
         self.check_usable()?;
         self.encode_pending()?;
