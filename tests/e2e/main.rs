@@ -1,1 +1,7 @@
+//! End-to-end tests: drive the real `reprise` binary on real data (the shipped sample trace,
+//! the public traces in `../shared/data`, and small fixtures).
 
+mod support;
+
+mod cli;
+mod import_inspect;

@@ -1,1 +1,106 @@
-fn main() {}
+//! # reprise — record real LLM-serving traffic and reproduce it anywhere
+//!
+//! The command-line entry point. Each subcommand lives in `cmd/<name>.rs` with an `Args`
+//! struct (clap derive) and a `run()` that turns arguments into a library config and calls
+//! the library: no business logic here. This binary never links polars; the analyzer is the
+//! separate `reprise-analyze` binary, launched by `reprise analyze|compare|export`.
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Record real LLM-serving traffic and reproduce it anywhere.
+///
+/// reprise is one pipeline over one Parquet format (trace/1): import public traces (or
+/// record your own), inspect them, and — as the pipeline grows — synthesize, replay and
+/// analyze them. Run `reprise <command> --help` for each command.
+#[derive(Debug, Parser)]
+#[command(
+    name = "reprise",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Convert a public trace (Azure, Mooncake, BurstGPT) or any CSV/JSONL table to trace/1.
+    Import(Box<cmd::import::Args>),
+    /// Inspect, validate or export a trace/1 dataset.
+    #[command(subcommand)]
+    Trace(cmd::trace::TraceCommand),
+    /// Analyze run directories (runs the separate `reprise-analyze` binary).
+    #[command(disable_help_flag = true)]
+    Analyze(cmd::analyze::Passthrough),
+    /// Compare runs A/B (runs the separate `reprise-analyze` binary).
+    #[command(disable_help_flag = true)]
+    Compare(cmd::analyze::Passthrough),
+    /// Export run results (runs the separate `reprise-analyze` binary).
+    #[command(disable_help_flag = true)]
+    Export(cmd::analyze::Passthrough),
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Import(args) => cmd::import::run(*args),
+        Command::Trace(command) => cmd::trace::run(command),
+        Command::Analyze(args) => cmd::analyze::run("analyze", args),
+        Command::Compare(args) => cmd::analyze::run("compare", args),
+        Command::Export(args) => cmd::analyze::run("export", args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || e.to_string().contains("Broken pipe")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -19,8 +19,10 @@ mod generic;
 mod sources;
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use reprise_trace::writer::{META_BLOCK_TOKENS, META_SOURCE};
 use reprise_trace::{
@@ -71,6 +73,24 @@ pub struct ImportOptions {
     pub model: Option<String>,
     /// Options of the output writer (metadata is added to them).
     pub writer: WriterOptions,
+    /// Bytes of input read so far, updated as the import goes (for progress bars).
+    pub progress: Option<Arc<AtomicU64>>,
+}
+
+/// A reader that counts the bytes read through it.
+struct Counting<R> {
+    inner: R,
+    counter: Option<Arc<AtomicU64>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(c) = &self.counter {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
 }
 
 /// What an import did.
@@ -142,7 +162,13 @@ pub fn import(
         path: input.to_owned(),
         source: e,
     })?;
-    let reader = BufReader::with_capacity(1 << 20, file);
+    let reader = BufReader::with_capacity(
+        1 << 20,
+        Counting {
+            inner: file,
+            counter: options.progress.clone(),
+        },
+    );
     let mut writer_options = options
         .writer
         .clone()

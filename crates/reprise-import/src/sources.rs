@@ -100,7 +100,7 @@ where
         .trim(csv::Trim::All)
         .from_reader(reader);
     let header = match rdr.headers() {
-        Ok(h) if !h.is_empty() && !(h.len() == 1 && h[0].is_empty()) => Header::new(h),
+        Ok(h) if !(h.is_empty() || (h.len() == 1 && h[0].is_empty())) => Header::new(h),
         Ok(_) => {
             return Err(ImportError::Header {
                 path: ctx.path.to_owned(),

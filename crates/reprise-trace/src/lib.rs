@@ -18,9 +18,13 @@
 
 pub mod column;
 pub mod error;
+pub mod export;
 pub mod formats;
+pub mod human;
+pub mod inspect;
 pub mod reader;
 pub mod record;
+pub mod stats;
 pub mod time;
 pub mod writer;
 

@@ -173,8 +173,9 @@ macro_rules! record {
                 $( <$ty as $crate::column::ColumnType>::append(&mut b.$field, &self.$field); )*
             }
 
+            #[allow(clippy::vec_init_then_push)]
             fn finish(b: &mut Self::Builders) -> Vec<$crate::__private::arrow_array::ArrayRef> {
-                #[allow(unused_mut)]
+                #[allow(unused_mut, clippy::vec_init_then_push)]
                 let mut out: Vec<$crate::__private::arrow_array::ArrayRef> = Vec::new();
                 $( out.extend(<$base_ty as $crate::record::Row>::finish(&mut b.$base)); )?
                 $(

@@ -195,6 +195,9 @@ impl<R: Row> DatasetWriter<R> {
     /// Appends one record.
     pub fn write(&mut self, record: &R) -> Result<()> {
         self.check_usable()?;
+        if self.part.is_none() {
+            self.open_part()?;
+        }
         record.append_to(&mut self.builders);
         self.pending += 1;
         if self.pending >= self.options.batch_rows {
@@ -315,7 +318,6 @@ impl<R: Row> DatasetWriter<R> {
             return Ok(());
         }
         let Some(part) = &self.part else {
-            // Rows may be buffered with no part open yet: age counts from the first row.
             return Ok(());
         };
         let by_rows = self

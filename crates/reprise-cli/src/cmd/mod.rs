@@ -1,0 +1,5 @@
+//! One module per subcommand: argument parsing and a call into library code.
+
+pub mod analyze;
+pub mod import;
+pub mod trace;

@@ -1,0 +1,77 @@
+//! Helpers: run the binary, find the repository and the shared data.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A file under `tests/fixtures`.
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(name)
+}
+
+/// The shared public traces (`../shared/data` beside the checkout, or `$REPRISE_SHARED_DATA`).
+/// The test run must have them: CI lays them beside every clone.
+pub fn shared_data(name: &str) -> PathBuf {
+    let dir = std::env::var_os("REPRISE_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/data"));
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: set REPRISE_SHARED_DATA to the shared data folder",
+        p.display()
+    );
+    p
+}
+
+/// Runs `reprise` with arguments.
+pub fn reprise(args: &[&str]) -> Output {
+    reprise_with(args, |_| {})
+}
+
+/// Runs `reprise` with arguments after adjusting the command.
+pub fn reprise_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_reprise"));
+    cmd.args(args).current_dir(repo()).env_remove("RUST_LOG");
+    adjust(&mut cmd);
+    cmd.output().expect("the reprise binary runs")
+}
+
+/// Standard output of a run that must succeed.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Standard error of a run that must fail with exit code 1, checked to be one line and no panic.
+pub fn fails(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one-line error expected: {err}"
+    );
+    err.trim_end().to_owned()
+}
+
+/// A path as a `&str` for arguments.
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
