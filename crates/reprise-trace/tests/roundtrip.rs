@@ -24,18 +24,22 @@ fn trace(i: u64) -> TraceRecord {
     );
     r.model = "llama-8b".into();
     r.input_tokens = Some(100 + i as u32);
-    r.output_tokens = if i % 3 == 0 { None } else { Some(i as u32) };
+    r.output_tokens = if i.is_multiple_of(3) {
+        None
+    } else {
+        Some(i as u32)
+    };
     r.prefix_hashes = match i % 3 {
         0 => None,
         1 => Some(vec![]),
         _ => Some(vec![i, i + 1, u64::MAX]),
     };
-    r.itl_us = if i % 2 == 0 {
+    r.itl_us = if i.is_multiple_of(2) {
         Some(vec![10, 20, u32::MAX])
     } else {
         None
     };
-    r.session_id = (i % 4 == 0).then(|| format!("s{i}"));
+    r.session_id = i.is_multiple_of(4).then(|| format!("s{i}"));
     r.status = Some(200);
     r
 }
