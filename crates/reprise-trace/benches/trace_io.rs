@@ -12,7 +12,9 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use reprise_trace::{DatasetReader, DatasetWriter, Output, Row, Timestamp, TraceRecord, WriterOptions};
+use reprise_trace::{
+    DatasetReader, DatasetWriter, Output, Row, Timestamp, TraceRecord, WriterOptions,
+};
 
 fn records(n: usize) -> Vec<TraceRecord> {
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -34,7 +36,8 @@ fn records(n: usize) -> Vec<TraceRecord> {
             r.output_tokens = Some((next() % 1000) as u32 + 1);
             if i % 2 == 0 {
                 let base = next() % 1000;
-                r.prefix_hashes = Some((0..u64::from(input / 512)).map(|b| base * 64 + b).collect());
+                r.prefix_hashes =
+                    Some((0..u64::from(input / 512)).map(|b| base * 64 + b).collect());
                 r.session_id = Some(format!("s{:x}", next() % 5000));
             }
             r
@@ -47,7 +50,10 @@ fn rate(rows: usize, secs: f64) -> f64 {
 }
 
 fn main() {
-    let n: usize = std::env::var("REPRISE_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let n: usize = std::env::var("REPRISE_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().expect("temp dir");
     let recs = records(n);
 
@@ -58,7 +64,10 @@ fn main() {
         for r in chunk {
             r.append_to(&mut b);
         }
-        batches.push(RecordBatch::try_new(TraceRecord::schema(), TraceRecord::finish(&mut b)).expect("batch"));
+        batches.push(
+            RecordBatch::try_new(TraceRecord::schema(), TraceRecord::finish(&mut b))
+                .expect("batch"),
+        );
     }
     let raw_path = dir.path().join("raw.parquet");
     let props = WriterProperties::builder()
@@ -66,7 +75,12 @@ fn main() {
         .set_max_row_group_row_count(Some(65_536))
         .build();
     let start = Instant::now();
-    let mut w = ArrowWriter::try_new(File::create(&raw_path).expect("create"), TraceRecord::schema(), Some(props)).expect("writer");
+    let mut w = ArrowWriter::try_new(
+        File::create(&raw_path).expect("create"),
+        TraceRecord::schema(),
+        Some(props),
+    )
+    .expect("writer");
     for b in &batches {
         w.write(b).expect("write");
     }
@@ -76,7 +90,9 @@ fn main() {
     // reprise write: records one by one through DatasetWriter.
     let path = dir.path().join("trace.parquet");
     let start = Instant::now();
-    let mut w = DatasetWriter::<TraceRecord>::create(Output::from_path(&path), WriterOptions::default()).expect("writer");
+    let mut w =
+        DatasetWriter::<TraceRecord>::create(Output::from_path(&path), WriterOptions::default())
+            .expect("writer");
     for r in &recs {
         w.write(r).expect("write");
     }
@@ -108,9 +124,21 @@ fn main() {
     let our_read = rate(n, start.elapsed().as_secs_f64());
 
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    println!("trace/1 I/O, {n} rows, one thread, file {:.1} MB ({:.1} bytes/row)", size as f64 / 1e6, size as f64 / n as f64);
-    println!("| operation | baseline (raw arrow-rs) rows/s | reprise rows/s | reprise / baseline | target |");
+    println!(
+        "trace/1 I/O, {n} rows, one thread, file {:.1} MB ({:.1} bytes/row)",
+        size as f64 / 1e6,
+        size as f64 / n as f64
+    );
+    println!(
+        "| operation | baseline (raw arrow-rs) rows/s | reprise rows/s | reprise / baseline | target |"
+    );
     println!("|---|---:|---:|---:|---:|");
-    println!("| write | {raw_write:>12.0} | {our_write:>12.0} | {:.2} | >= 500,000 |", our_write / raw_write);
-    println!("| read  | {raw_read:>12.0} | {our_read:>12.0} | {:.2} | >= 1,000,000 |", our_read / raw_read);
+    println!(
+        "| write | {raw_write:>12.0} | {our_write:>12.0} | {:.2} | >= 500,000 |",
+        our_write / raw_write
+    );
+    println!(
+        "| read  | {raw_read:>12.0} | {our_read:>12.0} | {:.2} | >= 1,000,000 |",
+        our_read / raw_read
+    );
 }

@@ -1,0 +1,351 @@
+//! OpenAI-compatible request and response shapes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Which generation API a request uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `POST /v1/chat/completions`.
+    Chat,
+    /// `POST /v1/completions`.
+    Completions,
+}
+
+impl Api {
+    /// The endpoint path.
+    pub fn path(self) -> &'static str {
+        match self {
+            Api::Chat => "/v1/chat/completions",
+            Api::Completions => "/v1/completions",
+        }
+    }
+
+    /// The API of an endpoint path, if it is one.
+    pub fn from_path(path: &str) -> Option<Api> {
+        match path {
+            "/v1/chat/completions" => Some(Api::Chat),
+            "/v1/completions" => Some(Api::Completions),
+            _ => None,
+        }
+    }
+}
+
+/// A request body that failed validation, with the OpenAI `param` it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RequestError {
+    /// Human-readable reason.
+    pub message: String,
+    /// The offending parameter, if one.
+    pub param: Option<String>,
+}
+
+impl RequestError {
+    fn new(message: impl Into<String>, param: Option<&str>) -> Self {
+        RequestError {
+            message: message.into(),
+            param: param.map(str::to_owned),
+        }
+    }
+}
+
+/// The parts of a chat or completions request that shape the work, parsed leniently:
+/// unknown fields are ignored here and kept in [`GenerationRequest::extra`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationRequest {
+    /// Which API.
+    pub api: Api,
+    /// Requested model.
+    pub model: String,
+    /// The prompt text: chat messages' text joined by newlines, or the completion prompt.
+    pub prompt: String,
+    /// `max_tokens` (or `max_completion_tokens` for chat).
+    pub max_tokens: Option<u32>,
+    /// `min_tokens` (vLLM extension).
+    pub min_tokens: Option<u32>,
+    /// `ignore_eos` (vLLM extension).
+    pub ignore_eos: bool,
+    /// `stream`.
+    pub stream: bool,
+    /// `stream_options.include_usage`.
+    pub include_usage: bool,
+    /// `n` (number of choices).
+    pub n: u32,
+    /// Every other top-level field.
+    pub extra: Map<String, Value>,
+}
+
+fn opt_u32(obj: &Map<String, Value>, key: &str) -> Result<Option<u32>, RequestError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                RequestError::new(format!("`{key}` must be a non-negative integer"), Some(key))
+            }),
+    }
+}
+
+fn opt_bool(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>, RequestError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(RequestError::new(
+            format!("`{key}` must be a boolean"),
+            Some(key),
+        )),
+    }
+}
+
+/// The text of a message `content`: a string, or an array of parts whose `text` is joined.
+fn content_text(content: &Value) -> Option<String> {
+    match content {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => Some(
+            parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(""),
+        ),
+        Value::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
+impl GenerationRequest {
+    /// Parses and validates a request body for `api`.
+    pub fn parse(api: Api, body: &[u8]) -> Result<Self, RequestError> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| RequestError::new(format!("request body is not valid JSON: {e}"), None))?;
+        let Value::Object(mut obj) = value else {
+            return Err(RequestError::new(
+                "request body must be a JSON object",
+                None,
+            ));
+        };
+        let model = match obj.get("model") {
+            Some(Value::String(m)) => m.clone(),
+            Some(_) => return Err(RequestError::new("`model` must be a string", Some("model"))),
+            None => {
+                return Err(RequestError::new(
+                    "missing required parameter: `model`",
+                    Some("model"),
+                ));
+            }
+        };
+        let prompt = match api {
+            Api::Chat => {
+                let Some(Value::Array(messages)) = obj.get("messages") else {
+                    return Err(RequestError::new(
+                        "missing required parameter: `messages` (an array)",
+                        Some("messages"),
+                    ));
+                };
+                if messages.is_empty() {
+                    return Err(RequestError::new(
+                        "`messages` must not be empty",
+                        Some("messages"),
+                    ));
+                }
+                let mut texts = Vec::with_capacity(messages.len());
+                for (i, m) in messages.iter().enumerate() {
+                    let text = m.get("content").and_then(content_text).ok_or_else(|| {
+                        RequestError::new(
+                            format!(
+                                "`messages[{i}].content` must be a string or an array of parts"
+                            ),
+                            Some("messages"),
+                        )
+                    })?;
+                    texts.push(text);
+                }
+                texts.join("\n")
+            }
+            Api::Completions => match obj.get("prompt") {
+                Some(Value::String(p)) => p.clone(),
+                Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
+                    items[0].as_str().unwrap_or_default().to_owned()
+                }
+                Some(_) => {
+                    return Err(RequestError::new(
+                        "`prompt` must be a string",
+                        Some("prompt"),
+                    ));
+                }
+                None => {
+                    return Err(RequestError::new(
+                        "missing required parameter: `prompt`",
+                        Some("prompt"),
+                    ));
+                }
+            },
+        };
+        let max_tokens = match api {
+            Api::Chat => opt_u32(&obj, "max_completion_tokens")?.or(opt_u32(&obj, "max_tokens")?),
+            Api::Completions => opt_u32(&obj, "max_tokens")?,
+        };
+        let include_usage = match obj.get("stream_options") {
+            None | Some(Value::Null) => false,
+            Some(Value::Object(o)) => opt_bool(o, "include_usage")?.unwrap_or(false),
+            Some(_) => {
+                return Err(RequestError::new(
+                    "`stream_options` must be an object",
+                    Some("stream_options"),
+                ));
+            }
+        };
+        let n = opt_u32(&obj, "n")?.unwrap_or(1);
+        let request = GenerationRequest {
+            api,
+            min_tokens: opt_u32(&obj, "min_tokens")?,
+            ignore_eos: opt_bool(&obj, "ignore_eos")?.unwrap_or(false),
+            stream: opt_bool(&obj, "stream")?.unwrap_or(false),
+            include_usage,
+            n,
+            max_tokens,
+            model,
+            prompt,
+            extra: Map::new(),
+        };
+        for key in ["model", "messages", "prompt"] {
+            obj.remove(key);
+        }
+        Ok(GenerationRequest {
+            extra: obj,
+            ..request
+        })
+    }
+}
+
+/// Token accounting of one response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: u32,
+    /// Generated tokens.
+    pub completion_tokens: u32,
+    /// Their sum.
+    pub total_tokens: u32,
+}
+
+impl Usage {
+    /// Usage of a response.
+    pub fn new(prompt_tokens: u32, completion_tokens: u32) -> Self {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+
+    /// The `usage` object of a response or chunk, if it has one.
+    pub fn from_value(v: &Value) -> Option<Usage> {
+        serde_json::from_value(v.get("usage")?.clone()).ok()
+    }
+}
+
+/// An OpenAI-style error body: `{"error": {"message", "type", "param", "code"}}`.
+pub fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<u16>) -> String {
+    serde_json::json!({
+        "error": { "message": message, "type": kind, "param": param, "code": code }
+    })
+    .to_string()
+}
+
+/// What counts as content in one parsed chunk: the concatenated `delta.content`,
+/// `delta.reasoning_content` (chat) or `text` (completions) of its choices. Empty when the
+/// chunk carries none (a role-only first chunk, a finish chunk, a usage-only chunk).
+pub fn content_of(chunk: &Value) -> String {
+    let mut out = String::new();
+    if let Some(choices) = chunk.get("choices").and_then(Value::as_array) {
+        for c in choices {
+            if let Some(delta) = c.get("delta") {
+                for key in ["reasoning_content", "content"] {
+                    if let Some(s) = delta.get(key).and_then(Value::as_str) {
+                        out.push_str(s);
+                    }
+                }
+            }
+            if let Some(s) = c.get("text").and_then(Value::as_str) {
+                out.push_str(s);
+            }
+        }
+    }
+    out
+}
+
+/// Whether a chunk has any `choices` (vLLM's bench takes its TTFT at the first such chunk).
+pub fn has_choices(chunk: &Value) -> bool {
+    chunk
+        .get("choices")
+        .and_then(Value::as_array)
+        .is_some_and(|c| !c.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_chat_requests_with_vllm_extensions() {
+        let body = json!({
+            "model": "m", "messages": [{"role": "system", "content": "a"}, {"role": "user", "content": [{"type": "text", "text": "b"}]}],
+            "max_tokens": 5, "ignore_eos": true, "min_tokens": 5, "stream": true,
+            "stream_options": {"include_usage": true}, "temperature": 0.7
+        });
+        let r = GenerationRequest::parse(Api::Chat, body.to_string().as_bytes()).unwrap();
+        assert_eq!(r.prompt, "a\nb");
+        assert_eq!(
+            (
+                r.max_tokens,
+                r.min_tokens,
+                r.ignore_eos,
+                r.stream,
+                r.include_usage
+            ),
+            (Some(5), Some(5), true, true, true)
+        );
+        assert_eq!(r.extra["temperature"], json!(0.7));
+        assert!(!r.extra.contains_key("messages"));
+    }
+
+    #[test]
+    fn rejects_bad_bodies_with_the_parameter() {
+        let e = GenerationRequest::parse(Api::Chat, b"{\"model\":\"m\"}").unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        let e = GenerationRequest::parse(Api::Completions, b"{\"prompt\":\"x\"}").unwrap_err();
+        assert_eq!(e.message, "missing required parameter: `model`");
+        let e = GenerationRequest::parse(
+            Api::Completions,
+            b"{\"model\":\"m\",\"prompt\":\"x\",\"max_tokens\":-1}",
+        )
+        .unwrap_err();
+        assert_eq!(e.message, "`max_tokens` must be a non-negative integer");
+        assert!(
+            GenerationRequest::parse(Api::Chat, b"{not json")
+                .unwrap_err()
+                .message
+                .starts_with("request body is not valid JSON")
+        );
+    }
+
+    #[test]
+    fn content_follows_the_metrics_spec() {
+        assert_eq!(
+            content_of(&json!({"choices": [{"delta": {"role": "assistant", "content": ""}}]})),
+            ""
+        );
+        assert_eq!(
+            content_of(&json!({"choices": [{"delta": {"reasoning_content": "r"}}]})),
+            "r"
+        );
+        assert_eq!(content_of(&json!({"choices": [{"text": "t"}]})), "t");
+        assert_eq!(content_of(&json!({"choices": [], "usage": {}})), "");
+        assert!(!has_choices(&json!({"choices": []})));
+    }
+}

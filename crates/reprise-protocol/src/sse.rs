@@ -1,0 +1,265 @@
+//! Server-Sent Events: an incremental parser fed with network chunks, and vLLM's framing.
+//!
+//! One network chunk may hold several events or part of one; the parser keeps the partial
+//! line and dispatches each event when its blank line arrives, so a caller can stamp every
+//! event with the arrival time of the chunk that completed it.
+
+/// One dispatched event.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SseEvent {
+    /// `event:` field, if any.
+    pub event: Option<String>,
+    /// The `data:` lines joined with `\n`.
+    pub data: String,
+}
+
+impl SseEvent {
+    /// Whether this is the OpenAI end-of-stream marker `data: [DONE]`.
+    pub fn is_done(&self) -> bool {
+        self.data == "[DONE]"
+    }
+}
+
+/// Why a stream cannot be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SseError {
+    /// A line grew past the limit without ending.
+    #[error("SSE line longer than {limit} bytes")]
+    LineTooLong {
+        /// The limit.
+        limit: usize,
+    },
+    /// Field data is not UTF-8.
+    #[error("SSE data is not UTF-8")]
+    NotUtf8,
+}
+
+/// An incremental SSE parser (WHATWG event-stream rules: `\n`, `\r\n` or `\r` line ends,
+/// `:` comments, one optional space after the colon, multi-line data).
+#[derive(Debug)]
+pub struct SseParser {
+    line: Vec<u8>,
+    data: Vec<u8>,
+    has_data: bool,
+    event: Option<String>,
+    skip_lf: bool,
+    max_line: usize,
+}
+
+impl Default for SseParser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SseParser {
+    /// A parser with a 16 MiB line limit.
+    pub fn new() -> Self {
+        Self::with_max_line(16 << 20)
+    }
+
+    /// A parser with a given line limit.
+    pub fn with_max_line(max_line: usize) -> Self {
+        SseParser {
+            line: Vec::new(),
+            data: Vec::new(),
+            has_data: false,
+            event: None,
+            skip_lf: false,
+            max_line,
+        }
+    }
+
+    /// Feeds one chunk; calls `on_event` for every event it completes.
+    pub fn feed(
+        &mut self,
+        mut chunk: &[u8],
+        mut on_event: impl FnMut(SseEvent),
+    ) -> Result<(), SseError> {
+        if self.skip_lf {
+            if let Some(rest) = chunk.strip_prefix(b"\n") {
+                chunk = rest;
+            }
+            self.skip_lf = false;
+        }
+        while !chunk.is_empty() {
+            match chunk.iter().position(|&b| b == b'\n' || b == b'\r') {
+                Some(i) => {
+                    let end = chunk[i];
+                    if self.line.is_empty() {
+                        self.process_line(&chunk[..i], &mut on_event)?;
+                    } else {
+                        self.push_line(&chunk[..i])?;
+                        let line = std::mem::take(&mut self.line);
+                        self.process_line(&line, &mut on_event)?;
+                        self.line = line;
+                        self.line.clear();
+                    }
+                    chunk = &chunk[i + 1..];
+                    if end == b'\r' {
+                        match chunk.first() {
+                            Some(b'\n') => chunk = &chunk[1..],
+                            Some(_) => {}
+                            None => self.skip_lf = true,
+                        }
+                    }
+                }
+                None => {
+                    self.push_line(chunk)?;
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds one chunk and returns the events it completed.
+    pub fn feed_collect(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, SseError> {
+        let mut out = Vec::new();
+        self.feed(chunk, |e| out.push(e))?;
+        Ok(out)
+    }
+
+    /// Whether a partial event is pending (the stream ended mid-event if it ends now).
+    pub fn has_partial(&self) -> bool {
+        !self.line.is_empty() || self.has_data
+    }
+
+    fn push_line(&mut self, bytes: &[u8]) -> Result<(), SseError> {
+        if self.line.len() + bytes.len() > self.max_line {
+            return Err(SseError::LineTooLong {
+                limit: self.max_line,
+            });
+        }
+        self.line.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn process_line(
+        &mut self,
+        line: &[u8],
+        on_event: &mut impl FnMut(SseEvent),
+    ) -> Result<(), SseError> {
+        if line.is_empty() {
+            if self.has_data {
+                let data = String::from_utf8(std::mem::take(&mut self.data))
+                    .map_err(|_| SseError::NotUtf8)?;
+                on_event(SseEvent {
+                    event: self.event.take(),
+                    data,
+                });
+            }
+            self.has_data = false;
+            self.event = None;
+            return Ok(());
+        }
+        if line[0] == b':' {
+            return Ok(());
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        match field {
+            b"data" => {
+                if self.has_data {
+                    self.data.push(b'\n');
+                }
+                self.data.extend_from_slice(value);
+                self.has_data = true;
+            }
+            b"event" => {
+                self.event =
+                    Some(String::from_utf8(value.to_vec()).map_err(|_| SseError::NotUtf8)?);
+            }
+            _ => {} // id, retry and unknown fields do not matter here
+        }
+        Ok(())
+    }
+}
+
+/// Frames one `data:` event (the payload must not contain newlines, as JSON does not).
+pub fn frame(data: &str) -> String {
+    format!("data: {data}\n\n")
+}
+
+/// The OpenAI end-of-stream event.
+pub const DONE: &str = "data: [DONE]\n\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn data(events: Vec<SseEvent>) -> Vec<String> {
+        events.into_iter().map(|e| e.data).collect()
+    }
+
+    #[test]
+    fn parses_vllm_framing() {
+        let mut p = SseParser::new();
+        let events = p
+            .feed_collect(b"data: {\"a\":1}\n\ndata: [DONE]\n\n")
+            .unwrap();
+        assert_eq!(data(events.clone()), ["{\"a\":1}", "[DONE]"]);
+        assert!(events[1].is_done());
+        assert!(!p.has_partial());
+    }
+
+    #[test]
+    fn handles_splits_crlf_comments_and_multiline() {
+        let mut p = SseParser::new();
+        assert!(p.feed_collect(b"da").unwrap().is_empty());
+        assert!(p.feed_collect(b"ta: x\r").unwrap().is_empty());
+        assert!(p.feed_collect(b"\ndata:y\r").unwrap().is_empty());
+        assert!(p.has_partial());
+        let e = p
+            .feed_collect(b"\n\r\n: ping\n\nevent: e\ndata\n\n")
+            .unwrap();
+        assert_eq!(e[0].data, "x\ny");
+        assert_eq!(
+            e[1],
+            SseEvent {
+                event: Some("e".into()),
+                data: String::new()
+            }
+        );
+    }
+
+    #[test]
+    fn long_lines_are_an_error_not_unbounded_memory() {
+        let mut p = SseParser::with_max_line(8);
+        assert_eq!(
+            p.feed_collect(b"data: 0123456789"),
+            Err(SseError::LineTooLong { limit: 8 })
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_gives_the_same_events(payloads in proptest::collection::vec("[a-z{}\":, ]{0,20}", 1..8), cuts in proptest::collection::vec(0usize..200, 0..6), crlf in any::<bool>()) {
+            let nl = if crlf { "\r\n" } else { "\n" };
+            let text: String = payloads.iter().map(|p| format!("data: {p}{nl}{nl}")).collect();
+            let bytes = text.as_bytes();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut p = SseParser::new();
+            let mut got = Vec::new();
+            let mut start = 0;
+            for c in cuts.into_iter().chain([bytes.len()]) {
+                got.extend(p.feed_collect(&bytes[start..c]).unwrap());
+                start = c;
+            }
+            prop_assert_eq!(data(got), payloads);
+        }
+
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut p = SseParser::new();
+            let _ = p.feed_collect(&bytes);
+        }
+    }
+}
