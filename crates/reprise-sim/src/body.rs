@@ -1,0 +1,258 @@
+//! Response bodies: a whole body, or an SSE stream fed by the engine's token events and
+//! framed exactly as vLLM frames it.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use reprise_protocol::openai::{Api, Usage};
+use reprise_tokenizer::output_word;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::Sleep;
+
+use crate::driver::SeqEvent;
+use crate::faults::Drawn;
+use crate::metrics::Metrics;
+
+/// A body error: the stream is aborted on purpose (a cut fault) or the engine went away.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// A `cut` fault.
+    #[error("stream cut by fault injection")]
+    Cut,
+    /// The engine stopped.
+    #[error("engine stopped")]
+    EngineGone,
+}
+
+/// What a finished stream reports.
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    /// API of the request.
+    pub api: Api,
+    /// Response id (`chatcmpl-N` / `cmpl-N`).
+    pub id: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// Model name, JSON-quoted.
+    pub model_json: String,
+    /// Prompt tokens for `usage`.
+    pub prompt_tokens: u32,
+    /// Send a final usage chunk.
+    pub include_usage: bool,
+    /// `length` or `stop`.
+    pub finish_reason: &'static str,
+    /// Faults drawn for this request.
+    pub faults: Drawn,
+    /// `--speedup`, for stall lengths.
+    pub speedup: f64,
+}
+
+/// A streamed (SSE) response.
+pub struct SseStream {
+    spec: StreamSpec,
+    rx: UnboundedReceiver<SeqEvent>,
+    head: String,
+    tail: &'static str,
+    generated: u32,
+    pending: VecDeque<Bytes>,
+    finished: bool,
+    stall: Option<Pin<Box<Sleep>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for SseStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SseStream")
+            .field("id", &self.spec.id)
+            .field("generated", &self.generated)
+            .finish()
+    }
+}
+
+impl SseStream {
+    /// A stream of the events in `rx` (the `Queued` event already consumed).
+    pub fn new(spec: StreamSpec, rx: UnboundedReceiver<SeqEvent>, metrics: Arc<Metrics>) -> Self {
+        let (head, tail) = match spec.api {
+            Api::Chat => (
+                format!(
+                    "data: {{\"id\":\"{}\",\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"",
+                    spec.id, spec.created, spec.model_json
+                ),
+                "\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+            ),
+            Api::Completions => (
+                format!(
+                    "data: {{\"id\":\"{}\",\"object\":\"text_completion\",\"created\":{},\"model\":{},\"choices\":[{{\"index\":0,\"text\":\"",
+                    spec.id, spec.created, spec.model_json
+                ),
+                "\",\"logprobs\":null,\"finish_reason\":null,\"stop_reason\":null}]}\n\n",
+            ),
+        };
+        let mut pending = VecDeque::new();
+        if spec.api == Api::Chat {
+            pending.push_back(Bytes::from(format!(
+                "data: {{\"id\":\"{}\",\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n",
+                spec.id, spec.created, spec.model_json
+            )));
+        }
+        SseStream {
+            spec,
+            rx,
+            head,
+            tail,
+            generated: 0,
+            pending,
+            finished: false,
+            stall: None,
+            metrics,
+        }
+    }
+
+    fn token_frame(&self, word: &str) -> Bytes {
+        let mut s = String::with_capacity(self.head.len() + word.len() + self.tail.len());
+        s.push_str(&self.head);
+        s.push_str(word);
+        s.push_str(self.tail);
+        Bytes::from(s)
+    }
+
+    fn finish_frames(&mut self) {
+        let s = &self.spec;
+        let finish = match s.api {
+            Api::Chat => format!(
+                "data: {{\"id\":\"{}\",\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"\"}},\"logprobs\":null,\"finish_reason\":\"{}\",\"stop_reason\":null}}]}}\n\n",
+                s.id, s.created, s.model_json, s.finish_reason
+            ),
+            Api::Completions => format!(
+                "data: {{\"id\":\"{}\",\"object\":\"text_completion\",\"created\":{},\"model\":{},\"choices\":[{{\"index\":0,\"text\":\"\",\"logprobs\":null,\"finish_reason\":\"{}\",\"stop_reason\":null}}]}}\n\n",
+                s.id, s.created, s.model_json, s.finish_reason
+            ),
+        };
+        self.pending.push_back(Bytes::from(finish));
+        if s.include_usage {
+            let object = match s.api {
+                Api::Chat => "chat.completion.chunk",
+                Api::Completions => "text_completion",
+            };
+            let usage = serde_json::to_string(&Usage::new(s.prompt_tokens, self.generated))
+                .unwrap_or_default();
+            self.pending.push_back(Bytes::from(format!(
+                "data: {{\"id\":\"{}\",\"object\":\"{object}\",\"created\":{},\"model\":{},\"choices\":[],\"usage\":{usage}}}\n\n",
+                s.id, s.created, s.model_json
+            )));
+        }
+        self.pending
+            .push_back(Bytes::from_static(reprise_protocol::sse::DONE.as_bytes()));
+        self.finished = true;
+    }
+}
+
+impl Body for SseStream {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        if let Some(b) = this.pending.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if let Some(sleep) = &mut this.stall {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.stall = None;
+        }
+        let faults = this.spec.faults;
+        if faults.cut_after == Some(this.generated) {
+            this.metrics.fault("cut");
+            this.finished = true;
+            return Poll::Ready(Some(Err(BodyError::Cut)));
+        }
+        match this.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) | Poll::Ready(Some(SeqEvent::Rejected(_))) => {
+                this.finished = true;
+                Poll::Ready(Some(Err(BodyError::EngineGone)))
+            }
+            Poll::Ready(Some(SeqEvent::Queued)) => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Ready(Some(event)) => {
+                let frame = this.token_frame(output_word(u64::from(this.generated)));
+                this.generated += 1;
+                if faults.malformed_after == Some(this.generated) {
+                    this.metrics.fault("malformed");
+                    this.pending.push_back(Bytes::from_static(
+                        b"data: {\"id\":\"broken\",\"choices\":[{\"delta\":\n\n",
+                    ));
+                }
+                if let Some((after, ms)) = faults.stall
+                    && after == this.generated
+                {
+                    this.metrics.fault("stall");
+                    let d = Duration::from_secs_f64(ms as f64 / 1000.0 / this.spec.speedup);
+                    this.stall = Some(Box::pin(tokio::time::sleep(d)));
+                }
+                if event == SeqEvent::Last {
+                    this.finish_frames();
+                }
+                Poll::Ready(Some(Ok(Frame::data(frame))))
+            }
+        }
+    }
+}
+
+/// The body of every response.
+#[derive(Debug)]
+pub enum SimBody {
+    /// A complete body.
+    Full(Option<Bytes>),
+    /// An SSE stream.
+    Stream(Box<SseStream>),
+}
+
+impl SimBody {
+    /// A complete body from text.
+    pub fn text(s: impl Into<String>) -> Self {
+        SimBody::Full(Some(Bytes::from(s.into())))
+    }
+}
+
+impl Body for SimBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            SimBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            SimBody::Stream(s) => Pin::new(s.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, SimBody::Full(None))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            SimBody::Full(Some(b)) => http_body::SizeHint::with_exact(b.len() as u64),
+            SimBody::Full(None) => http_body::SizeHint::with_exact(0),
+            SimBody::Stream(_) => http_body::SizeHint::default(),
+        }
+    }
+}
