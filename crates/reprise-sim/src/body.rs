@@ -62,6 +62,7 @@ pub struct SseStream {
     pending: VecDeque<Bytes>,
     finished: bool,
     stall: Option<Pin<Box<Sleep>>>,
+    cut_armed: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -109,6 +110,7 @@ impl SseStream {
             pending,
             finished: false,
             stall: None,
+            cut_armed: false,
             metrics,
         }
     }
@@ -175,6 +177,15 @@ impl Body for SseStream {
         }
         let faults = this.spec.faults;
         if faults.cut_after == Some(this.generated) {
+            if !this.cut_armed {
+                // Pause briefly first so that what was sent so far is flushed to the client.
+                this.cut_armed = true;
+                let mut sleep = Box::pin(tokio::time::sleep(Duration::from_millis(2)));
+                if sleep.as_mut().poll(cx).is_pending() {
+                    this.stall = Some(sleep);
+                    return Poll::Pending;
+                }
+            }
             this.metrics.fault("cut");
             this.finished = true;
             return Poll::Ready(Some(Err(BodyError::Cut)));

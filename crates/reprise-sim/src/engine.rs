@@ -365,19 +365,17 @@ impl Engine {
                     && self.profile.preemption
                     && let Some(victim) = self.preempt_for(i)
                 {
-                    {
-                        out.preempted += 1;
-                        emits_idx.retain(|&e| e != victim);
-                        for e in &mut emits_idx {
-                            if *e > victim {
-                                *e -= 1;
-                            }
+                    out.preempted += 1;
+                    emits_idx.retain(|&e| e != victim);
+                    for e in &mut emits_idx {
+                        if *e > victim {
+                            *e -= 1;
                         }
-                        if victim < i {
-                            i -= 1;
-                        }
-                        continue; // retry this sequence with the freed blocks
                     }
+                    if victim < i {
+                        i -= 1;
+                    }
+                    continue; // retry this sequence with the freed blocks
                 }
                 if self.free_blocks() == 0 {
                     i += 1; // stalls this step

@@ -100,6 +100,12 @@ impl SimServer {
         if !(config.speedup.is_finite() && config.speedup > 0.0) {
             return Err(SimError::Config("speedup must be positive".into()));
         }
+        // Load the tokenizer's tables now, not in the first request's TTFT.
+        let _ = tokio::task::spawn_blocking(|| {
+            use reprise_tokenizer::Tokenizer;
+            reprise_tokenizer::Cl100k.count("warm up")
+        })
+        .await;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| SimError::Bind {
