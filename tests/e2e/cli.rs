@@ -5,7 +5,7 @@ use crate::support::*;
 #[test]
 fn help_lists_the_commands() {
     let help = ok(&reprise(&["--help"]));
-    for cmd in ["import", "trace", "analyze", "compare", "export"] {
+    for cmd in ["import", "sim", "trace", "analyze", "compare", "export"] {
         assert!(
             help.contains(&format!("  {cmd} ")),
             "{cmd} missing from:\n{help}"

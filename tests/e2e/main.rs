@@ -5,3 +5,4 @@ mod support;
 
 mod cli;
 mod import_inspect;
+mod sim;

@@ -35,6 +35,8 @@ struct Cli {
 enum Command {
     /// Convert a public trace (Azure, Mooncake, BurstGPT) or any CSV/JSONL table to trace/1.
     Import(Box<cmd::import::Args>),
+    /// Run the simulated OpenAI-compatible LLM server (continuous batching, KV cache, faults).
+    Sim(Box<cmd::sim::Args>),
     /// Inspect, validate or export a trace/1 dataset.
     #[command(subcommand)]
     Trace(cmd::trace::TraceCommand),
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Import(args) => cmd::import::run(*args),
+        Command::Sim(args) => cmd::sim::run(*args),
         Command::Trace(command) => cmd::trace::run(command),
         Command::Analyze(args) => cmd::analyze::run("analyze", args),
         Command::Compare(args) => cmd::analyze::run("compare", args),
