@@ -115,12 +115,11 @@ impl SseStream {
         }
     }
 
-    fn token_frame(&self, word: &str) -> Bytes {
-        let mut s = String::with_capacity(self.head.len() + word.len() + self.tail.len());
-        s.push_str(&self.head);
-        s.push_str(word);
-        s.push_str(self.tail);
-        Bytes::from(s)
+    fn push_token(&mut self, out: &mut String) {
+        out.push_str(&self.head);
+        out.push_str(output_word(u64::from(self.generated)));
+        out.push_str(self.tail);
+        self.generated += 1;
     }
 
     fn finish_frames(&mut self) {
@@ -192,34 +191,60 @@ impl Body for SseStream {
         }
         match this.rx.poll_recv(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(None) | Poll::Ready(Some(SeqEvent::Rejected(_))) => {
+            Poll::Ready(None) => {
                 this.finished = true;
                 Poll::Ready(Some(Err(BodyError::EngineGone)))
             }
-            Poll::Ready(Some(SeqEvent::Queued)) => {
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-            Poll::Ready(Some(event)) => {
-                let frame = this.token_frame(output_word(u64::from(this.generated)));
-                this.generated += 1;
-                if faults.malformed_after == Some(this.generated) {
-                    this.metrics.fault("malformed");
-                    this.pending.push_back(Bytes::from_static(
-                        b"data: {\"id\":\"broken\",\"choices\":[{\"delta\":\n\n",
-                    ));
+            Poll::Ready(Some(first)) => {
+                // Coalesce the tokens already waiting into one write (each stays its own
+                // SSE event), as a server under load does.
+                let mut out = String::new();
+                let mut event = first;
+                loop {
+                    match event {
+                        SeqEvent::Token | SeqEvent::Last => {
+                            this.push_token(&mut out);
+                            if faults.malformed_after == Some(this.generated) {
+                                this.metrics.fault("malformed");
+                                out.push_str(
+                                    "data: {\"id\":\"broken\",\"choices\":[{\"delta\":\n\n",
+                                );
+                            }
+                            if let Some((after, ms)) = faults.stall
+                                && after == this.generated
+                            {
+                                this.metrics.fault("stall");
+                                let d =
+                                    Duration::from_secs_f64(ms as f64 / 1000.0 / this.spec.speedup);
+                                this.stall = Some(Box::pin(tokio::time::sleep(d)));
+                            }
+                            if event == SeqEvent::Last {
+                                this.finish_frames();
+                                break;
+                            }
+                        }
+                        SeqEvent::Queued => {}
+                        SeqEvent::Rejected(_) => {
+                            this.finished = true;
+                            return Poll::Ready(Some(Err(BodyError::EngineGone)));
+                        }
+                    }
+                    if this.stall.is_some()
+                        || faults.cut_after == Some(this.generated)
+                        || out.len() >= 16 * 1024
+                    {
+                        break;
+                    }
+                    match this.rx.try_recv() {
+                        Ok(e) => event = e,
+                        Err(_) => break,
+                    }
                 }
-                if let Some((after, ms)) = faults.stall
-                    && after == this.generated
-                {
-                    this.metrics.fault("stall");
-                    let d = Duration::from_secs_f64(ms as f64 / 1000.0 / this.spec.speedup);
-                    this.stall = Some(Box::pin(tokio::time::sleep(d)));
+                if out.is_empty() {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
-                if event == SeqEvent::Last {
-                    this.finish_frames();
-                }
-                Poll::Ready(Some(Ok(Frame::data(frame))))
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))))
             }
         }
     }
