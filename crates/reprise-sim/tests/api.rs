@@ -222,3 +222,66 @@ async fn counters_follow_the_traffic() {
     );
     let _: Value = Value::Null;
 }
+
+#[tokio::test]
+async fn a_full_queue_rejects_with_the_profile_status() {
+    let mut profile = Profile::named("small-t4").unwrap();
+    profile.model = "m".into();
+    profile.max_num_seqs = 1;
+    profile.max_queue = 2;
+    profile.reject_status = 429;
+    let s = SimServer::start(SimConfig::new(profile)).await.unwrap();
+    let base = s.base_url();
+    let body = json!({"model": "m", "prompt": "x", "max_tokens": 200, "ignore_eos": true});
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let (base, body) = (base.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            post(&base, "/v1/completions", body).await
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // One runs, two wait: the fourth finds the queue full.
+    let r = post(&base, "/v1/completions", body).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("queue is full")
+    );
+    let metrics = get(&base, "/metrics").await.text();
+    assert_eq!(
+        metric(&metrics, "reprise_sim_rejected_total{model_name=\"m\"}"),
+        1.0
+    );
+    for t in tasks {
+        t.abort();
+    }
+}
+
+#[tokio::test]
+async fn the_seed_makes_output_lengths_reproducible() {
+    async fn lengths(seed: u64) -> Vec<u64> {
+        let mut profile = Profile::named("instant").unwrap();
+        profile.model = "m".into();
+        let mut config = SimConfig::new(profile);
+        config.seed = seed;
+        let s = SimServer::start(config).await.unwrap();
+        let mut out = Vec::new();
+        for _ in 0..8 {
+            let v = post(
+                &s.base_url(),
+                "/v1/completions",
+                json!({"model": "m", "prompt": "x", "max_tokens": 1000}),
+            )
+            .await
+            .json();
+            out.push(v["usage"]["completion_tokens"].as_u64().unwrap());
+        }
+        out
+    }
+    let a = lengths(7).await;
+    assert_eq!(a, lengths(7).await);
+    assert_ne!(a, lengths(8).await);
+}
