@@ -1,0 +1,331 @@
+//! Sending one request and measuring it per `shared/spec/metrics.md`: every SSE event is
+//! stamped on the arrival of the network chunk that completed it; `first_chunk` (first event
+//! with `choices`), `first_token` (first non-empty content), every content event, `done`
+//! (last content event, or the end of a non-streamed body), usage, and the error class.
+
+use std::time::{Duration, Instant};
+
+use reprise_protocol::openai::{Api, Usage, content_of, has_choices};
+use reprise_protocol::sse::SseParser;
+use reprise_tokenizer::{Cl100k, Tokenizer};
+use serde_json::{Value, json};
+
+/// How the target wants output lengths forced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// vLLM: `max_tokens`, `min_tokens`, `ignore_eos`.
+    Vllm,
+    /// SGLang: `max_tokens`, `min_tokens`, `ignore_eos`.
+    Sglang,
+    /// llama.cpp `llama-server`: `max_tokens`, `ignore_eos` (`min_tokens` is ignored there).
+    Llamacpp,
+    /// Text Generation Inference: `max_tokens` only (no way to force the length).
+    Tgi,
+    /// Plain OpenAI API: `max_tokens` (`max_completion_tokens` for chat) only.
+    Openai,
+}
+
+/// The shape of the requests sent.
+#[derive(Debug, Clone)]
+pub struct RequestShape {
+    /// Chat or completions.
+    pub api: Api,
+    /// Backend dialect.
+    pub backend: Backend,
+    /// Model id.
+    pub model: String,
+    /// Stream the response (SSE).
+    pub stream: bool,
+}
+
+impl RequestShape {
+    /// The JSON body asking for `output_tokens` tokens after `prompt`.
+    pub fn body(&self, prompt: &str, output_tokens: u32) -> Value {
+        let mut body = match self.api {
+            Api::Chat => {
+                json!({"model": self.model, "messages": [{"role": "user", "content": prompt}]})
+            }
+            Api::Completions => json!({"model": self.model, "prompt": prompt}),
+        };
+        let obj = body.as_object_mut().expect("an object");
+        match (self.backend, self.api) {
+            (Backend::Openai, Api::Chat) => {
+                obj.insert("max_completion_tokens".into(), json!(output_tokens));
+            }
+            _ => {
+                obj.insert("max_tokens".into(), json!(output_tokens));
+            }
+        }
+        match self.backend {
+            Backend::Vllm | Backend::Sglang => {
+                obj.insert("ignore_eos".into(), json!(true));
+                obj.insert("min_tokens".into(), json!(output_tokens));
+            }
+            Backend::Llamacpp => {
+                obj.insert("ignore_eos".into(), json!(true));
+            }
+            Backend::Tgi | Backend::Openai => {}
+        }
+        obj.insert("temperature".into(), json!(0.0));
+        if self.stream {
+            obj.insert("stream".into(), json!(true));
+            obj.insert("stream_options".into(), json!({"include_usage": true}));
+        }
+        body
+    }
+}
+
+/// What happened to one request.
+#[derive(Debug, Clone, Default)]
+pub struct Measured {
+    /// Just before the request was handed to the connection.
+    pub sent: Option<Instant>,
+    /// First event with `choices`.
+    pub first_chunk: Option<Instant>,
+    /// First event with non-empty content.
+    pub first_token: Option<Instant>,
+    /// Every content event.
+    pub content_times: Vec<Instant>,
+    /// Last content event, or the end of a non-streamed body.
+    pub done: Option<Instant>,
+    /// HTTP status (0 when no response came).
+    pub status: Option<u16>,
+    /// The server's usage numbers.
+    pub usage: Option<Usage>,
+    /// Output tokens counted by the client (content events; tokens for non-streamed bodies).
+    pub n_out_counted: u32,
+    /// Error class.
+    pub error_kind: Option<&'static str>,
+    /// Error message.
+    pub error: Option<String>,
+}
+
+impl Measured {
+    fn fail(&mut self, kind: &'static str, message: impl Into<String>) {
+        if self.error_kind.is_none() {
+            self.error_kind = Some(kind);
+            self.error = Some(message.into());
+        }
+    }
+}
+
+/// Per-request time limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// The whole request.
+    pub request: Duration,
+    /// Between two chunks of a stream (and to the first byte).
+    pub gap: Duration,
+}
+
+fn error_message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned();
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("error").and_then(|e| {
+                e.get("message")
+                    .or(Some(e))
+                    .map(|m| m.as_str().map_or_else(|| m.to_string(), str::to_owned))
+            })
+        })
+        .unwrap_or(text)
+}
+
+fn transport_kind(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() { "timeout" } else { "connect" }
+}
+
+fn chain(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// Sends `body` to `url` and measures the response.
+pub async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &reqwest::header::HeaderMap,
+    body: Vec<u8>,
+    stream: bool,
+    timeouts: Timeouts,
+) -> Measured {
+    let mut m = Measured::default();
+    let deadline = tokio::time::Instant::now() + timeouts.request;
+    let request = client
+        .post(url)
+        .headers(headers.clone())
+        .header("content-type", "application/json")
+        .body(body);
+    m.sent = Some(Instant::now());
+    let response = match tokio::time::timeout_at(deadline, request.send()).await {
+        Err(_) => {
+            m.status = Some(0);
+            m.fail(
+                "timeout",
+                format!("no response within {:?}", timeouts.request),
+            );
+            return m;
+        }
+        Ok(Err(e)) => {
+            m.status = Some(0);
+            m.fail(transport_kind(&e), chain(&e));
+            return m;
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status = response.status().as_u16();
+    m.status = Some(status);
+    let mut response = response;
+    if !(200..300).contains(&status) {
+        let body = tokio::time::timeout_at(deadline, response.bytes())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        m.done = Some(Instant::now());
+        m.fail(
+            if status < 500 { "http_4xx" } else { "http_5xx" },
+            format!("HTTP {status}: {}", error_message(&body)),
+        );
+        return m;
+    }
+    if !stream {
+        let body = match tokio::time::timeout_at(deadline, response.bytes()).await {
+            Err(_) => {
+                m.fail("timeout", "body not complete in time");
+                return m;
+            }
+            Ok(Err(e)) => {
+                m.fail("broken_stream", chain(&e));
+                return m;
+            }
+            Ok(Ok(b)) => b,
+        };
+        m.done = Some(Instant::now());
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => {
+                m.usage = Usage::from_value(&v);
+                let text = v["choices"][0]["message"]["content"]
+                    .as_str()
+                    .or(v["choices"][0]["text"].as_str())
+                    .unwrap_or_default();
+                m.n_out_counted = Cl100k.count(text) as u32;
+            }
+            Err(e) => m.fail("bad_body", format!("response body is not JSON: {e}")),
+        }
+        return m;
+    }
+    let mut parser = SseParser::new();
+    let mut saw_done = false;
+    loop {
+        let gap_deadline = (tokio::time::Instant::now() + timeouts.gap).min(deadline);
+        let chunk = match tokio::time::timeout_at(gap_deadline, response.chunk()).await {
+            Err(_) => {
+                m.fail(
+                    "timeout",
+                    format!("no data for {:?}", timeouts.gap.min(timeouts.request)),
+                );
+                break;
+            }
+            Ok(Err(e)) => {
+                m.fail("broken_stream", chain(&e));
+                break;
+            }
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(c))) => c,
+        };
+        let now = Instant::now();
+        let mut bad: Option<String> = None;
+        let fed = parser.feed(&chunk, |event| {
+            if event.is_done() {
+                saw_done = true;
+                return;
+            }
+            match serde_json::from_str::<Value>(&event.data) {
+                Ok(v) => {
+                    if m.first_chunk.is_none() && has_choices(&v) {
+                        m.first_chunk = Some(now);
+                    }
+                    if !content_of(&v).is_empty() {
+                        m.first_token.get_or_insert(now);
+                        m.content_times.push(now);
+                        m.n_out_counted += 1;
+                    }
+                    if let Some(u) = Usage::from_value(&v) {
+                        m.usage = Some(u);
+                    }
+                    if let Some(err) = v.get("error") {
+                        bad.get_or_insert_with(|| format!("error event: {err}"));
+                    }
+                }
+                Err(e) => {
+                    bad.get_or_insert_with(|| {
+                        format!(
+                            "event is not JSON ({e}): {}",
+                            &event.data[..event.data.len().min(80)]
+                        )
+                    });
+                }
+            }
+        });
+        if let Some(msg) = bad {
+            m.fail("bad_body", msg);
+        }
+        if let Err(e) = fed {
+            m.fail("bad_body", e.to_string());
+            break;
+        }
+        if saw_done {
+            break;
+        }
+    }
+    m.done = m.content_times.last().copied().or(Some(Instant::now()));
+    if !saw_done {
+        m.fail("broken_stream", "stream ended without data: [DONE]");
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_force_lengths_per_backend() {
+        let shape = |backend, api| RequestShape {
+            api,
+            backend,
+            model: "m".into(),
+            stream: true,
+        };
+        let v = shape(Backend::Vllm, Api::Chat).body("hi", 7);
+        assert_eq!(
+            (
+                v["max_tokens"].clone(),
+                v["min_tokens"].clone(),
+                v["ignore_eos"].clone()
+            ),
+            (json!(7), json!(7), json!(true))
+        );
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        let v = shape(Backend::Llamacpp, Api::Completions).body("hi", 7);
+        assert_eq!(v["prompt"], "hi");
+        assert!(v.get("min_tokens").is_none());
+        let v = shape(Backend::Openai, Api::Chat).body("hi", 7);
+        assert_eq!(v["max_completion_tokens"], 7);
+        assert!(v.get("ignore_eos").is_none());
+    }
+
+    #[test]
+    fn error_messages_come_from_openai_bodies() {
+        assert_eq!(error_message(br#"{"error": {"message": "boom"}}"#), "boom");
+        assert_eq!(error_message(b"plain"), "plain");
+    }
+}

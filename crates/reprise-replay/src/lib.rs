@@ -1,0 +1,708 @@
+//! # reprise-replay — reproduce a workload against a target and measure it
+//!
+//! - [`workload`]: what to send — a trace window at N x speed, or synthetic load (fixed,
+//!   Poisson, Gamma) at a rate or a rate ramp — as an open-loop plan of absolute offsets;
+//!   closed-loop users and concurrency ramps are [`Pacing::Closed`].
+//! - [`prompt::PromptBuilder`]: prompts with exactly `input_tokens` tokens, equal prefixes
+//!   for equal `prefix_hashes`.
+//! - [`client`]: one request, measured per `shared/spec/metrics.md` (SSE events stamped on
+//!   arrival; errors classified; a failure is a row).
+//! - [`run`]: the executor. Open-loop requests are released by a pacer thread at absolute
+//!   deadlines `t0 + offset` (a precise OS sleep, then a short spin: tokio's timer is 1 ms
+//!   grained), never by chaining sleeps; every request records `scheduled`, `sent` and
+//!   `queue = sent − scheduled`. Results stream to `requests.parquet` (result/1) through one
+//!   writer thread, so memory stays flat; [`summary`] keeps HDR histograms for the summary.
+
+pub mod client;
+pub mod prompt;
+pub mod summary;
+pub mod workload;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use reprise_protocol::openai::Api;
+use reprise_trace::{DatasetWriter, Output, ResultRecord, Timestamp, TraceRecord, WriterOptions};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::client::{Measured, RequestShape, Timeouts};
+use crate::prompt::PromptBuilder;
+use crate::summary::{PhaseSummary, Sample, Summarizer};
+use crate::workload::Planned;
+
+/// A replay error (configuration, data or output; a failed request is a row, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(String),
+    /// Reading the trace or writing results failed.
+    #[error(transparent)]
+    Data(#[from] reprise_trace::TraceError),
+    /// Writing the run directory failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    Client(String),
+}
+
+/// How requests are paced.
+#[derive(Debug, Clone)]
+pub enum Pacing {
+    /// Open loop: send each planned request at its offset, whatever the responses do.
+    Open(Vec<Planned>),
+    /// Closed loop: `users` clients each send, wait for the response, think, repeat — for
+    /// each step of `users` (a concurrency ramp when several).
+    Closed {
+        /// Users per step.
+        users: Vec<usize>,
+        /// Length of each step (or the run, with one step).
+        step_duration: Option<Duration>,
+        /// Stop each step after this many requests.
+        requests_per_step: Option<u64>,
+        /// Pause between a response and the next request of the same user.
+        think: Duration,
+        /// The requests, taken in order and cycled.
+        requests: Vec<TraceRecord>,
+    },
+}
+
+/// When a stress ramp stops early.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StopRule {
+    /// Stop after a step whose error rate exceeds this (0..1).
+    pub max_error_rate: Option<f64>,
+    /// Stop after a step whose P99 TTFT exceeds this, ms.
+    pub max_p99_ttft_ms: Option<f64>,
+}
+
+/// Everything a replay needs.
+#[derive(Debug, Clone)]
+pub struct ReplayConfig {
+    /// Base URLs (round-robin when several), e.g. `http://127.0.0.1:8000`.
+    pub targets: Vec<String>,
+    /// Request shape (API, backend dialect, model, streaming).
+    pub shape: RequestShape,
+    /// Extra headers (e.g. authorization); never written to results.
+    pub headers: Vec<(String, String)>,
+    /// Time limits.
+    pub timeouts: Timeouts,
+    /// Optional cap on requests in flight (reported; open loop has none by default).
+    pub max_in_flight: Option<usize>,
+    /// The first this many requests are phase `warmup`, excluded from the summary.
+    pub warmup: u64,
+    /// Prompt construction.
+    pub prompts: PromptBuilder,
+    /// Run directory (created).
+    pub run_dir: PathBuf,
+    /// Run id.
+    pub run_id: String,
+    /// A queue p99 above this flags the run as "client could not keep up", ms.
+    pub queue_limit_ms: f64,
+    /// Early stop of ramps.
+    pub stop_rule: StopRule,
+    /// How long to wait for in-flight requests after a stop (Ctrl-C).
+    pub drain: Duration,
+    /// The exact command line, for run.json.
+    pub command: Vec<String>,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Run id.
+    pub run_id: String,
+    /// Whether every planned request was sent and finished (false after Ctrl-C).
+    pub complete: bool,
+    /// Requests recorded.
+    pub recorded: u64,
+    /// The measured requests' figures.
+    pub overall: PhaseSummary,
+    /// Per phase (warm-up, steps).
+    pub phases: Vec<PhaseSummary>,
+    /// Steps skipped by the stop rule.
+    pub stopped_early: Option<String>,
+    /// The requests file.
+    pub requests_file: PathBuf,
+}
+
+struct Job {
+    planned_phase: String,
+    step_value: Option<f64>,
+    request: TraceRecord,
+    scheduled: Instant,
+    body: Vec<u8>,
+    target: usize,
+}
+
+struct Done {
+    job: Job,
+    measured: Measured,
+}
+
+/// Shared between the executor, the progress view and the writer.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Requests sent.
+    pub sent: AtomicU64,
+    /// Requests finished (any outcome).
+    pub finished: AtomicU64,
+    /// Requests failed.
+    pub failed: AtomicU64,
+    /// Planned requests (open loop), 0 when unknown.
+    pub planned: AtomicU64,
+}
+
+struct Clock {
+    t0: Instant,
+    wall0_ns: i64,
+}
+
+impl Clock {
+    fn new(lead: Duration) -> Self {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        Clock {
+            t0: Instant::now() + lead,
+            wall0_ns: wall + lead.as_nanos() as i64,
+        }
+    }
+    fn wall(&self, t: Instant) -> Timestamp {
+        let ns = if t >= self.t0 {
+            self.wall0_ns + (t - self.t0).as_nanos() as i64
+        } else {
+            self.wall0_ns - (self.t0 - t).as_nanos() as i64
+        };
+        Timestamp(ns)
+    }
+    fn since_start_ns(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.t0).as_nanos() as u64
+    }
+}
+
+fn us(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+fn between(a: Option<Instant>, b: Option<Instant>) -> Option<u64> {
+    Some(us(b?.saturating_duration_since(a?)))
+}
+
+/// Turns a finished request into its result row and summary sample.
+fn finish(d: &Done, clock: &Clock, config: &ReplayConfig) -> (ResultRecord, Sample) {
+    let m = &d.measured;
+    let scheduled = Some(d.job.scheduled);
+    let ok = m.error_kind.is_none();
+    let ttft = between(m.sent, m.first_token);
+    let e2e = between(m.sent, m.done);
+    let n_out = m
+        .usage
+        .map(|u| u.completion_tokens)
+        .unwrap_or(m.n_out_counted);
+    let tpot = match (ttft, e2e) {
+        (Some(t), Some(e)) if n_out > 1 && ok => Some(e.saturating_sub(t) / u64::from(n_out - 1)),
+        _ => None,
+    };
+    let itl: Vec<u32> = m
+        .content_times
+        .windows(2)
+        .map(|w| us(w[1].saturating_duration_since(w[0])).min(u64::from(u32::MAX)) as u32)
+        .collect();
+    let mut request = d.job.request.clone();
+    // A workload's prompt text is synthetic: never store it unless it came with the trace.
+    request.completion = None;
+    let record = ResultRecord {
+        request: request.clone(),
+        run_id: config.run_id.clone(),
+        target: config.targets[d.job.target].clone(),
+        phase: d.job.planned_phase.clone(),
+        step_value: d.job.step_value,
+        shard: 0,
+        scheduled: clock.wall(d.job.scheduled),
+        sent: m.sent.map(|t| clock.wall(t)),
+        first_chunk: m.first_chunk.map(|t| clock.wall(t)),
+        first_token: m.first_token.map(|t| clock.wall(t)),
+        done: m.done.map(|t| clock.wall(t)),
+        queue_us: between(scheduled, m.sent),
+        ttft_us: ttft,
+        e2e_us: e2e,
+        ttft_sched_us: between(scheduled, m.first_token),
+        e2e_sched_us: between(scheduled, m.done),
+        tpot_us: tpot,
+        itl_us: (!itl.is_empty()).then(|| itl.clone()),
+        n_in_usage: m.usage.map(|u| u.prompt_tokens),
+        n_out_usage: m.usage.map(|u| u.completion_tokens),
+        n_out_counted: Some(m.n_out_counted),
+        status: m.status,
+        error_kind: m.error_kind.map(str::to_owned),
+        error: m.error.clone(),
+    };
+    let sample = Sample {
+        phase: record.phase.clone(),
+        step_value: record.step_value,
+        ok,
+        error_kind: record.error_kind.clone(),
+        sent_ns: m.sent.map(|t| clock.since_start_ns(t)),
+        done_ns: m.done.map(|t| clock.since_start_ns(t)),
+        queue_us: record.queue_us,
+        ttft_us: if ok { ttft } else { None },
+        ttft_sched_us: if ok { record.ttft_sched_us } else { None },
+        e2e_us: if ok { e2e } else { None },
+        e2e_sched_us: if ok { record.e2e_sched_us } else { None },
+        tpot_us: tpot,
+        itl_us: if ok { itl } else { Vec::new() },
+        n_in: u64::from(
+            m.usage
+                .map(|u| u.prompt_tokens)
+                .or(request.input_tokens)
+                .unwrap_or(0),
+        ),
+        n_out: u64::from(n_out),
+        input_mismatch: match (m.usage, request.input_tokens) {
+            (Some(u), Some(want)) if ok => Some(u.prompt_tokens != want),
+            _ => None,
+        },
+        output_mismatch: match (m.usage, request.output_tokens) {
+            (Some(u), Some(want))
+                if ok
+                    && config.shape.backend != client::Backend::Openai
+                    && config.shape.backend != client::Backend::Tgi =>
+            {
+                Some(u.completion_tokens != want)
+            }
+            _ => None,
+        },
+    };
+    (record, sample)
+}
+
+fn build_body(config: &ReplayConfig, request: &TraceRecord) -> Vec<u8> {
+    let input = request.input_tokens.unwrap_or(16);
+    let output = request
+        .output_tokens
+        .or(request.max_tokens)
+        .unwrap_or(128)
+        .max(1);
+    let prompt = match &request.prompt {
+        Some(p) => p.clone(),
+        None => config
+            .prompts
+            .build(&request.request_id, input, request.prefix_hashes.as_deref()),
+    };
+    config.shape.body(&prompt, output).to_string().into_bytes()
+}
+
+/// Sleeps until `deadline` precisely: an OS sleep to shortly before it, then a spin.
+fn sleep_until(deadline: Instant) {
+    const SPIN: Duration = Duration::from_micros(80);
+    let now = Instant::now();
+    if deadline > now + SPIN {
+        std::thread::sleep(deadline - now - SPIN);
+    }
+    while Instant::now() < deadline {
+        std::hint::spin_loop();
+    }
+}
+
+/// Runs a replay to the end (or until `stop` is set), writing the run directory.
+pub async fn run(
+    config: ReplayConfig,
+    pacing: Pacing,
+    stop: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+) -> Result<RunSummary, ReplayError> {
+    if config.targets.is_empty() {
+        return Err(ReplayError::Config("no target".into()));
+    }
+    std::fs::create_dir_all(&config.run_dir).map_err(|e| ReplayError::Io {
+        path: config.run_dir.clone(),
+        source: e,
+    })?;
+    let requests_file = config.run_dir.join("requests.parquet");
+    let writer_opts = WriterOptions::default()
+        .with_meta("reprise.run_id", config.run_id.clone())
+        .with_meta("reprise.tokenizer", "cl100k");
+    let mut writer =
+        DatasetWriter::<ResultRecord>::create(Output::File(requests_file.clone()), writer_opts)?;
+
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (k, v) in &config.headers {
+        let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|e| ReplayError::Config(format!("header `{k}`: {e}")))?;
+        let mut value = reqwest::header::HeaderValue::from_str(v)
+            .map_err(|e| ReplayError::Config(format!("header `{k}`: {e}")))?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(4096)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| ReplayError::Client(e.to_string()))?;
+    let api_path = config.shape.api.path();
+    let urls: Vec<String> = config
+        .targets
+        .iter()
+        .map(|t| format!("{}{api_path}", t.trim_end_matches('/')))
+        .collect();
+
+    let clock = Arc::new(Clock::new(Duration::from_millis(20)));
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Done>();
+    let summary = Arc::new(Mutex::new(Summarizer::default()));
+    let config = Arc::new(config);
+
+    // The writer thread: result rows to Parquet, samples to the summary.
+    let writer_thread = {
+        let (clock, config, summary, progress) = (
+            clock.clone(),
+            config.clone(),
+            summary.clone(),
+            progress.clone(),
+        );
+        std::thread::spawn(move || -> Result<u64, ReplayError> {
+            let mut rows = 0u64;
+            let mut last_flush = Instant::now();
+            for done in done_rx {
+                let (record, sample) = finish(&done, &clock, &config);
+                if !sample.ok {
+                    progress.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                summary
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .add(&sample);
+                writer.write(&record)?;
+                rows += 1;
+                if last_flush.elapsed() > Duration::from_secs(1) {
+                    writer.flush()?;
+                    last_flush = Instant::now();
+                }
+            }
+            writer.close()?;
+            Ok(rows)
+        })
+    };
+
+    let limiter = config.max_in_flight.map(|n| Arc::new(Semaphore::new(n)));
+    let sent_counter = Arc::new(AtomicU64::new(0));
+    let spawn_job = |job: Job, tasks: &mut tokio::task::JoinSet<()>| {
+        let (client, url, headers, done_tx, limiter, timeouts, stream, progress) = (
+            client.clone(),
+            urls[job.target].clone(),
+            headers.clone(),
+            done_tx.clone(),
+            limiter.clone(),
+            config.timeouts,
+            config.shape.stream,
+            progress.clone(),
+        );
+        tasks.spawn(async move {
+            let _permit = match &limiter {
+                Some(l) => l.clone().acquire_owned().await.ok(),
+                None => None,
+            };
+            progress.sent.fetch_add(1, Ordering::Relaxed);
+            let mut job = job;
+            let body = std::mem::take(&mut job.body);
+            let measured = client::send(&client, &url, &headers, body, stream, timeouts).await;
+            progress.finished.fetch_add(1, Ordering::Relaxed);
+            let _ = done_tx.send(Done { job, measured });
+        });
+    };
+
+    let mut complete = true;
+    let mut stopped_early = None;
+    let mut tasks = tokio::task::JoinSet::new();
+    match pacing {
+        Pacing::Open(plan) => {
+            progress.planned.store(plan.len() as u64, Ordering::Relaxed);
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+            let pacer = {
+                let (config, clock, stop, sent_counter) = (
+                    config.clone(),
+                    clock.clone(),
+                    stop.clone(),
+                    sent_counter.clone(),
+                );
+                std::thread::Builder::new()
+                    .name("reprise-pacer".into())
+                    .spawn(move || {
+                        let n_targets = config.targets.len();
+                        for (i, p) in plan.into_iter().enumerate() {
+                            let body = build_body(&config, &p.request);
+                            let deadline = clock.t0 + p.offset;
+                            sleep_until(deadline);
+                            if stop.load(Ordering::Relaxed) {
+                                return false;
+                            }
+                            let n = sent_counter.fetch_add(1, Ordering::Relaxed);
+                            let phase = if n < config.warmup {
+                                "warmup".to_owned()
+                            } else {
+                                p.phase
+                            };
+                            let job = Job {
+                                planned_phase: phase,
+                                step_value: p.step_value,
+                                request: p.request,
+                                scheduled: deadline,
+                                body,
+                                target: i % n_targets,
+                            };
+                            if tx.send(job).is_err() {
+                                return false;
+                            }
+                        }
+                        true
+                    })
+                    .map_err(|e| ReplayError::Config(format!("starting the pacer: {e}")))?
+            };
+            while let Some(job) = rx.recv().await {
+                spawn_job(job, &mut tasks);
+                while tasks.try_join_next().is_some() {}
+            }
+            complete = pacer.join().unwrap_or(false);
+        }
+        Pacing::Closed {
+            users,
+            step_duration,
+            requests_per_step,
+            think,
+            requests,
+        } => {
+            if requests.is_empty() {
+                return Err(ReplayError::Config("no requests to send".into()));
+            }
+            let requests = Arc::new(requests);
+            let next = Arc::new(AtomicU64::new(0));
+            let ramp = users.len() > 1;
+            for (si, &n_users) in users.iter().enumerate() {
+                if stop.load(Ordering::Relaxed) {
+                    complete = false;
+                    break;
+                }
+                let label = if ramp {
+                    format!("concurrency={n_users}")
+                } else {
+                    "measure".to_owned()
+                };
+                let step_end = step_duration.map(|d| Instant::now() + d);
+                let step_count = Arc::new(AtomicU64::new(0));
+                let mut users_set = tokio::task::JoinSet::new();
+                for u in 0..n_users {
+                    let (
+                        config,
+                        requests,
+                        next,
+                        stop,
+                        step_count,
+                        label,
+                        client,
+                        urls,
+                        headers,
+                        done_tx,
+                        progress,
+                        sent_counter,
+                    ) = (
+                        config.clone(),
+                        requests.clone(),
+                        next.clone(),
+                        stop.clone(),
+                        step_count.clone(),
+                        label.clone(),
+                        client.clone(),
+                        urls.clone(),
+                        headers.clone(),
+                        done_tx.clone(),
+                        progress.clone(),
+                        sent_counter.clone(),
+                    );
+                    users_set.spawn(async move {
+                        loop {
+                            if stop.load(Ordering::Relaxed)
+                                || step_end.is_some_and(|e| Instant::now() >= e)
+                            {
+                                break;
+                            }
+                            if requests_per_step
+                                .is_some_and(|r| step_count.fetch_add(1, Ordering::Relaxed) >= r)
+                            {
+                                break;
+                            }
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let request = requests[(i % requests.len() as u64) as usize].clone();
+                            let body = build_body(&config, &request);
+                            let n = sent_counter.fetch_add(1, Ordering::Relaxed);
+                            let phase = if n < config.warmup {
+                                "warmup".to_owned()
+                            } else {
+                                label.clone()
+                            };
+                            let scheduled = Instant::now();
+                            progress.sent.fetch_add(1, Ordering::Relaxed);
+                            let target = (u + i as usize) % urls.len();
+                            let measured = client::send(
+                                &client,
+                                &urls[target],
+                                &headers,
+                                body.clone(),
+                                config.shape.stream,
+                                config.timeouts,
+                            )
+                            .await;
+                            progress.finished.fetch_add(1, Ordering::Relaxed);
+                            let job = Job {
+                                planned_phase: phase,
+                                step_value: Some(n_users as f64),
+                                request,
+                                scheduled,
+                                body: Vec::new(),
+                                target,
+                            };
+                            let _ = done_tx.send(Done { job, measured });
+                            if !think.is_zero() {
+                                tokio::time::sleep(think).await;
+                            }
+                        }
+                    });
+                }
+                while users_set.join_next().await.is_some() {}
+                // The stop rule looks at the finished step.
+                if ramp && si + 1 < users.len() {
+                    // Let the writer catch up with this step's rows.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let step = summary
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .phase(&label);
+                    if let Some(step) = step {
+                        let rule = config.stop_rule;
+                        let too_many_errors =
+                            rule.max_error_rate.is_some_and(|m| step.error_rate > m);
+                        let too_slow = rule
+                            .max_p99_ttft_ms
+                            .is_some_and(|m| step.ttft_ms.as_ref().is_some_and(|t| t.p99 > m));
+                        if too_many_errors || too_slow {
+                            stopped_early = Some(format!(
+                                "stopped after {label}: error rate {:.1}%, P99 TTFT {} ms",
+                                step.error_rate * 100.0,
+                                step.ttft_ms
+                                    .as_ref()
+                                    .map_or("-".into(), |t| format!("{:.1}", t.p99))
+                            ));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Wait for in-flight requests (bounded after a stop).
+    let drain_deadline = Instant::now() + config.drain;
+    loop {
+        let next = if stop.load(Ordering::Relaxed) {
+            let left = drain_deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, tasks.join_next()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    complete = false;
+                    tasks.abort_all();
+                    break;
+                }
+            }
+        } else {
+            tasks.join_next().await
+        };
+        if next.is_none() {
+            break;
+        }
+    }
+    if stop.load(Ordering::Relaxed) {
+        complete = false;
+    }
+    drop(done_tx);
+    let recorded = writer_thread
+        .join()
+        .map_err(|_| ReplayError::Config("the result writer panicked".into()))??;
+    let summary = summary.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let run_summary = RunSummary {
+        run_id: config.run_id.clone(),
+        complete,
+        recorded,
+        overall: summary.overall(),
+        phases: summary.phases(),
+        stopped_early,
+        requests_file,
+    };
+    write_run_json(&config, &clock, &run_summary)?;
+    Ok(run_summary)
+}
+
+fn write_run_json(
+    config: &ReplayConfig,
+    clock: &Clock,
+    summary: &RunSummary,
+) -> Result<(), ReplayError> {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let run = serde_json::json!({
+        "format": "run/1",
+        "run_id": config.run_id,
+        "tool": "reprise",
+        "version": env!("CARGO_PKG_VERSION"),
+        "command": config.command,
+        "host": host,
+        "complete": summary.complete,
+        "clock": {
+            "anchor_wall_ns": clock.wall0_ns,
+            "note": "all times are this wall-clock anchor plus a monotonic-clock offset"
+        },
+        "config": {
+            "targets": config.targets,
+            "api": match config.shape.api { Api::Chat => "chat", Api::Completions => "completions" },
+            "backend": format!("{:?}", config.shape.backend).to_lowercase(),
+            "model": config.shape.model,
+            "stream": config.shape.stream,
+            "header_names": config.headers.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+            "timeout_s": config.timeouts.request.as_secs_f64(),
+            "token_timeout_s": config.timeouts.gap.as_secs_f64(),
+            "max_in_flight": config.max_in_flight,
+            "warmup": config.warmup,
+            "queue_limit_ms": config.queue_limit_ms,
+            "tokenizer": "cl100k",
+        },
+        "summary": summary,
+    });
+    let path = config.run_dir.join("run.json");
+    let text =
+        serde_json::to_string_pretty(&run).map_err(|e| ReplayError::Config(e.to_string()))?;
+    std::fs::write(&path, text).map_err(|e| ReplayError::Io { path, source: e })
+}
+
+/// A run id from the current UTC time: `YYYYMMDD-HHMMSS`.
+pub fn new_run_id() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    let text = reprise_trace::time::format_rfc3339(Timestamp(now));
+    // 2026-11-28T03:20:46.123456789Z -> 20261128-032046
+    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+    format!("{}-{}", &digits[..8], &digits[8..14])
+}
+
+/// Whether a path looks like a run directory (has run.json).
+pub fn is_run_dir(path: &Path) -> bool {
+    path.join("run.json").is_file()
+}

@@ -1,0 +1,453 @@
+//! Run summary from HDR histograms (3 significant digits): the metrics of
+//! `shared/spec/metrics.md` for the measured phase, plus a row per step of a ramp. Exact
+//! percentiles over the stored values are the analyzer's job; these are for the terminal.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Percentiles of one latency metric, milliseconds.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Latency {
+    /// Values.
+    pub count: u64,
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+#[derive(Debug, Clone)]
+struct Hist(Histogram<u64>);
+
+impl Hist {
+    fn new() -> Self {
+        Hist(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"))
+    }
+    fn record_us(&mut self, us: u64) {
+        self.0.saturating_record(us.max(1));
+    }
+    fn latency(&self) -> Option<Latency> {
+        let h = &self.0;
+        if h.is_empty() {
+            return None;
+        }
+        let ms = |v: u64| v as f64 / 1000.0;
+        Some(Latency {
+            count: h.len(),
+            mean: h.mean() / 1000.0,
+            p50: ms(h.value_at_quantile(0.5)),
+            p90: ms(h.value_at_quantile(0.9)),
+            p95: ms(h.value_at_quantile(0.95)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        })
+    }
+}
+
+/// Everything measured for one request, as the summary needs it (µs; ns times).
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    /// Phase label.
+    pub phase: String,
+    /// Step value.
+    pub step_value: Option<f64>,
+    /// Success.
+    pub ok: bool,
+    /// Error class.
+    pub error_kind: Option<String>,
+    /// Send time, ns since the run's start.
+    pub sent_ns: Option<u64>,
+    /// Done time, ns since the run's start.
+    pub done_ns: Option<u64>,
+    /// Queue, µs.
+    pub queue_us: Option<u64>,
+    /// TTFT from sent, µs.
+    pub ttft_us: Option<u64>,
+    /// TTFT from scheduled, µs.
+    pub ttft_sched_us: Option<u64>,
+    /// E2E from sent, µs.
+    pub e2e_us: Option<u64>,
+    /// E2E from scheduled, µs.
+    pub e2e_sched_us: Option<u64>,
+    /// TPOT, µs.
+    pub tpot_us: Option<u64>,
+    /// Inter-token gaps, µs.
+    pub itl_us: Vec<u32>,
+    /// Prompt tokens (usage, else requested).
+    pub n_in: u64,
+    /// Output tokens (usage, else counted).
+    pub n_out: u64,
+    /// Requested prompt tokens, and whether usage disagreed.
+    pub input_mismatch: Option<bool>,
+    /// Requested output tokens, and whether usage disagreed.
+    pub output_mismatch: Option<bool>,
+}
+
+#[derive(Debug, Clone)]
+struct Acc {
+    step_value: Option<f64>,
+    requests: u64,
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+    first_sent: Option<u64>,
+    last_done: Option<u64>,
+    n_in: u64,
+    n_out: u64,
+    queue: Hist,
+    ttft: Hist,
+    ttft_sched: Hist,
+    e2e: Hist,
+    e2e_sched: Hist,
+    tpot: Hist,
+    itl: Hist,
+    in_checked: u64,
+    in_mismatch: u64,
+    out_checked: u64,
+    out_mismatch: u64,
+}
+
+impl Acc {
+    fn new(step_value: Option<f64>) -> Self {
+        Acc {
+            step_value,
+            requests: 0,
+            ok: 0,
+            errors: BTreeMap::new(),
+            first_sent: None,
+            last_done: None,
+            n_in: 0,
+            n_out: 0,
+            queue: Hist::new(),
+            ttft: Hist::new(),
+            ttft_sched: Hist::new(),
+            e2e: Hist::new(),
+            e2e_sched: Hist::new(),
+            tpot: Hist::new(),
+            itl: Hist::new(),
+            in_checked: 0,
+            in_mismatch: 0,
+            out_checked: 0,
+            out_mismatch: 0,
+        }
+    }
+
+    fn add(&mut self, s: &Sample) {
+        self.requests += 1;
+        if let Some(t) = s.sent_ns {
+            self.first_sent = Some(self.first_sent.map_or(t, |f| f.min(t)));
+        }
+        if let Some(q) = s.queue_us {
+            self.queue.record_us(q);
+        }
+        if !s.ok {
+            *self
+                .errors
+                .entry(s.error_kind.clone().unwrap_or_else(|| "unknown".into()))
+                .or_default() += 1;
+            return;
+        }
+        self.ok += 1;
+        if let Some(t) = s.done_ns {
+            self.last_done = Some(self.last_done.map_or(t, |l| l.max(t)));
+        }
+        self.n_in += s.n_in;
+        self.n_out += s.n_out;
+        for (h, v) in [
+            (&mut self.ttft, s.ttft_us),
+            (&mut self.ttft_sched, s.ttft_sched_us),
+            (&mut self.e2e, s.e2e_us),
+            (&mut self.e2e_sched, s.e2e_sched_us),
+            (&mut self.tpot, s.tpot_us),
+        ] {
+            if let Some(v) = v {
+                h.record_us(v);
+            }
+        }
+        for &g in &s.itl_us {
+            self.itl.record_us(u64::from(g));
+        }
+        if let Some(m) = s.input_mismatch {
+            self.in_checked += 1;
+            self.in_mismatch += u64::from(m);
+        }
+        if let Some(m) = s.output_mismatch {
+            self.out_checked += 1;
+            self.out_mismatch += u64::from(m);
+        }
+    }
+
+    fn report(&self, phase: &str) -> PhaseSummary {
+        let duration_s = match (self.first_sent, self.last_done) {
+            (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e9,
+            _ => 0.0,
+        };
+        let per_s = |x: f64| {
+            if duration_s > 0.0 {
+                x / duration_s
+            } else {
+                0.0
+            }
+        };
+        PhaseSummary {
+            phase: phase.to_owned(),
+            step_value: self.step_value,
+            requests: self.requests,
+            ok: self.ok,
+            errors: self.errors.clone(),
+            error_rate: if self.requests > 0 {
+                (self.requests - self.ok) as f64 / self.requests as f64
+            } else {
+                0.0
+            },
+            duration_s,
+            request_throughput: per_s(self.ok as f64),
+            output_tokens_per_s: per_s(self.n_out as f64),
+            total_tokens_per_s: per_s((self.n_in + self.n_out) as f64),
+            input_tokens: self.n_in,
+            output_tokens: self.n_out,
+            queue_ms: self.queue.latency(),
+            ttft_ms: self.ttft.latency(),
+            ttft_sched_ms: self.ttft_sched.latency(),
+            tpot_ms: self.tpot.latency(),
+            itl_ms: self.itl.latency(),
+            e2e_ms: self.e2e.latency(),
+            e2e_sched_ms: self.e2e_sched.latency(),
+            input_token_mismatch_rate: (self.in_checked > 0)
+                .then(|| self.in_mismatch as f64 / self.in_checked as f64),
+            output_token_mismatch_rate: (self.out_checked > 0)
+                .then(|| self.out_mismatch as f64 / self.out_checked as f64),
+        }
+    }
+}
+
+/// The figures of one phase (or of all measured requests).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PhaseSummary {
+    /// Phase label.
+    pub phase: String,
+    /// Step value.
+    pub step_value: Option<f64>,
+    /// Requests.
+    pub requests: u64,
+    /// Successful requests.
+    pub ok: u64,
+    /// Failures by class.
+    pub errors: BTreeMap<String, u64>,
+    /// Failed / all.
+    pub error_rate: f64,
+    /// First sent → last done, seconds.
+    pub duration_s: f64,
+    /// OK requests per second.
+    pub request_throughput: f64,
+    /// Output tokens per second.
+    pub output_tokens_per_s: f64,
+    /// Prompt + output tokens per second.
+    pub total_tokens_per_s: f64,
+    /// Prompt tokens of OK requests.
+    pub input_tokens: u64,
+    /// Output tokens of OK requests.
+    pub output_tokens: u64,
+    /// `sent − scheduled`.
+    pub queue_ms: Option<Latency>,
+    /// TTFT from sent.
+    pub ttft_ms: Option<Latency>,
+    /// TTFT from scheduled (the open-loop headline).
+    pub ttft_sched_ms: Option<Latency>,
+    /// TPOT.
+    pub tpot_ms: Option<Latency>,
+    /// ITL (pooled gaps).
+    pub itl_ms: Option<Latency>,
+    /// E2E from sent.
+    pub e2e_ms: Option<Latency>,
+    /// E2E from scheduled.
+    pub e2e_sched_ms: Option<Latency>,
+    /// Share of OK requests whose usage prompt tokens differ from the requested size.
+    pub input_token_mismatch_rate: Option<f64>,
+    /// Share of OK requests whose usage output tokens differ from the requested size.
+    pub output_token_mismatch_rate: Option<f64>,
+}
+
+/// Accumulates samples per phase and overall (warm-up excluded from the overall figures).
+#[derive(Debug, Clone)]
+pub struct Summarizer {
+    overall: Acc,
+    phases: Vec<(String, Acc)>,
+}
+
+impl Default for Summarizer {
+    fn default() -> Self {
+        Summarizer {
+            overall: Acc::new(None),
+            phases: Vec::new(),
+        }
+    }
+}
+
+impl Summarizer {
+    /// Adds one request.
+    pub fn add(&mut self, s: &Sample) {
+        let i = match self.phases.iter().position(|(p, _)| *p == s.phase) {
+            Some(i) => i,
+            None => {
+                self.phases.push((s.phase.clone(), Acc::new(s.step_value)));
+                self.phases.len() - 1
+            }
+        };
+        self.phases[i].1.add(s);
+        if s.phase != "warmup" {
+            self.overall.add(s);
+        }
+    }
+
+    /// Figures of the measured requests.
+    pub fn overall(&self) -> PhaseSummary {
+        self.overall.report("all")
+    }
+
+    /// Figures per phase, in first-seen order.
+    pub fn phases(&self) -> Vec<PhaseSummary> {
+        self.phases.iter().map(|(p, a)| a.report(p)).collect()
+    }
+
+    /// Figures of one phase.
+    pub fn phase(&self, phase: &str) -> Option<PhaseSummary> {
+        self.phases
+            .iter()
+            .find(|(p, _)| p == phase)
+            .map(|(p, a)| a.report(p))
+    }
+
+    /// Requests seen so far (all phases).
+    pub fn requests(&self) -> u64 {
+        self.phases.iter().map(|(_, a)| a.requests).sum()
+    }
+}
+
+fn fmt_ms(l: &Option<Latency>, f: impl Fn(&Latency) -> f64) -> String {
+    l.as_ref()
+        .map_or_else(|| "-".into(), |l| format!("{:.1}", f(l)))
+}
+
+/// The terminal table of a summary.
+pub fn render(overall: &PhaseSummary, phases: &[PhaseSummary], queue_limit_ms: f64) -> String {
+    let mut out = String::new();
+    let o = overall;
+    out.push_str(&format!(
+        "requests {} ok, {} failed ({:.2}%){}\n",
+        o.ok,
+        o.requests - o.ok,
+        o.error_rate * 100.0,
+        if o.errors.is_empty() {
+            String::new()
+        } else {
+            format!(": {:?}", o.errors)
+        }
+    ));
+    out.push_str(&format!(
+        "duration {:.1} s   throughput {:.2} req/s, {:.0} output tok/s, {:.0} total tok/s\n",
+        o.duration_s, o.request_throughput, o.output_tokens_per_s, o.total_tokens_per_s
+    ));
+    out.push_str("metric (ms)          p50       p90       p99     p99.9      mean       max\n");
+    let rows: [(&str, &Option<Latency>); 7] = [
+        ("TTFT", &o.ttft_ms),
+        ("TTFT (scheduled)", &o.ttft_sched_ms),
+        ("TPOT", &o.tpot_ms),
+        ("ITL", &o.itl_ms),
+        ("E2E", &o.e2e_ms),
+        ("E2E (scheduled)", &o.e2e_sched_ms),
+        ("queue", &o.queue_ms),
+    ];
+    for (name, l) in rows {
+        out.push_str(&format!(
+            "{name:<18}{:>9}{:>10}{:>10}{:>10}{:>10}{:>10}\n",
+            fmt_ms(l, |l| l.p50),
+            fmt_ms(l, |l| l.p90),
+            fmt_ms(l, |l| l.p99),
+            fmt_ms(l, |l| l.p999),
+            fmt_ms(l, |l| l.mean),
+            fmt_ms(l, |l| l.max)
+        ));
+    }
+    if let (Some(i), Some(oo)) = (o.input_token_mismatch_rate, o.output_token_mismatch_rate) {
+        out.push_str(&format!(
+            "token counts vs usage: prompt mismatches {:.2}%, output mismatches {:.2}%\n",
+            i * 100.0,
+            oo * 100.0
+        ));
+    }
+    if let Some(q) = &o.queue_ms
+        && q.p99 > queue_limit_ms
+    {
+        out.push_str(&format!(
+            "WARNING: client could not keep up: queue p99 {:.2} ms > {queue_limit_ms} ms (latencies from `scheduled` include it)\n",
+            q.p99
+        ));
+    }
+    let steps: Vec<&PhaseSummary> = phases.iter().filter(|p| p.step_value.is_some()).collect();
+    if steps.len() > 1 {
+        out.push_str("\n| step | QPS | output tok/s | P99 TTFT ms | P99 TPOT ms | P99 E2E ms | error rate |\n|---|---:|---:|---:|---:|---:|---:|\n");
+        for p in steps {
+            out.push_str(&format!(
+                "| {} | {:.2} | {:.0} | {} | {} | {} | {:.1}% |\n",
+                p.phase,
+                p.request_throughput,
+                p.output_tokens_per_s,
+                fmt_ms(&p.ttft_ms, |l| l.p99),
+                fmt_ms(&p.tpot_ms, |l| l.p99),
+                fmt_ms(&p.e2e_ms, |l| l.p99),
+                p.error_rate * 100.0
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warmup_is_excluded_and_rates_use_sent_to_done() {
+        let mut s = Summarizer::default();
+        let sample = |phase: &str, sent: u64, done: u64, ok: bool| Sample {
+            phase: phase.into(),
+            ok,
+            error_kind: (!ok).then(|| "http_5xx".into()),
+            sent_ns: Some(sent),
+            done_ns: Some(done),
+            queue_us: Some(10),
+            ttft_us: Some(1000),
+            e2e_us: Some(2000),
+            n_in: 10,
+            n_out: 5,
+            ..Default::default()
+        };
+        s.add(&sample("warmup", 0, 1_000_000_000, true));
+        s.add(&sample("measure", 1_000_000_000, 2_000_000_000, true));
+        s.add(&sample("measure", 1_500_000_000, 3_000_000_000, true));
+        s.add(&sample("measure", 1_600_000_000, 1_700_000_000, false));
+        let o = s.overall();
+        assert_eq!((o.requests, o.ok), (3, 2));
+        assert_eq!(o.errors["http_5xx"], 1);
+        assert!((o.duration_s - 2.0).abs() < 1e-9);
+        assert!((o.request_throughput - 1.0).abs() < 1e-9);
+        assert!((o.output_tokens_per_s - 5.0).abs() < 1e-9);
+        assert_eq!(o.ttft_ms.as_ref().unwrap().p50, 1.0);
+        assert_eq!(s.phases().len(), 2);
+        let text = render(&o, &s.phases(), 1.0);
+        assert!(text.contains("requests 2 ok, 1 failed"), "{text}");
+    }
+}
