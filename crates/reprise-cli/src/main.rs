@@ -35,6 +35,8 @@ struct Cli {
 enum Command {
     /// Convert a public trace (Azure, Mooncake, BurstGPT) or any CSV/JSONL table to trace/1.
     Import(Box<cmd::import::Args>),
+    /// Replay a trace open-loop at N x speed, or generate load, against a target or the sim.
+    Replay(Box<cmd::replay::Args>),
     /// Run the simulated OpenAI-compatible LLM server (continuous batching, KV cache, faults).
     Sim(Box<cmd::sim::Args>),
     /// Inspect, validate or export a trace/1 dataset.
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Import(args) => cmd::import::run(*args),
+        Command::Replay(args) => cmd::replay::run_cmd(*args),
         Command::Sim(args) => cmd::sim::run(*args),
         Command::Trace(command) => cmd::trace::run(command),
         Command::Analyze(args) => cmd::analyze::run("analyze", args),

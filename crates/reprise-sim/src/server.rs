@@ -329,7 +329,7 @@ async fn generate(api: Api, req: Request<Incoming>, state: Arc<State>) -> Reply 
         return Ok(error(status, "injected fault", "server_error", None));
     }
 
-    let tokens = if request.prompt.len() > 64 * 1024 {
+    let tokens = if request.prompt.len() > 8 * 1024 {
         let text = request.prompt.clone();
         tokio::task::spawn_blocking(move || Cl100k.encode(&text))
             .await

@@ -2,5 +2,6 @@
 
 pub mod analyze;
 pub mod import;
+pub mod replay;
 pub mod sim;
 pub mod trace;

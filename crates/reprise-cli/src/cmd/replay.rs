@@ -1,0 +1,529 @@
+//! `reprise replay`: reproduce a trace or a synthetic workload against a target.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, ValueEnum};
+use reprise_protocol::openai::Api;
+use reprise_replay::client::{Backend, RequestShape, Timeouts};
+use reprise_replay::prompt::PromptBuilder;
+use reprise_replay::summary::render;
+use reprise_replay::workload::{
+    Process, RateStep, Sizes, TraceWindow, load_trace, rate_plan, synthetic_request, trace_plan,
+};
+use reprise_replay::{Pacing, Progress, ReplayConfig, StopRule, new_run_id, run};
+use reprise_sim::{Profile, SimConfig, SimServer};
+
+/// Named load-test scenarios (presets over the flags below).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Scenario {
+    /// Single-request performance: closed loop, concurrency 1, 60 s.
+    Baseline,
+    /// Expected peak: closed loop at --concurrency (default 100), 300 s.
+    Load,
+    /// Beyond the limit: concurrency ramp 100,200,500,1000,2000 (or --ramp), 60 s a step,
+    /// stopping once the error rate passes 5% (or --stop-error-rate / --stop-p99-ttft-ms).
+    Stress,
+    /// Long run: closed loop at concurrency 50 (or --concurrency) for 24 h (or --run-for).
+    Soak,
+}
+
+/// Inter-arrival law of synthetic open-loop load.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ProcessArg {
+    /// Exponential gaps (Poisson arrivals).
+    Poisson,
+    /// Evenly spaced.
+    Fixed,
+    /// Gamma gaps with coefficient of variation --cv (vLLM's burstiness = 1/cv²).
+    Gamma,
+}
+
+/// API used for requests.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ApiArg {
+    /// /v1/chat/completions.
+    Chat,
+    /// /v1/completions.
+    Completions,
+}
+
+/// Target server dialect (how output lengths are forced).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BackendArg {
+    /// vLLM: max_tokens + min_tokens + ignore_eos.
+    Vllm,
+    /// SGLang: max_tokens + min_tokens + ignore_eos.
+    Sglang,
+    /// llama.cpp llama-server: max_tokens + ignore_eos.
+    Llamacpp,
+    /// TGI: max_tokens only.
+    Tgi,
+    /// Plain OpenAI API: max_tokens / max_completion_tokens only.
+    Openai,
+}
+
+/// Replay a trace open-loop at N x speed, or generate load, against a target.
+///
+/// Open loop by default: every request is sent at its absolute deadline (t0 + offset/speed),
+/// whatever the responses do; latencies are reported from `sent` and from `scheduled` (the
+/// coordinated-omission-free view). Prompts have exactly the trace's input tokens (cl100k),
+/// requests with equal prefix hashes share exactly that prefix, and output lengths are forced
+/// (max_tokens + ignore_eos/min_tokens where the backend supports them); the summary reports
+/// how often the server's usage disagreed. Results stream to RUN_DIR/requests.parquet
+/// (result/1) with RUN_DIR/run.json. Ctrl-C stops sending, waits --drain seconds for
+/// in-flight requests, writes everything and marks the run incomplete.
+#[derive(Debug, Parser)]
+#[command(
+    after_help = "Modes (the first that applies): --ramp; --concurrency (closed loop); --rate (synthetic open loop); TRACE (open-loop replay).\n\nExamples:\n  reprise replay traces/azure-conv-2023.parquet --target sim --speed 10 --duration 600 --sim-speedup 10\n  reprise replay traces/azure-conv-2023.parquet --target http://localhost:8000 --speed 2\n  reprise replay --target sim --rate 20 --process gamma --cv 2 --run-for 60 --input-tokens 1000 --output-tokens 200\n  reprise replay traces/azure-conv-2023.parquet --target sim --scenario stress --ramp concurrency:8,32,128 --step-duration 20"
+)]
+pub struct Args {
+    /// trace/1 dataset to replay (or to take request sizes from, in other modes).
+    trace: Option<PathBuf>,
+    /// Target base URL, or `sim[:PROFILE]` for the in-process simulator; repeat for round-robin.
+    #[arg(long, default_value = "sim")]
+    target: Vec<String>,
+    /// Speed of the in-process simulator (time compression of its engine).
+    #[arg(long, default_value_t = 1.0)]
+    sim_speedup: f64,
+    /// Model id (default: the simulator's, or the first of the target's /v1/models).
+    #[arg(long)]
+    model: Option<String>,
+    /// API to use.
+    #[arg(long, value_enum, default_value = "chat")]
+    api: ApiArg,
+    /// Target dialect.
+    #[arg(long, value_enum, default_value = "vllm")]
+    backend: BackendArg,
+    /// Ask for non-streamed responses (no TTFT/ITL then).
+    #[arg(long)]
+    no_stream: bool,
+    /// Time compression of the trace.
+    #[arg(long, default_value_t = 1.0, help_heading = "Trace window")]
+    speed: f64,
+    /// Skip the trace's first seconds.
+    #[arg(long, value_name = "SECONDS", help_heading = "Trace window")]
+    start: Option<f64>,
+    /// Replay this many seconds of trace time.
+    #[arg(long, value_name = "SECONDS", help_heading = "Trace window")]
+    duration: Option<f64>,
+    /// Replay at most this many requests.
+    #[arg(long, help_heading = "Trace window")]
+    limit: Option<u64>,
+    /// Synthetic open-loop load at this many requests/s.
+    #[arg(long, help_heading = "Synthetic load")]
+    rate: Option<f64>,
+    /// Inter-arrival law of synthetic load.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "poisson",
+        help_heading = "Synthetic load"
+    )]
+    process: ProcessArg,
+    /// Coefficient of variation for --process gamma.
+    #[arg(long, default_value_t = 1.0, help_heading = "Synthetic load")]
+    cv: f64,
+    /// Closed loop: this many users, each sending back to back.
+    #[arg(long, help_heading = "Synthetic load")]
+    concurrency: Option<usize>,
+    /// Closed loop: pause between a response and the user's next request, ms.
+    #[arg(long, default_value_t = 0, help_heading = "Synthetic load")]
+    think_time: u64,
+    /// Step ramp: `rate:10,20,40` (open loop) or `concurrency:1,4,16` (closed loop).
+    #[arg(long, help_heading = "Synthetic load")]
+    ramp: Option<String>,
+    /// Length of each ramp step, seconds.
+    #[arg(long, default_value_t = 30.0, help_heading = "Synthetic load")]
+    step_duration: f64,
+    /// Length of a synthetic or closed-loop run, seconds.
+    #[arg(long, value_name = "SECONDS", help_heading = "Synthetic load")]
+    run_for: Option<f64>,
+    /// Closed loop: stop after this many requests (per step).
+    #[arg(long, help_heading = "Synthetic load")]
+    requests: Option<u64>,
+    /// Prompt tokens of synthetic requests (without a trace).
+    #[arg(long, default_value_t = 512, help_heading = "Synthetic load")]
+    input_tokens: u32,
+    /// Output tokens of synthetic requests (without a trace).
+    #[arg(long, default_value_t = 128, help_heading = "Synthetic load")]
+    output_tokens: u32,
+    /// A named scenario from the seed: baseline, load, stress, soak.
+    #[arg(long, value_enum)]
+    scenario: Option<Scenario>,
+    /// Stop a ramp after a step whose error rate exceeds this (0..1).
+    #[arg(long)]
+    stop_error_rate: Option<f64>,
+    /// Stop a ramp after a step whose P99 TTFT exceeds this, ms.
+    #[arg(long)]
+    stop_p99_ttft_ms: Option<f64>,
+    /// The first N requests are warm-up, excluded from the summary.
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
+    /// Cap requests in flight (reported in run.json; open loop has no cap by default).
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+    /// Extra header `Name: value` (repeatable; never written to results).
+    #[arg(long)]
+    header: Vec<String>,
+    /// Environment variable holding an API key, sent as `Authorization: Bearer ...`.
+    #[arg(long)]
+    api_key_env: Option<String>,
+    /// Per-request time limit, seconds.
+    #[arg(long, default_value_t = 600.0)]
+    timeout: f64,
+    /// Longest silence inside a stream (and before the first byte), seconds.
+    #[arg(long, default_value_t = 60.0)]
+    token_timeout: f64,
+    /// Run directory (default runs/<run id>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Seed of synthetic arrivals.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Flag the run as "client could not keep up" when queue p99 exceeds this, ms.
+    #[arg(long, default_value_t = 1.0)]
+    queue_limit_ms: f64,
+    /// After Ctrl-C, wait this long for in-flight requests, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    drain: f64,
+}
+
+fn secs(s: f64, what: &str) -> Result<Duration> {
+    if !(s.is_finite() && s >= 0.0) {
+        bail!("{what} must be a non-negative number of seconds");
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn parse_ramp(text: &str) -> Result<(bool, Vec<f64>)> {
+    let (kind, values) = text
+        .split_once(':')
+        .ok_or_else(|| anyhow!("--ramp expects rate:A,B,... or concurrency:A,B,..."))?;
+    let values: Vec<f64> = values
+        .split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<f64>()
+                .map_err(|_| anyhow!("--ramp: `{v}` is not a number"))
+        })
+        .collect::<Result<_>>()?;
+    if values.is_empty() || values.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+        bail!("--ramp values must be positive");
+    }
+    match kind {
+        "rate" => Ok((false, values)),
+        "concurrency" => Ok((true, values)),
+        other => bail!("--ramp kind `{other}`: expected rate or concurrency"),
+    }
+}
+
+/// Runs a replay. An in-process simulator gets a runtime of its own, so that its work does
+/// not delay the client's sends and timestamps.
+pub fn run_cmd(args: Args) -> Result<ExitCode> {
+    let sim_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("reprise-sim")
+        .enable_all()
+        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("reprise-replay")
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(replay(args, sim_runtime.handle().clone()));
+    drop(runtime);
+    sim_runtime.shutdown_background();
+    result
+}
+
+async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitCode> {
+    // Targets: start the in-process simulator where asked.
+    let mut sims = Vec::new();
+    let mut targets = Vec::new();
+    for t in &args.target {
+        if t == "sim" || t.starts_with("sim:") {
+            let name = t.strip_prefix("sim:").unwrap_or("llama-8b-h100");
+            let profile = Profile::named(name).ok_or_else(|| {
+                anyhow!(
+                    "unknown sim profile `{name}` (built-ins: {})",
+                    Profile::names().join(", ")
+                )
+            })?;
+            let mut config = SimConfig::new(profile);
+            config.speedup = args.sim_speedup;
+            config.seed = args.seed;
+            let sim = sim_runtime.spawn(SimServer::start(config)).await??;
+            targets.push(sim.base_url());
+            sims.push(sim);
+        } else if t.starts_with("http://") || t.starts_with("https://") {
+            targets.push(t.trim_end_matches('/').to_owned());
+        } else {
+            bail!("--target `{t}`: expected http(s)://host:port or sim[:profile]");
+        }
+    }
+    let model = match (&args.model, sims.first()) {
+        (Some(m), _) => m.clone(),
+        (None, Some(sim)) => sim.model().to_owned(),
+        (None, None) => discover_model(&targets[0]).await?,
+    };
+
+    let mut headers = Vec::new();
+    for h in &args.header {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow!("--header `{h}`: expected `Name: value`"))?;
+        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    if let Some(var) = &args.api_key_env {
+        let key = std::env::var(var)
+            .with_context(|| format!("--api-key-env: environment variable {var} is not set"))?;
+        headers.push(("authorization".into(), format!("Bearer {key}")));
+    }
+
+    // The workload.
+    let trace = match &args.trace {
+        Some(p) => Some(load_trace(p)?),
+        None => None,
+    };
+    let block_tokens = trace.as_ref().and_then(|t| t.block_tokens);
+    let sizes = match &trace {
+        Some(t) => Sizes::from_trace(t),
+        None => Sizes::Fixed {
+            input: args.input_tokens,
+            output: args.output_tokens,
+        },
+    };
+    let closed_requests = |n: u64| -> Vec<reprise_trace::TraceRecord> {
+        match &trace {
+            Some(t) if !t.requests.is_empty() => t.requests.clone(),
+            _ => (0..n.max(1))
+                .map(|i| synthetic_request(i, &sizes))
+                .collect(),
+        }
+    };
+    let mut ramp = args.ramp.as_deref().map(parse_ramp).transpose()?;
+    let mut concurrency = args.concurrency;
+    let mut run_for = args.run_for;
+    let mut stop_rule = StopRule {
+        max_error_rate: args.stop_error_rate,
+        max_p99_ttft_ms: args.stop_p99_ttft_ms,
+    };
+    match args.scenario {
+        Some(Scenario::Baseline) => {
+            concurrency = Some(1);
+            run_for = run_for.or(Some(60.0));
+        }
+        Some(Scenario::Load) => {
+            concurrency = concurrency.or(Some(100));
+            run_for = run_for.or(Some(300.0));
+        }
+        Some(Scenario::Stress) => {
+            ramp = ramp.or(Some((true, vec![100.0, 200.0, 500.0, 1000.0, 2000.0])));
+            if stop_rule.max_error_rate.is_none() && stop_rule.max_p99_ttft_ms.is_none() {
+                stop_rule.max_error_rate = Some(0.05);
+            }
+        }
+        Some(Scenario::Soak) => {
+            concurrency = concurrency.or(Some(50));
+            run_for = run_for.or(Some(86_400.0));
+        }
+        None => {}
+    }
+    let step = secs(args.step_duration, "--step-duration")?;
+    let pacing = if let Some((closed, values)) = ramp {
+        if closed {
+            Pacing::Closed {
+                users: values.iter().map(|v| *v as usize).collect(),
+                step_duration: if args.requests.is_some() {
+                    None
+                } else {
+                    Some(step)
+                },
+                requests_per_step: args.requests,
+                think: Duration::from_millis(args.think_time),
+                requests: closed_requests(1024),
+            }
+        } else {
+            let steps: Vec<RateStep> = values
+                .iter()
+                .map(|&r| RateStep {
+                    rate: r,
+                    duration: step,
+                    label: format!("rate={r}"),
+                })
+                .collect();
+            Pacing::Open(rate_plan(&steps, process(&args), &sizes, args.seed)?)
+        }
+    } else if let Some(users) = concurrency {
+        if run_for.is_none() && args.requests.is_none() {
+            bail!("closed loop needs --run-for or --requests");
+        }
+        Pacing::Closed {
+            users: vec![users],
+            step_duration: run_for.map(|s| secs(s, "--run-for")).transpose()?,
+            requests_per_step: args.requests,
+            think: Duration::from_millis(args.think_time),
+            requests: closed_requests(1024),
+        }
+    } else if let Some(rate) = args.rate {
+        let d = secs(
+            run_for.ok_or_else(|| anyhow!("--rate needs --run-for"))?,
+            "--run-for",
+        )?;
+        Pacing::Open(rate_plan(
+            &[RateStep {
+                rate,
+                duration: d,
+                label: "measure".into(),
+            }],
+            process(&args),
+            &sizes,
+            args.seed,
+        )?)
+    } else if let Some(t) = &trace {
+        let window = TraceWindow {
+            speed: args.speed,
+            start: args.start.map(|s| secs(s, "--start")).transpose()?,
+            duration: args.duration.map(|s| secs(s, "--duration")).transpose()?,
+            limit: args.limit,
+        };
+        Pacing::Open(trace_plan(t, &window)?)
+    } else {
+        bail!("nothing to send: give a TRACE, --rate, --concurrency, --ramp or --scenario");
+    };
+
+    let run_id = new_run_id();
+    let run_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(&run_id));
+    let config = ReplayConfig {
+        targets,
+        shape: RequestShape {
+            api: match args.api {
+                ApiArg::Chat => Api::Chat,
+                ApiArg::Completions => Api::Completions,
+            },
+            backend: match args.backend {
+                BackendArg::Vllm => Backend::Vllm,
+                BackendArg::Sglang => Backend::Sglang,
+                BackendArg::Llamacpp => Backend::Llamacpp,
+                BackendArg::Tgi => Backend::Tgi,
+                BackendArg::Openai => Backend::Openai,
+            },
+            model,
+            stream: !args.no_stream,
+        },
+        headers,
+        timeouts: Timeouts {
+            request: secs(args.timeout, "--timeout")?,
+            gap: secs(args.token_timeout, "--token-timeout")?,
+        },
+        max_in_flight: args.max_in_flight,
+        warmup: args.warmup,
+        prompts: PromptBuilder {
+            block_tokens,
+            salt: args.seed,
+        },
+        run_dir: run_dir.clone(),
+        run_id,
+        queue_limit_ms: args.queue_limit_ms,
+        stop_rule,
+        drain: secs(args.drain, "--drain")?,
+        command: std::env::args().collect(),
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(Progress::default());
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\nstopping: no new requests; waiting for those in flight");
+                stop.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+    let bar = indicatif::ProgressBar::new_spinner().with_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let ticker = {
+        let (bar, progress) = (bar.clone(), progress.clone());
+        tokio::spawn(async move {
+            let start = Instant::now();
+            loop {
+                let sent = progress.sent.load(Ordering::Relaxed);
+                let planned = progress.planned.load(Ordering::Relaxed);
+                let done = progress.finished.load(Ordering::Relaxed);
+                let failed = progress.failed.load(Ordering::Relaxed);
+                let rate = sent as f64 / start.elapsed().as_secs_f64().max(1e-3);
+                let of = if planned > 0 {
+                    format!("/{planned}")
+                } else {
+                    String::new()
+                };
+                bar.set_message(format!(
+                    "sent {sent}{of} ({rate:.1} req/s), done {done}, failed {failed}, in flight {}",
+                    sent.saturating_sub(done)
+                ));
+                bar.tick();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let summary = run(config, pacing, stop, progress).await;
+    ticker.abort();
+    bar.finish_and_clear();
+    let summary = summary?;
+    print!(
+        "{}",
+        render(&summary.overall, &summary.phases, args.queue_limit_ms)
+    );
+    if let Some(s) = &summary.stopped_early {
+        println!("{s}");
+    }
+    if !summary.complete {
+        println!("run INCOMPLETE (stopped before the end)");
+    }
+    println!(
+        "run directory: {} ({} requests recorded)",
+        run_dir.display(),
+        summary.recorded
+    );
+    for sim in sims {
+        let _ = sim_runtime.spawn(sim.shutdown()).await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn process(args: &Args) -> Process {
+    match args.process {
+        ProcessArg::Poisson => Process::Poisson,
+        ProcessArg::Fixed => Process::Fixed,
+        ProcessArg::Gamma => Process::Gamma { cv: args.cv },
+    }
+}
+
+async fn discover_model(base: &str) -> Result<String> {
+    let url = format!("{base}/v1/models");
+    let body: serde_json::Value = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .with_context(|| format!("{url}: cannot list models (pass --model)"))?
+        .bytes()
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|b| Ok(serde_json::from_slice(&b)?))
+        .with_context(|| format!("{url}: not a model list (pass --model)"))?;
+    body["data"][0]["id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("{url}: no model listed (pass --model)"))
+}
