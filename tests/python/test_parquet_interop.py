@@ -98,3 +98,33 @@ def test_part_directories_read_as_one_dataset(burstgpt):
     assert df["failure"].to_list() == [None, "burstgpt: zero response tokens (failed request)"]
     assert df["e2e_us"].to_list() == [1_250_000, 100_000]
     assert pq.read_table(burstgpt).num_rows == 2
+
+
+@pytest.fixture(scope="module")
+def replay_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "run"
+    reprise("replay", "traces/azure-conv-2023.parquet", "--target", "sim:instant", "--speed", "50",
+            "--duration", "30", "--out", str(out))
+    return out
+
+
+def test_replay_results_read_with_the_documented_dtypes(replay_run):
+    df = pl.read_parquet(replay_run / "requests.parquet")
+    assert df.height > 50
+    for col in ["scheduled", "sent", "first_token", "done", "arrival"]:
+        assert df.schema[col] == pl.Datetime("ns", "UTC"), col
+    for col in ["queue_us", "ttft_us", "e2e_us", "ttft_sched_us", "e2e_sched_us", "tpot_us"]:
+        assert df.schema[col] == pl.UInt64, col
+    assert df.schema["itl_us"] == pl.List(pl.UInt32)
+    assert df.schema["status"] == pl.UInt16
+    assert df.schema["trace_status"] == pl.UInt16
+    assert (df["n_in_usage"] == df["input_tokens"]).all()
+    assert (df["n_out_usage"] == df["output_tokens"]).all()
+    # The same metric from the raw timestamps and from the stored duration.
+    ttft = (df["first_token"] - df["sent"]).dt.total_microseconds()
+    assert ((ttft - df["ttft_us"].cast(pl.Int64)).abs() <= 1).all()
+    import json
+    run = json.loads((replay_run / "run.json").read_text())
+    assert run["summary"]["overall"]["ok"] == df.filter(pl.col("phase") == "measure").height
+    pdf = pd.read_parquet(replay_run / "requests.parquet")
+    assert str(pdf["scheduled"].dtype) == "datetime64[ns, UTC]"

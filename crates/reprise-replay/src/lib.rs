@@ -302,6 +302,38 @@ fn build_body(config: &ReplayConfig, request: &TraceRecord) -> Vec<u8> {
     config.shape.body(&prompt, output).to_string().into_bytes()
 }
 
+/// What a request task needs besides its job.
+struct SendCtx {
+    client: reqwest::Client,
+    urls: Vec<String>,
+    headers: reqwest::header::HeaderMap,
+    done_tx: std::sync::mpsc::Sender<Done>,
+    limiter: Option<Arc<Semaphore>>,
+    timeouts: Timeouts,
+    stream: bool,
+    progress: Arc<Progress>,
+}
+
+async fn send_job(mut job: Job, ctx: Arc<SendCtx>) {
+    let _permit = match &ctx.limiter {
+        Some(l) => l.clone().acquire_owned().await.ok(),
+        None => None,
+    };
+    ctx.progress.sent.fetch_add(1, Ordering::Relaxed);
+    let body = std::mem::take(&mut job.body);
+    let measured = client::send(
+        &ctx.client,
+        &ctx.urls[job.target],
+        &ctx.headers,
+        body,
+        ctx.stream,
+        ctx.timeouts,
+    )
+    .await;
+    ctx.progress.finished.fetch_add(1, Ordering::Relaxed);
+    let _ = ctx.done_tx.send(Done { job, measured });
+}
+
 /// Sleeps until `deadline` precisely: an OS sleep to shortly before it, then a spin.
 fn sleep_until(deadline: Instant) {
     const SPIN: Duration = Duration::from_micros(80);
@@ -396,44 +428,35 @@ pub async fn run(
 
     let limiter = config.max_in_flight.map(|n| Arc::new(Semaphore::new(n)));
     let sent_counter = Arc::new(AtomicU64::new(0));
-    let spawn_job = |job: Job, tasks: &mut tokio::task::JoinSet<()>| {
-        let (client, url, headers, done_tx, limiter, timeouts, stream, progress) = (
-            client.clone(),
-            urls[job.target].clone(),
-            headers.clone(),
-            done_tx.clone(),
-            limiter.clone(),
-            config.timeouts,
-            config.shape.stream,
-            progress.clone(),
-        );
-        tasks.spawn(async move {
-            let _permit = match &limiter {
-                Some(l) => l.clone().acquire_owned().await.ok(),
-                None => None,
-            };
-            progress.sent.fetch_add(1, Ordering::Relaxed);
-            let mut job = job;
-            let body = std::mem::take(&mut job.body);
-            let measured = client::send(&client, &url, &headers, body, stream, timeouts).await;
-            progress.finished.fetch_add(1, Ordering::Relaxed);
-            let _ = done_tx.send(Done { job, measured });
-        });
-    };
+    let ctx = Arc::new(SendCtx {
+        client: client.clone(),
+        urls: urls.clone(),
+        headers: headers.clone(),
+        done_tx: done_tx.clone(),
+        limiter: limiter.clone(),
+        timeouts: config.timeouts,
+        stream: config.shape.stream,
+        progress: progress.clone(),
+    });
 
     let mut complete = true;
     let mut stopped_early = None;
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     match pacing {
         Pacing::Open(plan) => {
             progress.planned.store(plan.len() as u64, Ordering::Relaxed);
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+            // The pacer thread spawns each request's task itself, at its deadline: no hop
+            // through another task stands between the deadline and the send.
+            let (tx, mut rx) =
+                tokio::sync::mpsc::unbounded_channel::<tokio::task::JoinHandle<()>>();
+            let handle = tokio::runtime::Handle::current();
             let pacer = {
-                let (config, clock, stop, sent_counter) = (
+                let (config, clock, stop, sent_counter, ctx) = (
                     config.clone(),
                     clock.clone(),
                     stop.clone(),
                     sent_counter.clone(),
+                    ctx.clone(),
                 );
                 std::thread::Builder::new()
                     .name("reprise-pacer".into())
@@ -460,7 +483,7 @@ pub async fn run(
                                 body,
                                 target: i % n_targets,
                             };
-                            if tx.send(job).is_err() {
+                            if tx.send(handle.spawn(send_job(job, ctx.clone()))).is_err() {
                                 return false;
                             }
                         }
@@ -468,9 +491,11 @@ pub async fn run(
                     })
                     .map_err(|e| ReplayError::Config(format!("starting the pacer: {e}")))?
             };
-            while let Some(job) = rx.recv().await {
-                spawn_job(job, &mut tasks);
-                while tasks.try_join_next().is_some() {}
+            while let Some(task) = rx.recv().await {
+                tasks.push(task);
+                if tasks.len() >= 4096 {
+                    tasks.retain(|t| !t.is_finished());
+                }
             }
             complete = pacer.join().unwrap_or(false);
         }
@@ -610,24 +635,21 @@ pub async fn run(
     }
     // Wait for in-flight requests (bounded after a stop).
     let drain_deadline = Instant::now() + config.drain;
-    loop {
-        let next = if stop.load(Ordering::Relaxed) {
+    for task in &mut tasks {
+        if stop.load(Ordering::Relaxed) {
             let left = drain_deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, tasks.join_next()).await {
-                Ok(n) => n,
-                Err(_) => {
-                    complete = false;
-                    tasks.abort_all();
-                    break;
-                }
+            if tokio::time::timeout(left, &mut *task).await.is_err() {
+                complete = false;
+                break;
             }
         } else {
-            tasks.join_next().await
-        };
-        if next.is_none() {
-            break;
+            let _ = (&mut *task).await;
         }
     }
+    for task in &tasks {
+        task.abort();
+    }
+    drop(ctx);
     if stop.load(Ordering::Relaxed) {
         complete = false;
     }

@@ -241,6 +241,18 @@ pub fn run_cmd(args: Args) -> Result<ExitCode> {
 }
 
 async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitCode> {
+    // Ctrl-C is handled from the start: it stops sending and the run is written.
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(Progress::default());
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\nstopping: no new requests; waiting for those in flight");
+                stop.store(true, Ordering::Relaxed);
+            }
+        });
+    }
     // Targets: start the in-process simulator where asked.
     let mut sims = Vec::new();
     let mut targets = Vec::new();
@@ -437,17 +449,6 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
         command: std::env::args().collect(),
     };
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let progress = Arc::new(Progress::default());
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("\nstopping: no new requests; waiting for those in flight");
-                stop.store(true, Ordering::Relaxed);
-            }
-        });
-    }
     let bar = indicatif::ProgressBar::new_spinner().with_style(
         indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
