@@ -344,6 +344,26 @@ impl Engine {
         Some(victim)
     }
 
+    /// Prefills the next chunk of sequence `i` within the budget; a sequence whose prefill
+    /// completes publishes its prompt blocks and emits a token this step.
+    fn prefill_chunk(
+        &mut self,
+        i: usize,
+        budget: &mut u64,
+        out: &mut StepOutcome,
+        emits_idx: &mut Vec<usize>,
+    ) {
+        let seq = &mut self.running[i];
+        let chunk = u64::from(seq.prefill_target - seq.computed).min(*budget) as u32;
+        seq.computed += chunk;
+        *budget -= u64::from(chunk);
+        out.prefill_tokens += u64::from(chunk);
+        if seq.decoding() {
+            self.publish_prompt_blocks(i);
+            emits_idx.push(i);
+        }
+    }
+
     /// Runs one step.
     pub fn step(&mut self) -> StepOutcome {
         let mut out = StepOutcome::default();
@@ -396,18 +416,10 @@ impl Engine {
             if budget == 0 {
                 break;
             }
-            let seq = &self.running[i];
-            if seq.decoding() {
+            if self.running[i].decoding() {
                 continue;
             }
-            let chunk = u64::from(seq.prefill_target - seq.computed).min(budget) as u32;
-            self.running[i].computed += chunk;
-            budget -= u64::from(chunk);
-            out.prefill_tokens += u64::from(chunk);
-            if self.running[i].decoding() {
-                self.publish_prompt_blocks(i);
-                emits_idx.push(i);
-            }
+            self.prefill_chunk(i, &mut budget, &mut out, &mut emits_idx);
         }
 
         // 3. Admit waiting sequences and start their prefill.
@@ -420,14 +432,7 @@ impl Engine {
                 out.prefix_hit_tokens += u64::from(seq.computed).min(prompt);
             }
             out.admitted.push(seq.spec.id);
-            let chunk = u64::from(seq.prefill_target - seq.computed).min(budget) as u32;
-            self.running[i].computed += chunk;
-            budget -= u64::from(chunk);
-            out.prefill_tokens += u64::from(chunk);
-            if self.running[i].decoding() {
-                self.publish_prompt_blocks(i);
-                emits_idx.push(i);
-            }
+            self.prefill_chunk(i, &mut budget, &mut out, &mut emits_idx);
         }
 
         let prefilling = self.running.iter().filter(|s| !s.decoding()).count();

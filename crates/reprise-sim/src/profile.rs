@@ -132,24 +132,28 @@ fn dense(
     }
 }
 
+fn llama_8b_h100() -> Profile {
+    dense(
+        "llama-8b-h100",
+        "Llama-3.1-8B BF16 on 1x H100 SXM 80GB, vLLM-like",
+        "llama-3.1-8b-instruct",
+        8.03e9,
+        2.0,
+        131_072, // 32 layers × 8 KV heads × 128 dims × 2 (K, V) × 2 bytes
+        1.0,
+        H100_BW,
+        H100_FLOPS,
+        80 << 30,
+        256,
+        32_768,
+    )
+}
+
 impl Profile {
     /// The built-in profiles.
     pub fn builtins() -> Vec<Profile> {
         vec![
-            dense(
-                "llama-8b-h100",
-                "Llama-3.1-8B BF16 on 1x H100 SXM 80GB, vLLM-like",
-                "llama-3.1-8b-instruct",
-                8.03e9,
-                2.0,
-                131_072, // 32 layers × 8 KV heads × 128 dims × 2 (K, V) × 2 bytes
-                1.0,
-                H100_BW,
-                H100_FLOPS,
-                80 << 30,
-                256,
-                32_768,
-            ),
+            llama_8b_h100(),
             dense(
                 "llama-70b-4xh100",
                 "Llama-3.1-70B BF16 on 4x H100 SXM 80GB (tensor parallel 4), vLLM-like",
@@ -197,26 +201,10 @@ impl Profile {
     }
 
     fn builtin_base() -> Profile {
-        dense(
-            "base",
-            "",
-            "sim",
-            8.03e9,
-            2.0,
-            131_072,
-            1.0,
-            H100_BW,
-            H100_FLOPS,
-            80 << 30,
-            256,
-            32_768,
-        )
-        .with_model("sim")
-    }
-
-    fn with_model(mut self, model: &str) -> Self {
-        self.model = model.into();
-        self
+        Profile {
+            model: "sim".into(),
+            ..llama_8b_h100()
+        }
     }
 
     /// A built-in profile by name.
