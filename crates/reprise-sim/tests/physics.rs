@@ -13,7 +13,7 @@ use reprise_sim::{Profile, SimConfig, SimServer};
 use serde_json::json;
 use support::*;
 
-const SPEEDUP: f64 = 10.0;
+const SPEEDUP: f64 = 5.0;
 
 async fn sim(tune: impl FnOnce(&mut Profile)) -> SimServer {
     sim_at(SPEEDUP, tune).await
