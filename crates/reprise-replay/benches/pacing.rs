@@ -195,6 +195,7 @@ fn main() {
         );
     }
     let _ = child.kill();
+    let _ = child.wait();
 
     // SSE parsing on one core.
     let events = 1_000_000;
