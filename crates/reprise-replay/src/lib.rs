@@ -218,9 +218,7 @@ fn finish(d: &Done, clock: &Clock, config: &ReplayConfig) -> (ResultRecord, Samp
         .windows(2)
         .map(|w| us(w[1].saturating_duration_since(w[0])).min(u64::from(u32::MAX)) as u32)
         .collect();
-    let mut request = d.job.request.clone();
-    // A workload's prompt text is synthetic: never store it unless it came with the trace.
-    request.completion = None;
+    let request = d.job.request.clone();
     let record = ResultRecord {
         request: request.clone(),
         run_id: config.run_id.clone(),
