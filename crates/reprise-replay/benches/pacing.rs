@@ -173,6 +173,7 @@ fn main() {
             stop_rule: StopRule::default(),
             drain: Duration::from_secs(10),
             command: Vec::new(),
+            events: Vec::new(),
         };
         let summary = rt
             .block_on(run(

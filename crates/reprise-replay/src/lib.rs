@@ -14,6 +14,7 @@
 //!   writer thread, so memory stays flat; [`summary`] keeps HDR histograms for the summary.
 
 pub mod client;
+pub mod events;
 pub mod prompt;
 pub mod summary;
 pub mod workload;
@@ -114,6 +115,8 @@ pub struct ReplayConfig {
     pub drain: Duration,
     /// The exact command line, for run.json.
     pub command: Vec<String>,
+    /// Events to run at offsets (recorded in run.json and events.json).
+    pub events: Vec<events::RunEvent>,
 }
 
 /// What a run produced.
@@ -133,6 +136,8 @@ pub struct RunSummary {
     pub stopped_early: Option<String>,
     /// The requests file.
     pub requests_file: PathBuf,
+    /// Events that ran.
+    pub events: Vec<events::EventRecord>,
 }
 
 struct Job {
@@ -160,6 +165,10 @@ pub struct Progress {
     pub failed: AtomicU64,
     /// Planned requests (open loop), 0 when unknown.
     pub planned: AtomicU64,
+    /// Running TTFT median of the measured requests, µs (0 until known).
+    pub ttft_p50_us: AtomicU64,
+    /// Running TTFT p99, µs.
+    pub ttft_p99_us: AtomicU64,
 }
 
 struct Clock {
@@ -414,9 +423,22 @@ pub async fn run(
                     .add(&sample);
                 writer.write(&record)?;
                 rows += 1;
-                if last_flush.elapsed() > Duration::from_secs(1) {
+                if last_flush.elapsed() > Duration::from_millis(500) {
                     writer.flush()?;
                     last_flush = Instant::now();
+                    if let Some(t) = summary
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .overall()
+                        .ttft_ms
+                    {
+                        progress
+                            .ttft_p50_us
+                            .store((t.p50 * 1000.0) as u64, Ordering::Relaxed);
+                        progress
+                            .ttft_p99_us
+                            .store((t.p99 * 1000.0) as u64, Ordering::Relaxed);
+                    }
                 }
             }
             writer.close()?;
@@ -437,6 +459,35 @@ pub async fn run(
         progress: progress.clone(),
     });
 
+    let events_task = {
+        let (events, clock, client, stop) = (
+            config.events.clone(),
+            clock.clone(),
+            client.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let mut records = Vec::new();
+            for e in events {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(clock.t0 + e.offset)).await;
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let started = Instant::now();
+                tracing::info!("event at {:?}: {}", e.offset, e.describe());
+                let (ok, detail) = events::execute(&client, &e.action).await;
+                records.push(events::EventRecord {
+                    offset_s: e.offset.as_secs_f64(),
+                    action: e.describe(),
+                    started_ns: clock.wall(started).0,
+                    finished_ns: clock.wall(Instant::now()).0,
+                    ok,
+                    detail,
+                });
+            }
+            records
+        })
+    };
     let mut complete = true;
     let mut stopped_early = None;
     let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
@@ -664,6 +715,27 @@ pub async fn run(
         phases: summary.phases(),
         stopped_early,
         requests_file,
+        events: Vec::new(),
+    };
+    // Events still waiting when the workload ended did not happen; those done are kept.
+    let mut events_task = events_task;
+    let event_records =
+        match tokio::time::timeout(Duration::from_millis(100), &mut events_task).await {
+            Ok(Ok(r)) => r,
+            _ => {
+                events_task.abort();
+                Vec::new()
+            }
+        };
+    if !config.events.is_empty() {
+        let path = config.run_dir.join("events.json");
+        let text = serde_json::to_string_pretty(&event_records)
+            .map_err(|e| ReplayError::Config(e.to_string()))?;
+        std::fs::write(&path, text).map_err(|e| ReplayError::Io { path, source: e })?;
+    }
+    let run_summary = RunSummary {
+        events: event_records,
+        ..run_summary
     };
     write_run_json(&config, &clock, &run_summary)?;
     Ok(run_summary)

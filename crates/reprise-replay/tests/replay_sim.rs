@@ -54,6 +54,7 @@ fn config(
         stop_rule: StopRule::default(),
         drain: Duration::from_secs(5),
         command: vec!["test".into()],
+        events: Vec::new(),
     }
 }
 
@@ -384,4 +385,57 @@ async fn a_stop_mid_run_keeps_every_sent_request_and_marks_the_run_incomplete() 
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("run.json")).unwrap())
             .unwrap();
     assert_eq!(run_json["complete"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_mid_run_is_recorded_and_its_effect_shows() {
+    let s = sim("instant", 1.0, Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(vec![s.base_url()], dir.path(), None);
+    c.events = vec![
+        reprise_replay::events::RunEvent::parse_http(
+            r#"0.5=POST {target}/admin/reload {"seconds": 0.6}"#,
+            &s.base_url(),
+        )
+        .unwrap(),
+    ];
+    let steps = [RateStep {
+        rate: 40.0,
+        duration: Duration::from_secs(2),
+        label: "measure".into(),
+    }];
+    let plan = rate_plan(
+        &steps,
+        Process::Fixed,
+        &Sizes::Fixed {
+            input: 10,
+            output: 2,
+        },
+        0,
+    )
+    .unwrap();
+    let (summary, rows) = go(c, Pacing::Open(plan)).await;
+    assert_eq!(summary.events.len(), 1);
+    let e = &summary.events[0];
+    assert!(e.ok && e.detail == "HTTP 200", "{e:?}");
+    assert_eq!(s.metrics().faults_of("reload"), 1);
+    let recorded: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("events.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        recorded[0]["action"],
+        format!("POST {}/admin/reload", s.base_url())
+    );
+    // Requests scheduled early in the pause wait for it; those long before it do not.
+    let t0 = rows.iter().map(|r| r.scheduled.0).min().unwrap();
+    let at = |from_ms: i64, to_ms: i64| {
+        rows.iter()
+            .filter(move |r| (from_ms..to_ms).contains(&((r.scheduled.0 - t0) / 1_000_000)))
+    };
+    assert!(at(0, 400).all(|r| r.ttft_sched_us.unwrap() < 200_000));
+    assert!(
+        at(550, 700).all(|r| r.ttft_sched_us.unwrap() > 300_000),
+        "{:?}",
+        at(550, 700).map(|r| r.ttft_sched_us).collect::<Vec<_>>()
+    );
 }

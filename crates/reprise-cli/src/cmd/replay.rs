@@ -10,6 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, ValueEnum};
 use reprise_protocol::openai::Api;
 use reprise_replay::client::{Backend, RequestShape, Timeouts};
+use reprise_replay::events::RunEvent;
 use reprise_replay::prompt::PromptBuilder;
 use reprise_replay::summary::render;
 use reprise_replay::workload::{
@@ -188,6 +189,13 @@ pub struct Args {
     /// Flag the run as "client could not keep up" when queue p99 exceeds this, ms.
     #[arg(long, default_value_t = 1.0)]
     queue_limit_ms: f64,
+    /// An HTTP call during the run: `SECONDS=METHOD URL [BODY]`; `{target}` is the first
+    /// target's base URL (e.g. `20=POST {target}/admin/reload {"seconds": 5}`). Repeatable.
+    #[arg(long, value_name = "SPEC")]
+    event_http: Vec<String>,
+    /// A command during the run: `SECONDS=COMMAND` (run with sh -c). Repeatable.
+    #[arg(long, value_name = "SPEC")]
+    event_cmd: Vec<String>,
     /// After Ctrl-C, wait this long for in-flight requests, seconds.
     #[arg(long, default_value_t = 30.0)]
     drain: f64,
@@ -408,6 +416,16 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
         bail!("nothing to send: give a TRACE, --rate, --concurrency, --ramp or --scenario");
     };
 
+    let mut events = Vec::new();
+    for e in &args.event_http {
+        events.push(
+            RunEvent::parse_http(e, &targets[0]).map_err(|m| anyhow!("--event-http `{e}`: {m}"))?,
+        );
+    }
+    for e in &args.event_cmd {
+        events.push(RunEvent::parse_command(e).map_err(|m| anyhow!("--event-cmd `{e}`: {m}"))?);
+    }
+    events.sort_by_key(|e| e.offset);
     let run_id = new_run_id();
     let run_dir = args
         .out
@@ -447,6 +465,7 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
         stop_rule,
         drain: secs(args.drain, "--drain")?,
         command: std::env::args().collect(),
+        events,
     };
 
     let bar = indicatif::ProgressBar::new_spinner().with_style(
@@ -487,6 +506,15 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
     );
     if let Some(s) = &summary.stopped_early {
         println!("{s}");
+    }
+    for e in &summary.events {
+        println!(
+            "event at {:.1} s: {} -> {} ({})",
+            e.offset_s,
+            e.action,
+            if e.ok { "ok" } else { "FAILED" },
+            e.detail
+        );
     }
     if !summary.complete {
         println!("run INCOMPLETE (stopped before the end)");
