@@ -13,9 +13,10 @@ use clap::{Parser, Subcommand};
 
 /// Record real LLM-serving traffic and reproduce it anywhere.
 ///
-/// reprise is one pipeline over one Parquet format (trace/1): import public traces (or
-/// record your own), inspect them, and — as the pipeline grows — synthesize, replay and
-/// analyze them. Run `reprise <command> --help` for each command.
+/// reprise is one pipeline over one Parquet format (trace/1): import public traces, inspect
+/// them, replay them (or synthetic load) against a server or the built-in simulator, and —
+/// as the pipeline grows — record, synthesize and analyze them. Run `reprise <command>
+/// --help` for each command.
 #[derive(Debug, Parser)]
 #[command(
     name = "reprise",
