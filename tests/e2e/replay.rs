@@ -227,3 +227,31 @@ fn sigint_stops_sending_and_marks_the_run_incomplete() {
     );
     assert_eq!(run_json(&out)["complete"], false);
 }
+
+#[test]
+fn prompts_can_be_sized_with_the_servers_tokenize() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let run = reprise(&[
+        "replay",
+        "traces/azure-conv-2023.parquet",
+        "--target",
+        "sim:instant",
+        "--speed",
+        "50",
+        "--duration",
+        "20",
+        "--tokenizer",
+        "server",
+        "--out",
+        s(&out),
+    ]);
+    let stdout = ok(&run);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("prompts with http://127.0.0.1:") && stderr.contains("exact"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("prompt mismatches 0.00%"), "{stdout}");
+    assert_eq!(run_json(&out)["config"]["tokenizer"], "server");
+}

@@ -174,6 +174,7 @@ fn main() {
             drain: Duration::from_secs(10),
             command: Vec::new(),
             events: Vec::new(),
+            prompt_words: None,
         };
         let summary = rt
             .block_on(run(

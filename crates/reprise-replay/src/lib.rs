@@ -16,6 +16,7 @@
 pub mod client;
 pub mod events;
 pub mod prompt;
+pub mod sizing;
 pub mod summary;
 pub mod workload;
 
@@ -117,6 +118,9 @@ pub struct ReplayConfig {
     pub command: Vec<String>,
     /// Events to run at offsets (recorded in run.json and events.json).
     pub events: Vec<events::RunEvent>,
+    /// Prompt words per request id, when prompts were sized with the server's tokenizer
+    /// (`sizing`); otherwise a prompt has `input_tokens` words (cl100k tokens).
+    pub prompt_words: Option<Arc<std::collections::HashMap<String, u32>>>,
 }
 
 /// What a run produced.
@@ -294,7 +298,11 @@ fn finish(d: &Done, clock: &Clock, config: &ReplayConfig) -> (ResultRecord, Samp
 }
 
 fn build_body(config: &ReplayConfig, request: &TraceRecord) -> Vec<u8> {
-    let input = request.input_tokens.unwrap_or(16);
+    let input = config
+        .prompt_words
+        .as_ref()
+        .and_then(|m| m.get(&request.request_id).copied())
+        .unwrap_or(request.input_tokens.unwrap_or(16));
     let output = request
         .output_tokens
         .or(request.max_tokens)
@@ -370,7 +378,14 @@ pub async fn run(
     let requests_file = config.run_dir.join("requests.parquet");
     let writer_opts = WriterOptions::default()
         .with_meta("reprise.run_id", config.run_id.clone())
-        .with_meta("reprise.tokenizer", "cl100k");
+        .with_meta(
+            "reprise.tokenizer",
+            if config.prompt_words.is_some() {
+                "server"
+            } else {
+                "cl100k"
+            },
+        );
     let mut writer =
         DatasetWriter::<ResultRecord>::create(Output::File(requests_file.clone()), writer_opts)?;
 
@@ -773,7 +788,7 @@ fn write_run_json(
             "max_in_flight": config.max_in_flight,
             "warmup": config.warmup,
             "queue_limit_ms": config.queue_limit_ms,
-            "tokenizer": "cl100k",
+            "tokenizer": if config.prompt_words.is_some() { "server" } else { "cl100k" },
         },
         "summary": summary,
     });

@@ -55,6 +55,7 @@ fn config(
         drain: Duration::from_secs(5),
         command: vec!["test".into()],
         events: Vec::new(),
+        prompt_words: None,
     }
 }
 

@@ -12,6 +12,7 @@ use reprise_protocol::openai::Api;
 use reprise_replay::client::{Backend, RequestShape, Timeouts};
 use reprise_replay::events::RunEvent;
 use reprise_replay::prompt::PromptBuilder;
+use reprise_replay::sizing::size_with_server;
 use reprise_replay::summary::render;
 use reprise_replay::workload::{
     Process, RateStep, Sizes, TraceWindow, load_trace, rate_plan, synthetic_request, trace_plan,
@@ -42,6 +43,15 @@ pub enum ProcessArg {
     Fixed,
     /// Gamma gaps with coefficient of variation --cv (vLLM's burstiness = 1/cv²).
     Gamma,
+}
+
+/// How prompts are sized.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TokenizerArg {
+    /// The embedded cl100k BPE.
+    Cl100k,
+    /// The target's POST /tokenize.
+    Server,
 }
 
 /// API used for requests.
@@ -100,6 +110,11 @@ pub struct Args {
     /// Target dialect.
     #[arg(long, value_enum, default_value = "vllm")]
     backend: BackendArg,
+    /// How prompts are sized: `cl100k` (embedded, exact for servers counting with it) or
+    /// `server` (the target's own POST /tokenize, chat template included, as vLLM and
+    /// llama.cpp expose it).
+    #[arg(long, value_enum, default_value = "cl100k")]
+    tokenizer: TokenizerArg,
     /// Ask for non-streamed responses (no TTFT/ITL then).
     #[arg(long)]
     no_stream: bool,
@@ -252,15 +267,15 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
     // Ctrl-C is handled from the start: it stops sending and the run is written.
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Progress::default());
-    {
+    let ctrl_c = {
         let stop = stop.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!("\nstopping: no new requests; waiting for those in flight");
                 stop.store(true, Ordering::Relaxed);
             }
-        });
-    }
+        })
+    };
     // Targets: start the in-process simulator where asked.
     let mut sims = Vec::new();
     let mut targets = Vec::new();
@@ -466,7 +481,33 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
         drain: secs(args.drain, "--drain")?,
         command: std::env::args().collect(),
         events,
+        prompt_words: None,
     };
+    let mut config = config;
+    if matches!(args.tokenizer, TokenizerArg::Server) {
+        let requests: Vec<reprise_trace::TraceRecord> = match &pacing {
+            Pacing::Open(plan) => plan.iter().map(|p| p.request.clone()).collect(),
+            Pacing::Closed { requests, .. } => requests.clone(),
+        };
+        let started = Instant::now();
+        let (words, report) = size_with_server(
+            &config.targets[0],
+            &config.shape.model,
+            config.shape.api,
+            &config.prompts,
+            &requests,
+        )
+        .await
+        .map_err(|e| anyhow!("--tokenizer server: {e}"))?;
+        eprintln!(
+            "sized {} prompts with {}/tokenize in {:.1} s: {} exact",
+            report.requests,
+            config.targets[0],
+            started.elapsed().as_secs_f64(),
+            report.exact
+        );
+        config.prompt_words = Some(Arc::new(words));
+    }
 
     let bar = indicatif::ProgressBar::new_spinner().with_style(
         indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
@@ -497,6 +538,7 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
         })
     };
     let summary = run(config, pacing, stop, progress).await;
+    ctrl_c.abort();
     ticker.abort();
     bar.finish_and_clear();
     let summary = summary?;
