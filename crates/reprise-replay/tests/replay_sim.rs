@@ -77,6 +77,21 @@ fn trace(n: usize, gap_ms: i64) -> LoadedTrace {
     }
 }
 
+/// A fixed-rate open-loop plan of synthetic requests.
+fn fixed_plan(
+    rate: f64,
+    secs: u64,
+    input: u32,
+    output: u32,
+) -> Vec<reprise_replay::workload::Planned> {
+    let steps = [RateStep {
+        rate,
+        duration: Duration::from_secs(secs),
+        label: "measure".into(),
+    }];
+    rate_plan(&steps, Process::Fixed, &Sizes::Fixed { input, output }, 0).unwrap()
+}
+
 async fn go(config: ReplayConfig, pacing: Pacing) -> (RunSummary, Vec<ResultRecord>) {
     let summary = run(
         config,
@@ -141,21 +156,7 @@ async fn trace_replay_matches_sizes_exactly() {
 async fn open_loop_keeps_absolute_time() {
     let s = sim("instant", 1.0, Faults::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let steps = [RateStep {
-        rate: 200.0,
-        duration: Duration::from_secs(1),
-        label: "measure".into(),
-    }];
-    let plan = rate_plan(
-        &steps,
-        Process::Fixed,
-        &Sizes::Fixed {
-            input: 10,
-            output: 2,
-        },
-        0,
-    )
-    .unwrap();
+    let plan = fixed_plan(200.0, 1, 10, 2);
     let (summary, rows) = go(
         config(vec![s.base_url()], dir.path(), None),
         Pacing::Open(plan),
@@ -400,21 +401,7 @@ async fn an_event_mid_run_is_recorded_and_its_effect_shows() {
         )
         .unwrap(),
     ];
-    let steps = [RateStep {
-        rate: 40.0,
-        duration: Duration::from_secs(2),
-        label: "measure".into(),
-    }];
-    let plan = rate_plan(
-        &steps,
-        Process::Fixed,
-        &Sizes::Fixed {
-            input: 10,
-            output: 2,
-        },
-        0,
-    )
-    .unwrap();
+    let plan = fixed_plan(40.0, 2, 10, 2);
     let (summary, rows) = go(c, Pacing::Open(plan)).await;
     assert_eq!(summary.events.len(), 1);
     let e = &summary.events[0];
