@@ -317,6 +317,15 @@ fn build_body(config: &ReplayConfig, request: &TraceRecord) -> Vec<u8> {
     config.shape.body(&prompt, output).to_string().into_bytes()
 }
 
+/// The phase of the next request sent: the first `config.warmup` are warm-up.
+fn phase_for(sent: &AtomicU64, config: &ReplayConfig, planned: &str) -> String {
+    if sent.fetch_add(1, Ordering::Relaxed) < config.warmup {
+        "warmup".to_owned()
+    } else {
+        planned.to_owned()
+    }
+}
+
 /// What a request task needs besides its job.
 struct SendCtx {
     client: reqwest::Client,
@@ -533,12 +542,7 @@ pub async fn run(
                             if stop.load(Ordering::Relaxed) {
                                 return false;
                             }
-                            let n = sent_counter.fetch_add(1, Ordering::Relaxed);
-                            let phase = if n < config.warmup {
-                                "warmup".to_owned()
-                            } else {
-                                p.phase
-                            };
+                            let phase = phase_for(&sent_counter, &config, &p.phase);
                             let job = Job {
                                 planned_phase: phase,
                                 step_value: p.step_value,
@@ -590,31 +594,14 @@ pub async fn run(
                 let step_count = Arc::new(AtomicU64::new(0));
                 let mut users_set = tokio::task::JoinSet::new();
                 for u in 0..n_users {
-                    let (
-                        config,
-                        requests,
-                        next,
-                        stop,
-                        step_count,
-                        label,
-                        client,
-                        urls,
-                        headers,
-                        done_tx,
-                        progress,
-                        sent_counter,
-                    ) = (
+                    let (config, requests, next, stop, step_count, label, ctx, sent_counter) = (
                         config.clone(),
                         requests.clone(),
                         next.clone(),
                         stop.clone(),
                         step_count.clone(),
                         label.clone(),
-                        client.clone(),
-                        urls.clone(),
-                        headers.clone(),
-                        done_tx.clone(),
-                        progress.clone(),
+                        ctx.clone(),
                         sent_counter.clone(),
                     );
                     users_set.spawn(async move {
@@ -631,35 +618,16 @@ pub async fn run(
                             }
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             let request = requests[(i % requests.len() as u64) as usize].clone();
-                            let body = build_body(&config, &request);
-                            let n = sent_counter.fetch_add(1, Ordering::Relaxed);
-                            let phase = if n < config.warmup {
-                                "warmup".to_owned()
-                            } else {
-                                label.clone()
-                            };
-                            let scheduled = Instant::now();
-                            progress.sent.fetch_add(1, Ordering::Relaxed);
-                            let target = (u + i as usize) % urls.len();
-                            let measured = client::send(
-                                &client,
-                                &urls[target],
-                                &headers,
-                                body.clone(),
-                                config.shape.stream,
-                                config.timeouts,
-                            )
-                            .await;
-                            progress.finished.fetch_add(1, Ordering::Relaxed);
                             let job = Job {
-                                planned_phase: phase,
+                                planned_phase: phase_for(&sent_counter, &config, &label),
                                 step_value: Some(n_users as f64),
+                                body: build_body(&config, &request),
                                 request,
-                                scheduled,
-                                body: Vec::new(),
-                                target,
+                                // Closed loop: a user means to send now.
+                                scheduled: Instant::now(),
+                                target: (u + i as usize) % ctx.urls.len(),
                             };
-                            let _ = done_tx.send(Done { job, measured });
+                            send_job(job, ctx.clone()).await;
                             if !think.is_zero() {
                                 tokio::time::sleep(think).await;
                             }

@@ -72,6 +72,15 @@ fn error(status: StatusCode, message: &str, kind: &str, param: Option<&str>) -> 
     )
 }
 
+fn engine_stopped() -> Response<SimBody> {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "engine stopped",
+        "server_error",
+        None,
+    )
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -225,12 +234,7 @@ async fn reload(req: Request<Incoming>, state: &State) -> Response<SimBody> {
     state.metrics.fault("reload");
     let pause = Duration::from_secs_f64(secs / state.speedup);
     if state.engine.send(Msg::Pause(pause)).is_err() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "engine stopped",
-            "server_error",
-            None,
-        );
+        return engine_stopped();
     }
     json_reply(
         StatusCode::OK,
@@ -365,12 +369,7 @@ async fn generate(api: Api, req: Request<Incoming>, state: Arc<State>) -> Reply 
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     if state.engine.send(Msg::Submit { spec, events: tx }).is_err() {
-        return Ok(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "engine stopped",
-            "server_error",
-            None,
-        ));
+        return Ok(engine_stopped());
     }
     match rx.recv().await {
         Some(SeqEvent::Queued) => {}
@@ -393,12 +392,7 @@ async fn generate(api: Api, req: Request<Incoming>, state: Arc<State>) -> Reply 
             ));
         }
         _ => {
-            return Ok(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "engine stopped",
-                "server_error",
-                None,
-            ));
+            return Ok(engine_stopped());
         }
     }
     let (prefix, object) = match api {
@@ -453,12 +447,7 @@ async fn generate(api: Api, req: Request<Incoming>, state: Arc<State>) -> Reply 
                 break;
             }
             _ => {
-                return Ok(error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "engine stopped",
-                    "server_error",
-                    None,
-                ));
+                return Ok(engine_stopped());
             }
         }
     }
