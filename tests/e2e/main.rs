@@ -5,5 +5,6 @@ mod support;
 
 mod cli;
 mod import_inspect;
+mod llama_server;
 mod replay;
 mod sim;

@@ -132,6 +132,22 @@ fn error_message(body: &[u8]) -> String {
         .unwrap_or(text)
 }
 
+/// Whether the connection closed before any byte of the response: a kept-alive connection
+/// the server had already given up (llama.cpp's server closes it after every stream without
+/// saying so), where the request was not processed and is sent again on a fresh connection.
+fn closed_before_response(e: &reqwest::Error) -> bool {
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        if c.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+        {
+            return true;
+        }
+        src = c.source();
+    }
+    false
+}
+
 fn transport_kind(e: &reqwest::Error) -> &'static str {
     if e.is_timeout() { "timeout" } else { "connect" }
 }
@@ -152,19 +168,33 @@ pub async fn send(
     client: &reqwest::Client,
     url: &str,
     headers: &reqwest::header::HeaderMap,
-    body: Vec<u8>,
+    body: bytes::Bytes,
     stream: bool,
     timeouts: Timeouts,
 ) -> Measured {
     let mut m = Measured::default();
     let deadline = tokio::time::Instant::now() + timeouts.request;
-    let request = client
-        .post(url)
-        .headers(headers.clone())
-        .header("content-type", "application/json")
-        .body(body);
+    let request = || {
+        client
+            .post(url)
+            .headers(headers.clone())
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    };
     m.sent = Some(Instant::now());
-    let response = match tokio::time::timeout_at(deadline, request.send()).await {
+    let attempt = async {
+        match request().await {
+            // Once: a second such close is the server's answer. `sent` stays the first
+            // attempt's, so the lost round trip counts in the latency.
+            Err(e) if closed_before_response(&e) => {
+                tracing::debug!("{url}: connection closed before the response; sending again");
+                request().await
+            }
+            other => other,
+        }
+    };
+    let response = match tokio::time::timeout_at(deadline, attempt).await {
         Err(_) => {
             m.status = Some(0);
             m.fail(

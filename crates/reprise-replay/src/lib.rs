@@ -118,9 +118,9 @@ pub struct ReplayConfig {
     pub command: Vec<String>,
     /// Events to run at offsets (recorded in run.json and events.json).
     pub events: Vec<events::RunEvent>,
-    /// Prompt words per request id, when prompts were sized with the server's tokenizer
-    /// (`sizing`); otherwise a prompt has `input_tokens` words (cl100k tokens).
-    pub prompt_words: Option<Arc<std::collections::HashMap<String, u32>>>,
+    /// Prompt words per request id, when prompts were sized by the server's or a local
+    /// tokenizer ([`sizing`]); otherwise a prompt has `input_tokens` words (cl100k tokens).
+    pub prompt_words: Option<Arc<sizing::PromptSizing>>,
 }
 
 /// What a run produced.
@@ -301,7 +301,7 @@ fn build_body(config: &ReplayConfig, request: &TraceRecord) -> Vec<u8> {
     let input = config
         .prompt_words
         .as_ref()
-        .and_then(|m| m.get(&request.request_id).copied())
+        .and_then(|m| m.words.get(&request.request_id).copied())
         .unwrap_or(request.input_tokens.unwrap_or(16));
     let output = request
         .output_tokens
@@ -315,6 +315,14 @@ fn build_body(config: &ReplayConfig, request: &TraceRecord) -> Vec<u8> {
             .build(&request.request_id, input, request.prefix_hashes.as_deref()),
     };
     config.shape.body(&prompt, output).to_string().into_bytes()
+}
+
+/// What sized the prompts: `cl100k` (the embedded default), `server` or `hf:<name>`.
+fn tokenizer_label(config: &ReplayConfig) -> String {
+    config
+        .prompt_words
+        .as_ref()
+        .map_or_else(|| "cl100k".to_owned(), |s| s.by.clone())
 }
 
 /// The phase of the next request sent: the first `config.warmup` are warm-up.
@@ -349,7 +357,7 @@ async fn send_job(mut job: Job, ctx: Arc<SendCtx>) {
         &ctx.client,
         &ctx.urls[job.target],
         &ctx.headers,
-        body,
+        bytes::Bytes::from(body),
         ctx.stream,
         ctx.timeouts,
     )
@@ -387,14 +395,7 @@ pub async fn run(
     let requests_file = config.run_dir.join("requests.parquet");
     let writer_opts = WriterOptions::default()
         .with_meta("reprise.run_id", config.run_id.clone())
-        .with_meta(
-            "reprise.tokenizer",
-            if config.prompt_words.is_some() {
-                "server"
-            } else {
-                "cl100k"
-            },
-        );
+        .with_meta("reprise.tokenizer", tokenizer_label(&config));
     let mut writer =
         DatasetWriter::<ResultRecord>::create(Output::File(requests_file.clone()), writer_opts)?;
 
@@ -409,6 +410,10 @@ pub async fn run(
     }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(4096)
+        // Below common servers' keep-alive timeouts (uvicorn, as in vLLM, and llama.cpp's
+        // HTTP server close idle connections after 5 s): an idle connection is dropped here
+        // first, rather than reused just as the server closes it, which fails the request.
+        .pool_idle_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(10))
         .build()
@@ -756,7 +761,7 @@ fn write_run_json(
             "max_in_flight": config.max_in_flight,
             "warmup": config.warmup,
             "queue_limit_ms": config.queue_limit_ms,
-            "tokenizer": if config.prompt_words.is_some() { "server" } else { "cl100k" },
+            "tokenizer": tokenizer_label(config),
         },
         "summary": summary,
     });

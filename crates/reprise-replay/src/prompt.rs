@@ -64,6 +64,12 @@ impl PromptBuilder {
             splitmix(fnv(request_id) ^ self.salt),
             tokens - used,
         );
+        // No leading space: SentencePiece vocabularies (llama) add a `▁` of their own, and
+        // a second one would be an extra token at the start. The words stay one token each
+        // in cl100k without their space.
+        if out.starts_with(' ') {
+            out.remove(0);
+        }
         out
     }
 }

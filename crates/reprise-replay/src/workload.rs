@@ -36,6 +36,9 @@ pub struct TraceWindow {
     pub duration: Option<Duration>,
     /// At most this many requests.
     pub limit: Option<u64>,
+    /// Prompt and output lengths multiplied by this (rounded, at least 1 token), for a
+    /// server smaller than the trace's; prefix blocks past a shortened prompt are dropped.
+    pub length_scale: f64,
 }
 
 impl Default for TraceWindow {
@@ -45,6 +48,7 @@ impl Default for TraceWindow {
             start: None,
             duration: None,
             limit: None,
+            length_scale: 1.0,
         }
     }
 }
@@ -78,6 +82,13 @@ pub fn trace_plan(trace: &LoadedTrace, window: &TraceWindow) -> Result<Vec<Plann
     if !(window.speed.is_finite() && window.speed > 0.0) {
         return Err(ReplayError::Config("--speed must be positive".into()));
     }
+    let scale = window.length_scale;
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(ReplayError::Config(
+            "--length-scale must be positive".into(),
+        ));
+    }
+    let scaled = |n: Option<u32>| n.map(|n| ((f64::from(n) * scale).round() as u32).max(1));
     let Some(first) = trace.requests.first() else {
         return Ok(Vec::new());
     };
@@ -95,11 +106,17 @@ pub fn trace_plan(trace: &LoadedTrace, window: &TraceWindow) -> Result<Vec<Plann
             break;
         }
         let offset_ns = ((r.arrival.0 - from) as f64 / window.speed).round() as u64;
+        let mut request = r.clone();
+        if scale != 1.0 {
+            request.input_tokens = scaled(r.input_tokens);
+            request.output_tokens = scaled(r.output_tokens);
+            request.max_tokens = scaled(r.max_tokens);
+        }
         plan.push(Planned {
             offset: Duration::from_nanos(offset_ns),
             phase: "measure".into(),
             step_value: None,
-            request: r.clone(),
+            request,
         });
     }
     Ok(plan)
@@ -295,6 +312,29 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(trace_plan(&t, &w).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn length_scale_shrinks_sizes_to_at_least_one_token() {
+        let mut t = trace(&[0.0, 1.0]);
+        t.requests[0].input_tokens = Some(1234);
+        t.requests[0].output_tokens = Some(4);
+        t.requests[1].input_tokens = Some(3);
+        let w = TraceWindow {
+            length_scale: 0.1,
+            ..Default::default()
+        };
+        let sizes: Vec<_> = trace_plan(&t, &w)
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.request.input_tokens, p.request.output_tokens))
+            .collect();
+        assert_eq!(sizes, [(Some(123), Some(1)), (Some(1), None)]);
+        let w = TraceWindow {
+            length_scale: 0.0,
+            ..Default::default()
+        };
+        assert!(trace_plan(&t, &w).is_err());
     }
 
     fn cv_of(plan: &[Planned]) -> f64 {

@@ -427,3 +427,88 @@ async fn an_event_mid_run_is_recorded_and_its_effect_shows() {
         at(550, 700).map(|r| r.ttft_sched_us).collect::<Vec<_>>()
     );
 }
+
+/// Reads one HTTP request (head and `content-length` body); `false` at end of stream.
+async fn read_request(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await.unwrap_or(0) == 0 {
+            return false;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_closed_before_the_response_is_retried_once() {
+    // Like llama.cpp's server: a stream's connection is kept alive by the headers but
+    // closed as soon as the next request arrives on it.
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                if !read_request(&mut s).await {
+                    return;
+                }
+                let body = "data: {\"choices\":[{\"index\":0,\"text\":\" the\"}]}\n\n\
+                    data: {\"choices\":[{\"index\":0,\"text\":\" of\"}]}\n\n\
+                    data: {\"choices\":[],\"usage\":{\"prompt_tokens\":8,\"completion_tokens\":2,\"total_tokens\":10}}\n\n\
+                    data: [DONE]\n\n";
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nkeep-alive: timeout=5, max=100\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(format!("{head}{body}").as_bytes()).await;
+                // The next request on this connection gets no answer.
+                let _ = read_request(&mut s).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut request = TraceRecord::new("k".to_owned(), Timestamp(0));
+    request.input_tokens = Some(8);
+    request.output_tokens = Some(2);
+    let (summary, rows) = go(
+        config(vec![base], dir.path(), None),
+        Pacing::Closed {
+            users: vec![1],
+            step_duration: None,
+            requests_per_step: Some(5),
+            think: Duration::ZERO,
+            requests: vec![request],
+        },
+    )
+    .await;
+    assert_eq!(rows.len(), 5);
+    for r in &rows {
+        assert_eq!(
+            (r.status, r.error_kind.as_deref()),
+            (Some(200), None),
+            "{:?}",
+            r.error
+        );
+        assert_eq!(r.n_out_usage, Some(2));
+    }
+    assert_eq!(summary.overall.ok, 5);
+    // Every request after the first tried the dead connection, then a fresh one.
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::Relaxed),
+        5,
+        "one fresh connection per request"
+    );
+}

@@ -5,12 +5,18 @@
 //! prompts with it, so the two agree exactly. A chat request's prompt is its messages' text
 //! joined by `\n`, without a chat template.
 //!
+//! [`HfTokenizer`] loads a Hugging Face `tokenizer.json` from a local file, for sizing
+//! prompts as a particular model counts them.
+//!
 //! [`OUTPUT_WORDS`] is a vocabulary of words that are one token each and never merge with
 //! their neighbours (each starts with a space and is letters only, so cl100k's
 //! pre-tokenizer splits them apart): generated text made of them has exactly as many
 //! tokens as words.
 
 use std::fmt::Debug;
+
+mod hf;
+pub use hf::{HfTokenizer, LoadError};
 
 /// Something that turns text into token ids.
 pub trait Tokenizer: Send + Sync + Debug {

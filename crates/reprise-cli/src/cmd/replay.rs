@@ -12,7 +12,7 @@ use reprise_protocol::openai::Api;
 use reprise_replay::client::{Backend, RequestShape, Timeouts};
 use reprise_replay::events::RunEvent;
 use reprise_replay::prompt::PromptBuilder;
-use reprise_replay::sizing::size_with_server;
+use reprise_replay::sizing::{Sizer, size_prompts};
 use reprise_replay::summary::render;
 use reprise_replay::workload::{
     Process, RateStep, Sizes, TraceWindow, load_trace, rate_plan, synthetic_request, trace_plan,
@@ -43,15 +43,6 @@ pub enum ProcessArg {
     Fixed,
     /// Gamma gaps with coefficient of variation --cv (vLLM's burstiness = 1/cv²).
     Gamma,
-}
-
-/// How prompts are sized.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum TokenizerArg {
-    /// The embedded cl100k BPE.
-    Cl100k,
-    /// The target's POST /tokenize.
-    Server,
 }
 
 /// API used for requests.
@@ -110,11 +101,13 @@ pub struct Args {
     /// Target dialect.
     #[arg(long, value_enum, default_value = "vllm")]
     backend: BackendArg,
-    /// How prompts are sized: `cl100k` (embedded, exact for servers counting with it) or
+    /// How prompts are sized: `cl100k` (embedded, exact for servers counting with it),
     /// `server` (the target's own POST /tokenize, chat template included, as vLLM and
-    /// llama.cpp expose it).
-    #[arg(long, value_enum, default_value = "cl100k")]
-    tokenizer: TokenizerArg,
+    /// llama.cpp expose it) or a path to a Hugging Face `tokenizer.json` (or a model folder
+    /// holding one; loaded locally, BOS/EOS as its post-processor adds them, no chat
+    /// template).
+    #[arg(long, default_value = "cl100k", value_name = "cl100k|server|PATH")]
+    tokenizer: String,
     /// Ask for non-streamed responses (no TTFT/ITL then).
     #[arg(long)]
     no_stream: bool,
@@ -130,6 +123,10 @@ pub struct Args {
     /// Replay at most this many requests.
     #[arg(long, help_heading = "Trace window")]
     limit: Option<u64>,
+    /// Multiply the trace's prompt and output lengths by this (e.g. 0.1 for a test server
+    /// far smaller than production; rounded, at least 1 token).
+    #[arg(long, default_value_t = 1.0, help_heading = "Trace window")]
+    length_scale: f64,
     /// Synthetic open-loop load at this many requests/s.
     #[arg(long, help_heading = "Synthetic load")]
     rate: Option<f64>,
@@ -425,6 +422,7 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
             start: args.start.map(|s| secs(s, "--start")).transpose()?,
             duration: args.duration.map(|s| secs(s, "--duration")).transpose()?,
             limit: args.limit,
+            length_scale: args.length_scale,
         };
         Pacing::Open(trace_plan(t, &window)?)
     } else {
@@ -484,29 +482,45 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
         prompt_words: None,
     };
     let mut config = config;
-    if matches!(args.tokenizer, TokenizerArg::Server) {
+    let sizer = match args.tokenizer.as_str() {
+        "cl100k" => None,
+        "server" => Some(Sizer::Server {
+            base: config.targets[0].clone(),
+            model: config.shape.model.clone(),
+            api: config.shape.api,
+        }),
+        path => Some(
+            Sizer::local(std::path::Path::new(path)).map_err(|e| anyhow!("--tokenizer: {e}"))?,
+        ),
+    };
+    if let Some(sizer) = sizer {
         let requests: Vec<reprise_trace::TraceRecord> = match &pacing {
             Pacing::Open(plan) => plan.iter().map(|p| p.request.clone()).collect(),
             Pacing::Closed { requests, .. } => requests.clone(),
         };
         let started = Instant::now();
-        let (words, report) = size_with_server(
-            &config.targets[0],
-            &config.shape.model,
-            config.shape.api,
-            &config.prompts,
-            &requests,
-        )
-        .await
-        .map_err(|e| anyhow!("--tokenizer server: {e}"))?;
+        let (sizing, report) = size_prompts(&sizer, &config.prompts, &requests)
+            .await
+            .map_err(|e| anyhow!("--tokenizer {}: {e}", args.tokenizer))?;
         eprintln!(
-            "sized {} prompts with {}/tokenize in {:.1} s: {} exact",
+            "sized {} prompts with {} in {:.1} s: {} exact{}",
             report.requests,
-            config.targets[0],
+            match &sizer {
+                Sizer::Server { base, .. } => format!("{base}/tokenize"),
+                Sizer::Local(_) => sizing.by.clone(),
+            },
             started.elapsed().as_secs_f64(),
-            report.exact
+            report.exact,
+            if report.exact < report.requests {
+                format!(
+                    ", {} at the closest reachable count (e.g. shorter than the chat template)",
+                    report.requests - report.exact
+                )
+            } else {
+                String::new()
+            }
         );
-        config.prompt_words = Some(Arc::new(words));
+        config.prompt_words = Some(Arc::new(sizing));
     }
 
     let bar = indicatif::ProgressBar::new_spinner().with_style(
