@@ -278,6 +278,80 @@ pub fn content_of(chunk: &Value) -> String {
     out
 }
 
+/// What a client measures from one streamed chunk, read without building a JSON tree (the
+/// replayer reads every event of every stream: this is its hot path).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChunkFacts {
+    /// The chunk has a non-empty `choices` array.
+    pub has_choices: bool,
+    /// It carries content (see [`content_of`]).
+    pub has_content: bool,
+    /// Its `usage`, when complete.
+    pub usage: Option<Usage>,
+    /// Its `error` member, as JSON text.
+    pub error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChunkRepr<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<ChoiceRepr<'a>>>,
+    #[serde(default)]
+    usage: Option<UsageRepr>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceRepr<'a> {
+    #[serde(borrow, default)]
+    delta: Option<DeltaRepr<'a>>,
+    #[serde(borrow, default)]
+    text: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct DeltaRepr<'a> {
+    #[serde(borrow, default)]
+    content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// `usage` as servers send it: fields may be missing or null (then it is not used).
+#[derive(Deserialize)]
+struct UsageRepr {
+    prompt_tokens: Option<u32>,
+    completion_tokens: Option<u32>,
+    total_tokens: Option<u32>,
+}
+
+/// Reads one chunk's [`ChunkFacts`]; an error when it is not a JSON object of that shape.
+pub fn chunk_facts(data: &str) -> Result<ChunkFacts, serde_json::Error> {
+    let c: ChunkRepr<'_> = serde_json::from_str(data)?;
+    let choices = c.choices.unwrap_or_default();
+    let non_empty =
+        |s: &Option<std::borrow::Cow<'_, str>>| s.as_ref().is_some_and(|s| !s.is_empty());
+    Ok(ChunkFacts {
+        has_choices: !choices.is_empty(),
+        has_content: choices.iter().any(|ch| {
+            non_empty(&ch.text)
+                || ch
+                    .delta
+                    .as_ref()
+                    .is_some_and(|d| non_empty(&d.content) || non_empty(&d.reasoning_content))
+        }),
+        usage: c.usage.and_then(|u| {
+            Some(Usage {
+                prompt_tokens: u.prompt_tokens?,
+                completion_tokens: u.completion_tokens?,
+                total_tokens: u.total_tokens?,
+            })
+        }),
+        error: c.error.filter(|e| !e.is_null()).map(|e| e.to_string()),
+    })
+}
+
 /// Whether a chunk has any `choices` (vLLM's bench takes its TTFT at the first such chunk).
 pub fn has_choices(chunk: &Value) -> bool {
     chunk
@@ -290,6 +364,33 @@ pub fn has_choices(chunk: &Value) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn chunk_facts_agree_with_the_value_readers() {
+        let cases = [
+            json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": null}}]}),
+            json!({"choices": [{"index": 0, "delta": {"content": "hi \"there\""}}]}),
+            json!({"choices": [{"index": 0, "delta": {"reasoning_content": "hm"}}]}),
+            json!({"choices": [{"index": 0, "text": " the", "logprobs": null}]}),
+            json!({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}),
+            json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2,
+                "total_tokens": 5, "prompt_tokens_details": {"cached_tokens": 1}}}),
+            json!({"choices": [], "usage": {"prompt_tokens": 3}}),
+            json!({"choices": null, "usage": null}),
+            json!({"error": {"message": "boom"}}),
+            json!({"object": "chat.completion.chunk", "timings": {"x": 1}}),
+        ];
+        for v in cases {
+            let f = chunk_facts(&v.to_string()).unwrap();
+            assert_eq!(f.has_choices, has_choices(&v), "{v}");
+            assert_eq!(f.has_content, !content_of(&v).is_empty(), "{v}");
+            assert_eq!(f.usage, Usage::from_value(&v), "{v}");
+            assert_eq!(f.error.is_some(), v.get("error").is_some(), "{v}");
+        }
+        assert!(chunk_facts("not json").is_err());
+        assert!(chunk_facts("[1, 2]").is_err());
+        assert!(chunk_facts(r#"{"choices": [{"text": 3}]}"#).is_err());
+    }
 
     #[test]
     fn parses_chat_requests_with_vllm_extensions() {

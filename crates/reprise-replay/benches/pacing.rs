@@ -1,51 +1,81 @@
 //! The replayer's own limits on this machine, against a no-op streaming server (16-token SSE
-//! responses) in a child process pinned to CPU 1 (when `taskset` exists):
+//! responses) in a child process pinned to CPU 1 (when `taskset` exists), each figure beside
+//! a baseline measured in the same run:
 //!
 //! - pacing: `queue = sent − scheduled` percentiles of open-loop fixed-rate runs at 1,000 and
-//!   10,000 req/s, with the bare pacer (deadline sleeps, no HTTP) as the baseline;
-//! - SSE parsing: events/s of `SseParser` on one core, against a plain scan for event ends.
+//!   10,000 req/s, against the bare pacer (the same deadline sleeps, nothing sent);
+//! - the highest open-loop rate held with `queue` p99 ≤ 1 ms (rates tried in steps);
+//! - concurrency: streams held open at once (the server holds each for a few seconds) and
+//!   the replayer's peak RSS, against its RSS before the run;
+//! - client-added TTFT: replay's median TTFT against a bare hyper client's on the same server;
+//! - SSE parsing: events/s of `SseParser` on one core, against a plain scan for event ends;
+//! - with `--soak SECONDS`: RSS after 1 minute and at the end of constant load.
 //!
-//! Run: `cargo bench -p reprise-replay --bench pacing`.
+//! Run: `cargo bench -p reprise-replay --bench pacing [-- --only pacing|max-rate|ttft|concurrency|sse]`
+//! or `[-- --soak 600]`.
 
 use std::convert::Infallible;
 use std::io::BufRead;
 use std::pin::Pin;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use reprise_protocol::openai::Api;
 use reprise_protocol::sse::SseParser;
 use reprise_replay::client::{Backend, RequestShape, Timeouts};
 use reprise_replay::prompt::PromptBuilder;
 use reprise_replay::workload::{Process, RateStep, Sizes, rate_plan};
-use reprise_replay::{Pacing, Progress, ReplayConfig, StopRule, run};
+use reprise_replay::{DeadlineSleeper, Pacing, Progress, ReplayConfig, RunSummary, StopRule, run};
 
 const EVENT: &str = "data: {\"id\":\"cmpl-0\",\"object\":\"text_completion\",\"created\":0,\"model\":\"m\",\"choices\":[{\"index\":0,\"text\":\" the\",\"logprobs\":null,\"finish_reason\":null}]}\n\n";
+const TAIL: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":16,\"completion_tokens\":16,\"total_tokens\":32}}\n\ndata: [DONE]\n\n";
 
-struct Sixteen(u32);
+/// A response body: the first event at once; the other 15, usage and `[DONE]` after
+/// `hold` (or at once, in the same write, without one).
+struct Sixteen {
+    first: bool,
+    hold: Option<Pin<Box<tokio::time::Sleep>>>,
+    done: bool,
+}
 
 impl Body for Sixteen {
     type Data = Bytes;
     type Error = Infallible;
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let frame = match self.0 {
-            0 => return Poll::Ready(None),
-            1 => Bytes::from_static(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":16,\"completion_tokens\":16,\"total_tokens\":32}}\n\ndata: [DONE]\n\n"),
-            _ => Bytes::from_static(EVENT.as_bytes()),
-        };
-        self.0 -= 1;
-        Poll::Ready(Some(Ok(Frame::data(frame))))
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.first {
+            self.first = false;
+            if self.hold.is_some() {
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(EVENT.as_bytes())))));
+            }
+            self.done = true;
+            let all = format!("{}{TAIL}", EVENT.repeat(16));
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(all)))));
+        }
+        if let Some(hold) = self.hold.as_mut()
+            && hold.as_mut().poll(cx).is_pending()
+        {
+            return Poll::Pending;
+        }
+        self.done = true;
+        let rest = format!("{}{TAIL}", EVENT.repeat(15));
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))))
     }
 }
+
+/// The no-op server: `/hold/...` holds each stream for `HOLD`.
+const HOLD: Duration = Duration::from_secs(5);
 
 fn serve() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -65,8 +95,14 @@ fn serve() {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
                     |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let hold = req.uri().path().starts_with("/hold/");
                         let _ = req.into_body().collect().await;
-                        Ok::<_, Infallible>(hyper::Response::new(Sixteen(17)))
+                        let body = Sixteen {
+                            first: true,
+                            hold: hold.then(|| Box::pin(tokio::time::sleep(HOLD))),
+                            done: false,
+                        };
+                        Ok::<_, Infallible>(hyper::Response::new(body))
                     },
                 );
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -81,11 +117,96 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-fn main() {
-    if std::env::args().any(|a| a == "--serve") {
-        serve();
-        return;
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn shape() -> RequestShape {
+    RequestShape {
+        api: Api::Completions,
+        backend: Backend::Vllm,
+        model: "m".into(),
+        stream: true,
     }
+}
+
+fn config(target: &str, dir: &std::path::Path) -> ReplayConfig {
+    ReplayConfig {
+        targets: vec![target.to_owned()],
+        shape: shape(),
+        headers: Vec::new(),
+        timeouts: Timeouts {
+            request: Duration::from_secs(60),
+            gap: Duration::from_secs(30),
+        },
+        max_in_flight: None,
+        warmup: 0,
+        prompts: PromptBuilder {
+            block_tokens: None,
+            salt: 0,
+        },
+        run_dir: dir.to_owned(),
+        run_id: "bench".into(),
+        queue_limit_ms: 1.0,
+        stop_rule: StopRule::default(),
+        drain: Duration::from_secs(10),
+        command: Vec::new(),
+        events: Vec::new(),
+        prompt_words: None,
+    }
+}
+
+/// An open-loop fixed-rate replay of 16-in/16-out requests.
+fn replay(
+    rt: &tokio::runtime::Runtime,
+    target: &str,
+    rate: f64,
+    secs: f64,
+    progress: Arc<Progress>,
+) -> RunSummary {
+    let steps = [RateStep {
+        rate,
+        duration: Duration::from_secs_f64(secs),
+        label: "measure".into(),
+    }];
+    let sizes = Sizes::Fixed {
+        input: 16,
+        output: 16,
+    };
+    let plan = rate_plan(&steps, Process::Fixed, &sizes, 0).expect("plan");
+    let dir = tempfile::tempdir().expect("dir");
+    rt.block_on(run(
+        config(target, dir.path()),
+        Pacing::Open(plan),
+        Arc::new(AtomicBool::new(false)),
+        progress,
+    ))
+    .expect("run")
+}
+
+/// Lateness of the bare pacer at `rate` for `secs`, µs, sorted.
+fn bare_pacer(rate: f64, secs: f64) -> Vec<f64> {
+    let n = (rate * secs) as usize;
+    let t0 = Instant::now() + Duration::from_millis(20);
+    let mut sleeper = DeadlineSleeper::default();
+    let mut lateness = Vec::with_capacity(n);
+    for i in 0..n {
+        let deadline = t0 + Duration::from_secs_f64(i as f64 / rate);
+        sleeper.sleep_until(deadline);
+        lateness.push((Instant::now() - deadline).as_secs_f64() * 1e6);
+    }
+    lateness.sort_by(f64::total_cmp);
+    lateness
+}
+
+fn start_server() -> (Child, String, bool) {
     let exe = std::env::current_exe().expect("exe");
     let pinned = Command::new("taskset").arg("-V").output().is_ok();
     let mut cmd = if pinned {
@@ -104,86 +225,18 @@ fn main() {
     std::io::BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("address");
-    let base = format!("http://{}", line.trim());
+    (child, format!("http://{}", line.trim()), pinned)
+}
 
-    println!("replayer self-benchmark (server pinned to CPU 1: {pinned}), 2-core machine");
+fn pacing(rt: &tokio::runtime::Runtime, base: &str) {
+    println!("\n## Pacing: open loop, fixed rate, 16-token streams\n");
     println!(
-        "| rate req/s | requests ok | bare pacer queue p50/p99/p99.9 µs | replay queue p50/p99/p99.9 µs |"
+        "| rate req/s | requests ok | bare pacer lateness p50/p99/p99.9 µs | replay queue p50/p99/p99.9 µs |"
     );
     println!("|---:|---:|---|---|");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
     for (rate, secs) in [(1_000.0, 3.0), (10_000.0, 2.0)] {
-        // Baseline: the same deadlines, slept to by the same method, nothing sent.
-        let n = (rate * secs) as usize;
-        let t0 = Instant::now() + Duration::from_millis(20);
-        let mut lateness = Vec::with_capacity(n);
-        for i in 0..n {
-            let deadline = t0 + Duration::from_secs_f64(i as f64 / rate);
-            let now = Instant::now();
-            if deadline > now + Duration::from_micros(80) {
-                std::thread::sleep(deadline - now - Duration::from_micros(80));
-            }
-            while Instant::now() < deadline {
-                std::hint::spin_loop();
-            }
-            lateness.push((Instant::now() - deadline).as_secs_f64() * 1e6);
-        }
-        lateness.sort_by(f64::total_cmp);
-        let steps = [RateStep {
-            rate,
-            duration: Duration::from_secs_f64(secs),
-            label: "measure".into(),
-        }];
-        let plan = rate_plan(
-            &steps,
-            Process::Fixed,
-            &Sizes::Fixed {
-                input: 16,
-                output: 16,
-            },
-            0,
-        )
-        .expect("plan");
-        let dir = tempfile::tempdir().expect("dir");
-        let config = ReplayConfig {
-            targets: vec![base.clone()],
-            shape: RequestShape {
-                api: Api::Completions,
-                backend: Backend::Vllm,
-                model: "m".into(),
-                stream: true,
-            },
-            headers: Vec::new(),
-            timeouts: Timeouts {
-                request: Duration::from_secs(30),
-                gap: Duration::from_secs(10),
-            },
-            max_in_flight: None,
-            warmup: 0,
-            prompts: PromptBuilder {
-                block_tokens: None,
-                salt: 0,
-            },
-            run_dir: dir.path().to_owned(),
-            run_id: "bench".into(),
-            queue_limit_ms: 1.0,
-            stop_rule: StopRule::default(),
-            drain: Duration::from_secs(10),
-            command: Vec::new(),
-            events: Vec::new(),
-            prompt_words: None,
-        };
-        let summary = rt
-            .block_on(run(
-                config,
-                Pacing::Open(plan),
-                Arc::new(AtomicBool::new(false)),
-                Arc::new(Progress::default()),
-            ))
-            .expect("run");
+        let lateness = bare_pacer(rate, secs);
+        let summary = replay(rt, base, rate, secs, Arc::default());
         let q = summary.overall.queue_ms.expect("queue figures");
         println!(
             "| {rate:.0} | {} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
@@ -196,10 +249,140 @@ fn main() {
             q.p999 * 1000.0
         );
     }
-    let _ = child.kill();
-    let _ = child.wait();
+}
 
-    // SSE parsing on one core.
+fn max_rate(rt: &tokio::runtime::Runtime, base: &str) {
+    println!("\n## Highest open-loop rate with queue p99 <= 1 ms (2 s per rate)\n");
+    println!("| rate req/s | ok | achieved req/s | queue p50 / p99 µs | held |");
+    println!("|---:|---:|---:|---|---|");
+    let mut best = 0.0;
+    for rate in [5_000.0, 10_000.0, 15_000.0, 20_000.0, 25_000.0, 30_000.0] {
+        let s = replay(rt, base, rate, 2.0, Arc::default());
+        let q = s.overall.queue_ms.expect("queue figures");
+        let held = q.p99 <= 1.0 && s.overall.ok == s.overall.requests;
+        println!(
+            "| {rate:.0} | {} | {:.0} | {:.0} / {:.0} | {} |",
+            s.overall.ok,
+            s.overall.request_throughput,
+            q.p50 * 1000.0,
+            q.p99 * 1000.0,
+            if held { "yes" } else { "no" }
+        );
+        if !held {
+            break;
+        }
+        best = rate;
+    }
+    println!("\nhighest rate held: {best:.0} req/s");
+}
+
+fn concurrency(rt: &tokio::runtime::Runtime, base: &str) {
+    // The hard limit on open files here is 20,000 per process, the sockets included: 19,000
+    // streams leave room for the runtime's own descriptors.
+    let streams = 19_000.0;
+    println!(
+        "\n## Concurrency: {streams:.0} streams opened over 2 s, each held {} s\n",
+        HOLD.as_secs()
+    );
+    let before = rss_kib();
+    let progress = Arc::new(Progress::default());
+    let peak = Arc::new(AtomicU64::new(0));
+    let peak_open = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (progress, peak, peak_open, stop) = (
+            progress.clone(),
+            peak.clone(),
+            peak_open.clone(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(), Ordering::Relaxed);
+                let open = progress.sent.load(Ordering::Relaxed)
+                    - progress.finished.load(Ordering::Relaxed);
+                peak_open.fetch_max(open, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let s = replay(rt, &format!("{base}/hold"), streams / 2.0, 2.0, progress);
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    let (peak, open) = (
+        peak.load(Ordering::Relaxed),
+        peak_open.load(Ordering::Relaxed),
+    );
+    println!("| streams ok | peak open at once | RSS before | peak RSS | per open stream |");
+    println!("|---:|---:|---:|---:|---:|");
+    println!(
+        "| {} | {open} | {:.0} MiB | {:.0} MiB | {:.1} KiB |",
+        s.overall.ok,
+        before as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        (peak.saturating_sub(before)) as f64 / open.max(1) as f64
+    );
+}
+
+/// Median TTFT of a bare hyper client sending the same requests one after another, µs.
+fn bare_ttft(rt: &tokio::runtime::Runtime, base: &str, n: usize) -> f64 {
+    let addr = base.trim_start_matches("http://").to_owned();
+    let body = shape()
+        .body(
+            &PromptBuilder {
+                block_tokens: None,
+                salt: 0,
+            }
+            .build("x", 16, None),
+            16,
+        )
+        .to_string();
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .expect("handshake");
+        tokio::spawn(conn);
+        let mut ttft = Vec::with_capacity(n);
+        for _ in 0..n {
+            let req = hyper::Request::post("/v1/completions")
+                .header("host", &addr)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.clone())))
+                .expect("request");
+            sender.ready().await.expect("ready");
+            let sent = Instant::now();
+            let resp = sender.send_request(req).await.expect("response");
+            let mut body = resp.into_body();
+            let mut first = None;
+            while let Some(frame) = body.frame().await {
+                if frame.expect("frame").is_data() && first.is_none() {
+                    first = Some(sent.elapsed());
+                }
+            }
+            ttft.push(first.expect("data").as_secs_f64() * 1e6);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        ttft.sort_by(f64::total_cmp);
+        percentile(&ttft, 0.5)
+    })
+}
+
+fn client_ttft(rt: &tokio::runtime::Runtime, base: &str) {
+    println!("\n## Client-added TTFT: 1,000 requests at 200 req/s, medians\n");
+    let bare = bare_ttft(rt, base, 1_000);
+    let s = replay(rt, base, 200.0, 5.0, Arc::default());
+    let ours = s.overall.ttft_ms.expect("ttft").p50 * 1000.0;
+    println!("| bare hyper client | replay | added |");
+    println!("|---:|---:|---:|");
+    println!("| {bare:.0} µs | {ours:.0} µs | {:.0} µs |", ours - bare);
+}
+
+fn sse() {
     let events = 1_000_000;
     let text = EVENT.repeat(events);
     let bytes = text.as_bytes();
@@ -217,7 +400,8 @@ fn main() {
     }
     let parse = start.elapsed().as_secs_f64();
     assert_eq!(parsed, events);
-    println!("\n| SSE, {events} events in 1,460-byte chunks | events/s |");
+    println!("\n## SSE parsing, {events} events in 1,460-byte chunks, one core\n");
+    println!("| | events/s |");
     println!("|---|---:|");
     println!(
         "| plain scan for event ends (baseline, {ends} found) | {:.0} |",
@@ -228,4 +412,86 @@ fn main() {
         events as f64 / parse
     );
     println!("SseParser / scan: {:.2}", scan / parse);
+}
+
+fn soak(rt: &tokio::runtime::Runtime, base: &str, secs: f64) {
+    println!("\n## Memory under constant load: 1,000 req/s for {secs:.0} s\n");
+    let at_minute = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (at_minute, stop) = (at_minute.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut end = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if start.elapsed() >= Duration::from_secs(60)
+                    && at_minute.load(Ordering::Relaxed) == 0
+                {
+                    at_minute.store(rss_kib(), Ordering::Relaxed);
+                }
+                end = rss_kib();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            end
+        })
+    };
+    let s = replay(rt, base, 1_000.0, secs, Arc::default());
+    stop.store(true, Ordering::Relaxed);
+    let end = sampler.join().unwrap_or(0);
+    let minute = at_minute.load(Ordering::Relaxed);
+    println!("| requests ok | RSS at 1 min | RSS at the end | drift |");
+    println!("|---:|---:|---:|---:|");
+    println!(
+        "| {} | {:.1} MiB | {:.1} MiB | {:+.1}% |",
+        s.overall.ok,
+        minute as f64 / 1024.0,
+        end as f64 / 1024.0,
+        (end as f64 / minute.max(1) as f64 - 1.0) * 100.0
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--serve") {
+        serve();
+        return;
+    }
+    let soak_secs = args
+        .iter()
+        .position(|a| a == "--soak")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse::<f64>().ok());
+    let (mut child, base, pinned) = start_server();
+    println!("# replayer self-benchmark (server pinned to CPU 1: {pinned}), 2-core machine");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if let Some(secs) = soak_secs {
+        soak(&rt, &base, secs);
+    } else {
+        if want("pacing") {
+            pacing(&rt, &base);
+        }
+        if want("max-rate") {
+            max_rate(&rt, &base);
+        }
+        if want("ttft") {
+            client_ttft(&rt, &base);
+        }
+        if want("concurrency") {
+            concurrency(&rt, &base);
+        }
+        if want("sse") {
+            sse();
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }

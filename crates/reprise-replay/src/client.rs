@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use reprise_protocol::openai::{Api, Usage, content_of, has_choices};
+use reprise_protocol::openai::{Api, Usage, chunk_facts};
 use reprise_protocol::sse::SseParser;
 use reprise_tokenizer::{Cl100k, Tokenizer};
 use serde_json::{Value, json};
@@ -166,7 +166,7 @@ fn chain(e: &reqwest::Error) -> String {
 /// Sends `body` to `url` and measures the response.
 pub async fn send(
     client: &reqwest::Client,
-    url: &str,
+    url: &reqwest::Url,
     headers: &reqwest::header::HeaderMap,
     body: bytes::Bytes,
     stream: bool,
@@ -176,7 +176,7 @@ pub async fn send(
     let deadline = tokio::time::Instant::now() + timeouts.request;
     let request = || {
         client
-            .post(url)
+            .post(url.clone())
             .headers(headers.clone())
             .header("content-type", "application/json")
             .body(body.clone())
@@ -278,28 +278,28 @@ pub async fn send(
                 saw_done = true;
                 return;
             }
-            match serde_json::from_str::<Value>(&event.data) {
-                Ok(v) => {
-                    if m.first_chunk.is_none() && has_choices(&v) {
+            match chunk_facts(&event.data) {
+                Ok(f) => {
+                    if m.first_chunk.is_none() && f.has_choices {
                         m.first_chunk = Some(now);
                     }
-                    if !content_of(&v).is_empty() {
+                    if f.has_content {
                         m.first_token.get_or_insert(now);
                         m.content_times.push(now);
                         m.n_out_counted += 1;
                     }
-                    if let Some(u) = Usage::from_value(&v) {
-                        m.usage = Some(u);
+                    if f.usage.is_some() {
+                        m.usage = f.usage;
                     }
-                    if let Some(err) = v.get("error") {
+                    if let Some(err) = f.error {
                         bad.get_or_insert_with(|| format!("error event: {err}"));
                     }
                 }
                 Err(e) => {
                     bad.get_or_insert_with(|| {
                         format!(
-                            "event is not JSON ({e}): {}",
-                            &event.data[..event.data.len().min(80)]
+                            "event is not a JSON chunk ({e}): {}",
+                            &event.data[..event.data.floor_char_boundary(80)]
                         )
                     });
                 }
