@@ -6,5 +6,6 @@ mod support;
 mod cli;
 mod import_inspect;
 mod llama_server;
+mod record;
 mod replay;
 mod sim;

@@ -14,8 +14,9 @@ use clap::{Parser, Subcommand};
 /// Record real LLM-serving traffic and reproduce it anywhere.
 ///
 /// reprise is one pipeline over one Parquet format (trace/1): import public traces, inspect
-/// them, replay them (or synthetic load) against a server or the built-in simulator, and —
-/// as the pipeline grows — record, synthesize and analyze them. Run `reprise <command>
+/// them, record production traffic with a capture proxy, replay traces (or synthetic load)
+/// against a server or the built-in simulator, and — as the pipeline grows — synthesize and
+/// analyze them. Run `reprise <command>
 /// --help` for each command.
 #[derive(Debug, Parser)]
 #[command(
@@ -36,6 +37,8 @@ struct Cli {
 enum Command {
     /// Convert a public trace (Azure, Mooncake, BurstGPT) or any CSV/JSONL table to trace/1.
     Import(Box<cmd::import::Args>),
+    /// Record production traffic: a capture reverse proxy writing trace/1.
+    Record(Box<cmd::record::Args>),
     /// Replay a trace open-loop at N x speed, or generate load, against a target or the sim.
     Replay(Box<cmd::replay::Args>),
     /// Run the simulated OpenAI-compatible LLM server (continuous batching, KV cache, faults).
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Import(args) => cmd::import::run(*args),
+        Command::Record(args) => cmd::record::run(*args),
         Command::Replay(args) => cmd::replay::run_cmd(*args),
         Command::Sim(args) => cmd::sim::run(*args),
         Command::Trace(command) => cmd::trace::run(command),
