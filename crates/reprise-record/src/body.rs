@@ -1,21 +1,28 @@
-//! The response body the proxy hands to hyper: chunks from the upstream, forwarded as they
-//! arrive (one frame per upstream chunk, never re-chunked), or a fixed body of its own.
+//! The response body the proxy hands to hyper: the upstream's body passed through frame by
+//! frame as it arrives (never re-chunked; see `Tap`), or a fixed body of its own.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
-use tokio::sync::mpsc;
 
 /// A proxied or proxy-made response body.
-#[derive(Debug)]
-pub enum ProxyBody {
-    /// Upstream chunks; an `Err` aborts the client connection, as the upstream's broken
+pub(crate) enum ProxyBody {
+    /// The upstream's body; an error aborts the client connection, as the upstream's broken
     /// stream would have.
-    Stream(mpsc::Receiver<Result<Bytes, std::io::Error>>),
+    Stream(Box<crate::Tap>),
     /// A body the proxy wrote itself (errors, admin pages).
     Full(Option<Bytes>),
+}
+
+impl std::fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProxyBody::Stream(_) => "ProxyBody::Stream",
+            ProxyBody::Full(_) => "ProxyBody::Full",
+        })
+    }
 }
 
 impl ProxyBody {
@@ -34,12 +41,15 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match self.get_mut() {
-            ProxyBody::Stream(rx) => rx.poll_recv(cx).map(|c| c.map(|r| r.map(Frame::data))),
+            ProxyBody::Stream(tap) => Pin::new(tap.as_mut()).poll_frame(cx),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self, ProxyBody::Full(None))
+        match self {
+            ProxyBody::Stream(tap) => tap.is_end_stream(),
+            ProxyBody::Full(b) => b.is_none(),
+        }
     }
 }

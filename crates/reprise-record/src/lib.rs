@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -34,9 +35,9 @@ use rand::RngExt;
 use reprise_protocol::openai::{Usage, chunk_facts, content_of, error_body};
 use reprise_protocol::sse::SseParser;
 use reprise_trace::{DatasetWriter, Output, Timestamp, TraceRecord, WriterOptions};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
-pub use body::ProxyBody;
+use body::ProxyBody;
 use observe::{Exchange, ObserveOptions, to_record};
 
 /// Errors starting or stopping a recorder.
@@ -466,10 +467,19 @@ async fn handle(shared: Arc<SharedHandle>, req: Request<Incoming>) -> Response<P
             }
         }
     }
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-    let task_shared = shared.clone();
-    tokio::spawn(forward(task_shared, response, tx, x, record, started));
-    out.body(ProxyBody::Stream(rx))
+    let upstream_body = hyper::Response::<reqwest::Body>::from(response).into_body();
+    let tap = Tap {
+        shared: shared.clone(),
+        inner: upstream_body,
+        x: Some(x),
+        record,
+        started,
+        parser: SseParser::new(),
+        kept: Vec::new(),
+        last_content: None,
+        completion: String::new(),
+    };
+    out.body(ProxyBody::Stream(Box::new(tap)))
         .unwrap_or_else(|e| json_error(StatusCode::BAD_GATEWAY, &format!("reprise record: {e}")))
 }
 
@@ -496,44 +506,35 @@ fn fail(
     json_error(status, message)
 }
 
-/// Copies the upstream body to the client chunk by chunk and measures it on the way.
-async fn forward(
+/// The upstream body on its way to the client: every frame is passed on as it is polled
+/// (no task, channel or copy in between) and looked at after it has been handed over; the
+/// exchange is submitted when the body ends, fails, or is dropped by a departed client.
+pub(crate) struct Tap {
     shared: Arc<SharedHandle>,
-    mut response: reqwest::Response,
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-    mut x: Exchange,
+    inner: reqwest::Body,
+    x: Option<Exchange>,
     record: bool,
     started: Instant,
-) {
-    let s = &shared.0;
-    let content = s.config.observe.record_content;
-    let mut parser = SseParser::new();
-    let mut kept = Vec::new();
-    let mut last_content: Option<Instant> = None;
-    let mut completion = String::new();
-    loop {
-        let chunk = match response.chunk().await {
-            Ok(Some(c)) => c,
-            Ok(None) => break,
-            Err(e) => {
-                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                x.failure = Some("broken_stream".into());
-                s.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                break;
-            }
-        };
+    parser: SseParser,
+    kept: Vec<u8>,
+    last_content: Option<Instant>,
+    completion: String,
+}
+
+impl Tap {
+    fn observe(&mut self, chunk: &Bytes) {
         let now = Instant::now();
+        let s = &self.shared.0;
+        let Some(x) = self.x.as_mut() else { return };
         x.response_bytes += chunk.len() as u64;
-        // Forward first, then look.
-        if tx.send(Ok(chunk.clone())).await.is_err() {
-            x.failure = Some("client_disconnect".into());
-            break;
-        }
-        if !record {
-            continue;
+        if !self.record {
+            return;
         }
         if x.streamed {
-            let _ = parser.feed(&chunk, |event| {
+            let (started, last_content, completion) =
+                (self.started, &mut self.last_content, &mut self.completion);
+            let content = s.config.observe.record_content;
+            let _ = self.parser.feed(chunk, |event| {
                 if event.is_done() {
                     return;
                 }
@@ -541,13 +542,13 @@ async fn forward(
                     return;
                 };
                 if f.has_content {
-                    match last_content {
+                    match *last_content {
                         None => x.ttft = Some(now - started),
                         Some(prev) => x
                             .itl_us
                             .push((now - prev).as_micros().min(u128::from(u32::MAX)) as u32),
                     }
-                    last_content = Some(now);
+                    *last_content = Some(now);
                     x.content_events += 1;
                     if content && let Ok(v) = serde_json::from_str::<serde_json::Value>(&event.data)
                     {
@@ -558,42 +559,101 @@ async fn forward(
                     x.usage = f.usage;
                 }
             });
-        } else if kept.len() + chunk.len() <= s.config.max_observed_body {
-            kept.extend_from_slice(&chunk);
+        } else if self.kept.len() + chunk.len() <= s.config.max_observed_body {
+            self.kept.extend_from_slice(chunk);
         }
     }
-    drop(tx);
-    x.e2e = Some(started.elapsed());
-    if record {
-        if !x.streamed
-            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&kept)
-        {
-            x.usage = Usage::from_value(&v);
-            x.ttft = x.e2e.filter(|_| x.status == 200);
-            if content {
-                let text = v["choices"][0]["message"]["content"]
-                    .as_str()
-                    .or(v["choices"][0]["text"].as_str())
-                    .unwrap_or_default();
-                completion.push_str(text);
+
+    /// Ends the exchange (once): measures E2E, reads a plain body's usage, submits the row.
+    fn finish(&mut self, failure: Option<&str>) {
+        let Some(mut x) = self.x.take() else { return };
+        let s = &self.shared.0;
+        if let Some(f) = failure {
+            x.failure = Some(f.to_owned());
+            if f == "broken_stream" {
+                s.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if content {
-            x.completion = Some(completion);
-        }
-        if x.failure.is_none() && x.status >= 400 {
-            x.failure = Some(
-                if x.status >= 500 {
-                    "http_5xx"
-                } else {
-                    "http_4xx"
+        x.e2e = Some(self.started.elapsed());
+        if self.record {
+            let content = s.config.observe.record_content;
+            if !x.streamed
+                && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&self.kept)
+            {
+                x.usage = Usage::from_value(&v);
+                x.ttft = x.e2e.filter(|_| x.status == 200);
+                if content {
+                    let text = v["choices"][0]["message"]["content"]
+                        .as_str()
+                        .or(v["choices"][0]["text"].as_str())
+                        .unwrap_or_default();
+                    self.completion.push_str(text);
                 }
-                .into(),
-            );
+            }
+            if content {
+                x.completion = Some(std::mem::take(&mut self.completion));
+            }
+            if x.failure.is_none() && x.status >= 400 {
+                x.failure = Some(
+                    if x.status >= 500 {
+                        "http_5xx"
+                    } else {
+                        "http_4xx"
+                    }
+                    .into(),
+                );
+            }
+            s.submit(x);
         }
-        s.submit(x);
+        s.done();
     }
-    s.done();
+}
+
+impl http_body::Body for Tap {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match polled {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                self.finish(None);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.finish(Some("broken_stream"));
+                Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let data = data.clone();
+                    self.observe(&data);
+                }
+                // A sized body is not polled past its length: it ends here.
+                if self.inner.is_end_stream() {
+                    self.finish(None);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away (or the connection broke).
+        let failure = (!self.inner.is_end_stream()).then_some("client_disconnect");
+        self.finish(failure);
+    }
 }
 
 fn writer_loop(

@@ -1,0 +1,309 @@
+//! What the capture proxy costs, measured side by side with direct traffic to the same
+//! upstream in the same run: a no-op streaming server in a child process (16 SSE events per
+//! response, each stamped with its send time on the wall clock), the proxy in this process on
+//! a runtime of its own, and a hyper client.
+//!
+//! - added TTFT: first-event latency through the proxy minus direct (p50, p99), sequential
+//!   requests with the upstream pacing its events 1 ms apart;
+//! - added per-chunk delay: (receive − send) of every event through the proxy minus direct;
+//! - throughput: closed loop, 32 connections, responses sent at once: req/s through the proxy
+//!   against direct.
+//!
+//! Run: `cargo bench -p reprise-record --bench proxy`.
+
+use std::convert::Infallible;
+use std::io::BufRead;
+use std::pin::Pin;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Empty};
+use reprise_record::salt::Salt;
+use reprise_record::{RecordConfig, Recorder};
+
+const USAGE: &[u8] = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":8,\"completion_tokens\":16,\"total_tokens\":24}}\n\ndata: [DONE]\n\n";
+
+fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn event(i: u32) -> Bytes {
+    Bytes::from(format!(
+        "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" t{i}\"}}}}],\"sent_ns\":{}}}\n\n",
+        wall_ns()
+    ))
+}
+
+/// 16 events `gap` apart (all at once when `gap` is zero), usage, `[DONE]`.
+struct Events {
+    next: u32,
+    gap: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Body for Events {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.next > 16 {
+            return Poll::Ready(None);
+        }
+        if self.gap.is_zero() {
+            let mut all = Vec::new();
+            for i in 0..16 {
+                all.extend_from_slice(&event(i));
+            }
+            all.extend_from_slice(USAGE);
+            self.next = 17;
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(all)))));
+        }
+        if self.next > 0 {
+            if self.timer.is_none() {
+                let gap = self.gap;
+                self.timer = Some(Box::pin(tokio::time::sleep(gap)));
+            }
+            if self
+                .timer
+                .as_mut()
+                .is_some_and(|t| t.as_mut().poll(cx).is_pending())
+            {
+                return Poll::Pending;
+            }
+            self.timer = None;
+        }
+        let i = self.next;
+        self.next += 1;
+        if i == 16 {
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(USAGE)))));
+        }
+        Poll::Ready(Some(Ok(Frame::data(event(i)))))
+    }
+}
+
+fn serve() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        println!("{}", listener.local_addr().expect("addr"));
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let paced = req.uri().path().starts_with("/paced");
+                        let _ = req.into_body().collect().await;
+                        let mut r = hyper::Response::new(Events {
+                            next: 0,
+                            gap: if paced {
+                                Duration::from_millis(1)
+                            } else {
+                                Duration::ZERO
+                            },
+                            timer: None,
+                        });
+                        r.headers_mut().insert(
+                            "content-type",
+                            hyper::header::HeaderValue::from_static("text/event-stream"),
+                        );
+                        Ok::<_, Infallible>(r)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(addr: &str) -> Sender {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// One request: TTFT (µs) and each event's receive − send (µs).
+async fn one(sender: &mut Sender, addr: &str, path: &str) -> (f64, Vec<f64>) {
+    let req = hyper::Request::post(path)
+        .header("host", addr)
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    sender.ready().await.expect("ready");
+    let start = Instant::now();
+    let resp = sender.send_request(req).await.expect("response");
+    let mut body = resp.into_body();
+    let mut ttft = None;
+    let mut delays = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let now = wall_ns();
+        let Ok(data) = frame.expect("frame").into_data() else {
+            continue;
+        };
+        ttft.get_or_insert(start.elapsed());
+        let text = String::from_utf8_lossy(&data);
+        for part in text.split("\"sent_ns\":").skip(1) {
+            let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+            if let Ok(sent) = digits.parse::<u64>() {
+                delays.push(now.saturating_sub(sent) as f64 / 1000.0);
+            }
+        }
+    }
+    (ttft.expect("data").as_secs_f64() * 1e6, delays)
+}
+
+fn pct(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+async fn latency(addr: &str, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut sender = connect(addr).await;
+    let (mut ttfts, mut delays) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let (t, d) = one(&mut sender, addr, "/paced/v1/chat/completions").await;
+        ttfts.push(t);
+        delays.extend(d);
+    }
+    (ttfts, delays)
+}
+
+async fn throughput(addr: &str, conns: usize, secs: f64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (stop, count, addr) = (stop.clone(), count.clone(), addr.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(&addr).await;
+            while !stop.load(Ordering::Relaxed) {
+                one(&mut sender, &addr, "/v1/chat/completions").await;
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let n = count.load(Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    n as f64 / secs
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--serve") {
+        serve();
+        return;
+    }
+    let exe = std::env::current_exe().expect("exe");
+    let mut child = Command::new(exe)
+        .arg("--serve")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("upstream");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("address");
+    let upstream = line.trim().to_owned();
+
+    // The proxy on a runtime of its own.
+    let proxy_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("dir");
+    let config = RecordConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        format!("http://{upstream}"),
+        dir.path().join("capture"),
+        Salt::from_bytes(b"bench"),
+    );
+    let recorder = proxy_rt.block_on(Recorder::start(config)).expect("proxy");
+    let proxy = recorder.addr().to_string();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "# capture proxy overhead (2-core machine; upstream in a child process, proxy on 1 worker thread, client on 1 thread)\n"
+    );
+    let n = 500;
+    // Interleaved rounds, so both sides see the same machine.
+    let (mut d_ttft, mut d_delay, mut p_ttft, mut p_delay) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let (t, d) = rt.block_on(latency(&upstream, n / 5));
+        d_ttft.extend(t);
+        d_delay.extend(d);
+        let (t, d) = rt.block_on(latency(&proxy, n / 5));
+        p_ttft.extend(t);
+        p_delay.extend(d);
+    }
+    let (dt50, dt99, pt50, pt99) = (
+        pct(&mut d_ttft, 0.5),
+        pct(&mut d_ttft, 0.99),
+        pct(&mut p_ttft, 0.5),
+        pct(&mut p_ttft, 0.99),
+    );
+    let (dd50, dd99, pd50, pd99) = (
+        pct(&mut d_delay, 0.5),
+        pct(&mut d_delay, 0.99),
+        pct(&mut p_delay, 0.5),
+        pct(&mut p_delay, 0.99),
+    );
+    println!(
+        "| {n} paced streams | direct p50 / p99 | through the proxy p50 / p99 | added p50 / p99 | target |"
+    );
+    println!("|---|---|---|---|---|");
+    println!(
+        "| TTFT | {dt50:.0} / {dt99:.0} µs | {pt50:.0} / {pt99:.0} µs | {:.0} / {:.0} µs | p99 ≤ 200 µs |",
+        pt50 - dt50,
+        pt99 - dt99
+    );
+    println!(
+        "| per-event delay (receive − send) | {dd50:.0} / {dd99:.0} µs | {pd50:.0} / {pd99:.0} µs | {:.0} / {:.0} µs | p99 ≤ 50 µs |",
+        pd50 - dd50,
+        pd99 - dd99
+    );
+    let direct = rt.block_on(throughput(&upstream, 32, 3.0));
+    let through = rt.block_on(throughput(&proxy, 32, 3.0));
+    println!("\n| closed loop, 32 connections, 3 s | req/s |\n|---|---:|");
+    println!(
+        "| direct | {direct:.0} |\n| through the proxy (recording every request) | {through:.0} |"
+    );
+    println!("proxy / direct: {:.2} (target ≥ 0.90)", through / direct);
+    let summary = proxy_rt.block_on(recorder.shutdown());
+    println!(
+        "rows recorded: {}, lost: {}",
+        summary.recorded, summary.lost
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
