@@ -485,3 +485,39 @@ async fn parts_are_finished_every_flush_interval_while_running() {
     let summary = rec.shutdown().await;
     assert_eq!((summary.recorded, summary.files.len()), (2, 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_choose_what_is_recorded_and_a_lost_output_does_not_stop_traffic() {
+    let up = sim(Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("capture");
+    let mut c = RecordConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        up.base_url(),
+        out.clone(),
+        Salt::from_bytes(b"test"),
+    );
+    c.paths = vec!["/v1/chat".into()];
+    c.flush_interval = Duration::from_millis(100);
+    let rec = Recorder::start(c).await.unwrap();
+    let base = format!("http://{}", rec.addr());
+    let client = reqwest::Client::new();
+    stream_chat(&client, &base, 3, None).await;
+    let models = client.get(format!("{base}/v1/models")).send().await.unwrap();
+    assert_eq!(models.status(), 200, "forwarded, not recorded");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let counters = rec.counters().clone();
+    assert_eq!(counters.recorded.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(counters.skipped.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // The output directory disappears: traffic keeps flowing, the loss is counted.
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::write(&out, b"now a file").unwrap();
+    for _ in 0..3 {
+        let s = stream_chat(&client, &base, 3, None).await;
+        assert_eq!(s.usage.1, 3);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let summary = rec.shutdown().await;
+    assert_eq!(summary.lost, 3, "{summary:?}");
+    assert_eq!(counters.failed.load(std::sync::atomic::Ordering::Relaxed), 3);
+}
