@@ -503,12 +503,22 @@ async fn filters_choose_what_is_recorded_and_a_lost_output_does_not_stop_traffic
     let base = format!("http://{}", rec.addr());
     let client = reqwest::Client::new();
     stream_chat(&client, &base, 3, None).await;
-    let models = client.get(format!("{base}/v1/models")).send().await.unwrap();
+    let models = client
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(models.status(), 200, "forwarded, not recorded");
     tokio::time::sleep(Duration::from_millis(400)).await;
     let counters = rec.counters().clone();
-    assert_eq!(counters.recorded.load(std::sync::atomic::Ordering::Relaxed), 1);
-    assert_eq!(counters.skipped.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        counters.recorded.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        counters.skipped.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     // The output directory disappears: traffic keeps flowing, the loss is counted.
     std::fs::remove_dir_all(&out).unwrap();
     std::fs::write(&out, b"now a file").unwrap();
@@ -519,5 +529,8 @@ async fn filters_choose_what_is_recorded_and_a_lost_output_does_not_stop_traffic
     tokio::time::sleep(Duration::from_millis(400)).await;
     let summary = rec.shutdown().await;
     assert_eq!(summary.lost, 3, "{summary:?}");
-    assert_eq!(counters.failed.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(
+        counters.failed.load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
 }
