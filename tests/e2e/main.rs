@@ -9,3 +9,4 @@ mod llama_server;
 mod record;
 mod replay;
 mod sim;
+mod synth;

@@ -15,8 +15,8 @@ use clap::{Parser, Subcommand};
 ///
 /// reprise is one pipeline over one Parquet format (trace/1): import public traces, inspect
 /// them, record production traffic with a capture proxy, replay traces (or synthetic load)
-/// against a server or the built-in simulator, and — as the pipeline grows — synthesize and
-/// analyze them. Run `reprise <command>
+/// against a server or the built-in simulator, fit workload models and generate rescaled
+/// workloads from them, and — as the pipeline grows — analyze runs. Run `reprise <command>
 /// --help` for each command.
 #[derive(Debug, Parser)]
 #[command(
@@ -43,6 +43,9 @@ enum Command {
     Replay(Box<cmd::replay::Args>),
     /// Run the simulated OpenAI-compatible LLM server (continuous batching, KV cache, faults).
     Sim(Box<cmd::sim::Args>),
+    /// Fit workload models to traces, generate rescaled workloads, check their fidelity.
+    #[command(subcommand)]
+    Synth(cmd::synth::SynthCommand),
     /// Inspect, validate or export a trace/1 dataset.
     #[command(subcommand)]
     Trace(cmd::trace::TraceCommand),
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Record(args) => cmd::record::run(*args),
         Command::Replay(args) => cmd::replay::run_cmd(*args),
         Command::Sim(args) => cmd::sim::run(*args),
+        Command::Synth(command) => cmd::synth::run(command),
         Command::Trace(command) => cmd::trace::run(command),
         Command::Analyze(args) => cmd::analyze::run("analyze", args),
         Command::Compare(args) => cmd::analyze::run("compare", args),

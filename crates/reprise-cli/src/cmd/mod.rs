@@ -5,4 +5,5 @@ pub mod import;
 pub mod record;
 pub mod replay;
 pub mod sim;
+pub mod synth;
 pub mod trace;

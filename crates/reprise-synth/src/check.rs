@@ -1,0 +1,240 @@
+//! `synth check`: how faithful a generated workload is to its source — rate, burstiness at
+//! several windows, length percentiles and KS distances, input/output correlation, prefix
+//! sharing — each against a stated tolerance.
+
+use std::collections::HashSet;
+
+use reprise_trace::TraceRecord;
+use reprise_trace::stats::{index_of_dispersion, interarrival_cv, quantile_sorted};
+use serde::Serialize;
+
+use crate::dist::ks_two_sample;
+
+/// One compared figure.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CheckRow {
+    /// What.
+    pub metric: String,
+    /// In the source (times the expected scale for rates).
+    pub expected: Option<f64>,
+    /// In the generated workload.
+    pub generated: Option<f64>,
+    /// The tolerance, in words.
+    pub tolerance: String,
+    /// Within tolerance (`None`: reported only).
+    pub pass: Option<bool>,
+}
+
+/// The fidelity report.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CheckReport {
+    /// Every figure.
+    pub rows: Vec<CheckRow>,
+    /// Every checked figure passed.
+    pub pass: bool,
+}
+
+struct Figures {
+    rate: f64,
+    cv: Option<f64>,
+    idc: Vec<Option<f64>>,
+    input: Vec<f64>,
+    output: Vec<f64>,
+    corr: Option<f64>,
+    prefix_share: Option<f64>,
+}
+
+const WINDOWS: [f64; 4] = [1.0, 10.0, 60.0, 600.0];
+
+fn figures(rows: &[TraceRecord]) -> Figures {
+    let t0 = rows.iter().map(|r| r.arrival.0).min().unwrap_or(0);
+    let mut secs: Vec<f64> = rows
+        .iter()
+        .map(|r| (r.arrival.0 - t0) as f64 / 1e9)
+        .collect();
+    secs.sort_by(f64::total_cmp);
+    let span = secs.last().copied().unwrap_or(0.0);
+    let pairs: Vec<(f64, f64)> = rows
+        .iter()
+        .filter(|r| r.failure.is_none())
+        .filter_map(|r| Some((f64::from(r.input_tokens?), f64::from(r.output_tokens?))))
+        .filter(|(i, _)| *i > 0.0)
+        .collect();
+    let corr = pearson_log(&pairs);
+    let mut input: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+    let mut output: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+    input.sort_by(f64::total_cmp);
+    output.sort_by(f64::total_cmp);
+    let mut seen = HashSet::new();
+    let (mut with, mut sharing) = (0u64, 0u64);
+    for r in rows {
+        if let Some(h) = r.prefix_hashes.as_ref().filter(|h| !h.is_empty()) {
+            with += 1;
+            sharing += u64::from(seen.contains(&h[0]));
+            seen.insert(h[0]);
+        }
+    }
+    Figures {
+        rate: if span > 0.0 {
+            (secs.len() - 1) as f64 / span
+        } else {
+            0.0
+        },
+        cv: interarrival_cv(&secs),
+        idc: WINDOWS
+            .iter()
+            .map(|&w| index_of_dispersion(&secs, w))
+            .collect(),
+        input,
+        output,
+        corr,
+        prefix_share: (with > 0).then(|| sharing as f64 / with as f64),
+    }
+}
+
+/// Pearson correlation of log(1 + x) and log(1 + y).
+fn pearson_log(pairs: &[(f64, f64)]) -> Option<f64> {
+    if pairs.len() < 3 {
+        return None;
+    }
+    let n = pairs.len() as f64;
+    let (xs, ys): (Vec<f64>, Vec<f64>) = pairs.iter().map(|(x, y)| (x.ln_1p(), y.ln_1p())).unzip();
+    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (x, y) in xs.iter().zip(&ys) {
+        sxy += (x - mx) * (y - my);
+        sxx += (x - mx).powi(2);
+        syy += (y - my).powi(2);
+    }
+    (sxx > 0.0 && syy > 0.0).then(|| sxy / (sxx * syy).sqrt())
+}
+
+fn relative(expected: Option<f64>, generated: Option<f64>, tol: f64) -> Option<bool> {
+    match (expected, generated) {
+        (Some(e), Some(g)) if e != 0.0 => Some(((g - e) / e).abs() <= tol),
+        (Some(_), Some(g)) => Some(g == 0.0),
+        _ => None,
+    }
+}
+
+/// Compares a generated workload with its source; `scale` is the load factor the generated
+/// one was asked for (rates are compared against `scale` times the source's).
+pub fn check(source: &[TraceRecord], generated: &[TraceRecord], scale: f64) -> CheckReport {
+    let (s, g) = (figures(source), figures(generated));
+    let mut rows = Vec::new();
+    let mut push =
+        |metric: String, e: Option<f64>, gv: Option<f64>, tolerance: &str, pass: Option<bool>| {
+            rows.push(CheckRow {
+                metric,
+                expected: e,
+                generated: gv,
+                tolerance: tolerance.to_owned(),
+                pass,
+            });
+        };
+    let rate = Some(s.rate * scale);
+    push(
+        "mean rate (req/s)".into(),
+        rate,
+        Some(g.rate),
+        "±2%",
+        relative(rate, Some(g.rate), 0.02),
+    );
+    push(
+        "inter-arrival CV".into(),
+        s.cv,
+        g.cv,
+        "±20%",
+        relative(s.cv, g.cv, 0.20),
+    );
+    for (i, w) in WINDOWS.iter().enumerate() {
+        let checked = *w <= 60.0;
+        push(
+            format!("index of dispersion @{w:.0} s"),
+            s.idc[i],
+            g.idc[i],
+            if checked { "±20%" } else { "reported" },
+            if checked {
+                relative(s.idc[i], g.idc[i], 0.20)
+            } else {
+                None
+            },
+        );
+    }
+    for (name, a, b) in [
+        ("input", &s.input, &g.input),
+        ("output", &s.output, &g.output),
+    ] {
+        for q in [0.5, 0.9, 0.99] {
+            let (e, gv) = (quantile_sorted(a, q), quantile_sorted(b, q));
+            push(
+                format!("{name} tokens p{:.0}", q * 100.0),
+                e,
+                gv,
+                "±5%",
+                relative(e, gv, 0.05),
+            );
+        }
+        let ks = (!a.is_empty() && !b.is_empty()).then(|| ks_two_sample(a, b));
+        push(
+            format!("{name} tokens KS distance"),
+            Some(0.0),
+            ks,
+            "< 0.03",
+            ks.map(|k| k < 0.03),
+        );
+    }
+    push(
+        "input/output correlation (log)".into(),
+        s.corr,
+        g.corr,
+        "±0.05",
+        match (s.corr, g.corr) {
+            (Some(a), Some(b)) => Some((a - b).abs() <= 0.05),
+            _ => None,
+        },
+    );
+    if s.prefix_share.is_some() || g.prefix_share.is_some() {
+        push(
+            "prefix-sharing ratio".into(),
+            s.prefix_share,
+            g.prefix_share,
+            "±0.05",
+            match (s.prefix_share, g.prefix_share) {
+                (Some(a), Some(b)) => Some((a - b).abs() <= 0.05),
+                _ => Some(false),
+            },
+        );
+    }
+    let pass = rows.iter().all(|r| r.pass != Some(false));
+    CheckReport { rows, pass }
+}
+
+/// The report as a table.
+pub fn render(report: &CheckReport) -> String {
+    let f = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), reprise_trace::human::sig3);
+    let mut out = format!(
+        "{:<34} {:>12} {:>12} {:>10}  result\n",
+        "metric", "expected", "generated", "tolerance"
+    );
+    for r in &report.rows {
+        out.push_str(&format!(
+            "{:<34} {:>12} {:>12} {:>10}  {}\n",
+            r.metric,
+            f(r.expected),
+            f(r.generated),
+            r.tolerance,
+            match r.pass {
+                Some(true) => "pass",
+                Some(false) => "FAIL",
+                None => "-",
+            }
+        ));
+    }
+    out.push_str(if report.pass {
+        "fidelity: PASS\n"
+    } else {
+        "fidelity: FAIL\n"
+    });
+    out
+}

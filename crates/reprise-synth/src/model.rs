@@ -1,0 +1,433 @@
+//! `synth fit`: the workload model of a trace — arrivals (rate over time, the law of the
+//! rate-normalized gaps, burstiness), the joint (input, output) length distribution per
+//! model, prefix sharing and sessions — as versioned, human-readable JSON.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use rand::{RngExt, SeedableRng};
+use reprise_trace::TraceRecord;
+use reprise_trace::stats::{index_of_dispersion, interarrival_cv};
+use serde::{Deserialize, Serialize};
+
+use crate::SynthError;
+use crate::dist::{Candidate, Law, fit_all};
+
+/// The model format written by this version.
+pub const MODEL_FORMAT: &str = "reprise.synth/1";
+
+/// At most this many gaps go into the law fits (an even subsample beyond).
+const FIT_GAPS: usize = 200_000;
+/// At most this many (input, output) pairs are kept per group.
+const PAIRS: usize = 50_000;
+
+/// A fitted workload model.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkloadModel {
+    /// `reprise.synth/1`.
+    pub format: String,
+    /// What it was fitted on.
+    pub source: Source,
+    /// The arrival process.
+    pub arrivals: Arrivals,
+    /// Request sizes.
+    pub sizes: SizeModel,
+    /// Prefix sharing, when the trace has prefix hashes.
+    pub prefixes: Option<Prefixes>,
+    /// Sessions, when the trace has session ids.
+    pub sessions: Option<Sessions>,
+}
+
+/// The fitted trace.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Source {
+    /// Rows.
+    pub rows: u64,
+    /// First to last arrival, seconds.
+    pub span_s: f64,
+    /// First arrival, Unix nanoseconds.
+    pub start_ns: i64,
+}
+
+/// The arrival process: a renewal process with unit-mean gaps drawn from `law`, run in
+/// operational time against a piecewise-constant rate (`rates`, one per `window_s`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Arrivals {
+    /// Mean rate, requests/s.
+    pub mean_rate: f64,
+    /// Timestamp quantum detected (e.g. 3 s), spread out before fitting; `None` if none.
+    pub quantum_s: Option<f64>,
+    /// Rate window, seconds.
+    pub window_s: f64,
+    /// Requests/s in each window from the first arrival.
+    pub rates: Vec<f64>,
+    /// The chosen law of rate-normalized gaps (unit mean).
+    pub law: Law,
+    /// Every law tried, by AIC (best first), with KS distances.
+    pub candidates: Vec<Candidate>,
+    /// Inter-arrival CV of the trace.
+    pub cv: f64,
+    /// Index of dispersion of counts at 1 s, 10 s, 60 s, 600 s (null where too short).
+    pub idc: Vec<(f64, Option<f64>)>,
+}
+
+/// Sizes: empirical (input, output) pairs per model, sampled jointly so their correlation
+/// is kept, with a small multiplicative jitter (`smoothing`) in generation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SizeModel {
+    /// Groups by model.
+    pub groups: Vec<SizeGroup>,
+    /// Relative jitter applied to sampled lengths (0 = exact resampling).
+    pub smoothing: f64,
+}
+
+/// The sizes of one model's requests.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SizeGroup {
+    /// Model id ("" when unspecified).
+    pub model: String,
+    /// Endpoint of most of its requests.
+    pub endpoint: String,
+    /// Share of requests.
+    pub weight: f64,
+    /// (input, output) pairs (all, or an even subsample of 50,000).
+    pub pairs: Vec<[u32; 2]>,
+}
+
+/// Prefix sharing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Prefixes {
+    /// Tokens per block.
+    pub block_tokens: usize,
+    /// Share of requests whose first block was seen before.
+    pub share_ratio: f64,
+    /// Among those, the mean share of their blocks that were seen before, in a row.
+    pub shared_fraction: f64,
+}
+
+/// Session structure.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Sessions {
+    /// Share of requests with a session id.
+    pub with_session: f64,
+    /// Mean requests per session.
+    pub requests_per_session: f64,
+}
+
+/// Options of a fit.
+#[derive(Debug, Clone)]
+pub struct FitOptions {
+    /// Rate window, seconds.
+    pub window_s: f64,
+    /// `reprise.block_tokens` of the trace.
+    pub block_tokens: Option<usize>,
+    /// Seed of the de-quantization jitter and subsamples.
+    pub seed: u64,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        FitOptions {
+            window_s: 60.0,
+            block_tokens: None,
+            seed: 0,
+        }
+    }
+}
+
+/// A timestamp quantum: most gaps are whole multiples of the smallest positive one and
+/// many are zero (requests logged in the same bucket).
+pub fn detect_quantum(sorted_secs: &[f64]) -> Option<f64> {
+    let gaps: Vec<f64> = sorted_secs.windows(2).map(|w| w[1] - w[0]).collect();
+    if gaps.len() < 20 {
+        return None;
+    }
+    let zeros = gaps.iter().filter(|&&g| g <= 0.0).count() as f64 / gaps.len() as f64;
+    let q = gaps
+        .iter()
+        .copied()
+        .filter(|&g| g > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    if !(q.is_finite() && q >= 1e-3 && zeros >= 0.05) {
+        return None;
+    }
+    let positive: Vec<f64> = gaps.iter().copied().filter(|&g| g > 0.0).collect();
+    let on_grid = positive
+        .iter()
+        .filter(|&&g| ((g / q) - (g / q).round()).abs() < 0.01)
+        .count() as f64
+        / positive.len() as f64;
+    (on_grid >= 0.95).then_some(q)
+}
+
+/// Fits a model to requests in arrival order.
+pub fn fit(requests: &[TraceRecord], opts: &FitOptions) -> Result<WorkloadModel, SynthError> {
+    if requests.len() < 2 {
+        return Err(SynthError::Degenerate(format!(
+            "{} request(s): at least 2 are needed to fit arrivals",
+            requests.len()
+        )));
+    }
+    if !(opts.window_s.is_finite() && opts.window_s > 0.0) {
+        return Err(SynthError::Config("--rate-window must be positive".into()));
+    }
+    let t0 = requests[0].arrival.0;
+    let mut secs: Vec<f64> = requests
+        .iter()
+        .map(|r| (r.arrival.0 - t0) as f64 / 1e9)
+        .collect();
+    if secs.windows(2).any(|w| w[1] < w[0]) {
+        secs.sort_by(f64::total_cmp);
+    }
+    let span = secs[secs.len() - 1];
+    if span <= 0.0 {
+        return Err(SynthError::Degenerate(format!(
+            "all {} requests arrive at the same instant: no arrival process to fit",
+            requests.len()
+        )));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+    // Quantized timestamps are spread evenly over their bucket (at random) before fitting,
+    // so that a bucket's requests are not taken for a burst.
+    let quantum = detect_quantum(&secs);
+    if let Some(q) = quantum {
+        for s in &mut secs {
+            *s += rng.random::<f64>() * q;
+        }
+        secs.sort_by(f64::total_cmp);
+    }
+    let span = secs[secs.len() - 1] - secs[0];
+    let start = secs[0];
+    let window = opts.window_s.max(quantum.map_or(0.0, |q| 5.0 * q));
+    let n_windows = ((span / window).floor() as usize + 1).max(1);
+    let mut counts = vec![0u64; n_windows];
+    for &s in &secs {
+        let w = (((s - start) / window) as usize).min(n_windows - 1);
+        counts[w] += 1;
+    }
+    // The last window is partial: its rate is over its own length.
+    let last_len = (span - (n_windows - 1) as f64 * window).max(window * 0.05);
+    let rates: Vec<f64> = counts
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| c as f64 / if i + 1 == n_windows { last_len } else { window })
+        .collect();
+    // Rate-normalized gaps: the gap times the local rate has unit mean in a renewal process
+    // run in operational time.
+    let mut gaps: Vec<f64> = secs
+        .windows(2)
+        .map(|w| {
+            let i = (((w[0] - start) / window) as usize).min(n_windows - 1);
+            (w[1] - w[0]) * rates[i]
+        })
+        .collect();
+    let min_pos = gaps
+        .iter()
+        .copied()
+        .filter(|&g| g > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    if !min_pos.is_finite() {
+        return Err(SynthError::Degenerate(
+            "no positive gap between arrivals".into(),
+        ));
+    }
+    // Equal timestamps (below the clock's resolution) count as half the smallest gap.
+    for g in &mut gaps {
+        if *g <= 0.0 {
+            *g = min_pos / 2.0;
+        }
+    }
+    if gaps.len() > FIT_GAPS {
+        let step = gaps.len() as f64 / FIT_GAPS as f64;
+        gaps = (0..FIT_GAPS)
+            .map(|i| gaps[(i as f64 * step) as usize])
+            .collect();
+    }
+    let m = gaps.iter().sum::<f64>() / gaps.len() as f64;
+    for g in &mut gaps {
+        *g /= m;
+    }
+    let candidates = fit_all(&gaps);
+    let law = candidates
+        .first()
+        .map(|c| c.fit.unit_mean())
+        .ok_or_else(|| SynthError::Degenerate("no law could be fitted to the gaps".into()))?;
+    let idc = [1.0, 10.0, 60.0, 600.0]
+        .iter()
+        .map(|&w| (w, index_of_dispersion(&secs, w)))
+        .collect();
+    let arrivals = Arrivals {
+        mean_rate: (secs.len() - 1) as f64 / span,
+        quantum_s: quantum,
+        window_s: window,
+        rates,
+        law,
+        candidates,
+        cv: interarrival_cv(&secs).unwrap_or(f64::NAN),
+        idc,
+    };
+    Ok(WorkloadModel {
+        format: MODEL_FORMAT.to_owned(),
+        source: Source {
+            rows: requests.len() as u64,
+            span_s: span,
+            start_ns: t0,
+        },
+        arrivals,
+        sizes: fit_sizes(requests, &mut rng)?,
+        prefixes: fit_prefixes(requests, opts.block_tokens),
+        sessions: fit_sessions(requests),
+    })
+}
+
+fn fit_sizes(
+    requests: &[TraceRecord],
+    rng: &mut rand::rngs::StdRng,
+) -> Result<SizeModel, SynthError> {
+    let mut by_model: BTreeMap<&str, (Vec<[u32; 2]>, HashMap<&str, u64>)> = BTreeMap::new();
+    for r in requests {
+        let (Some(i), Some(o)) = (r.input_tokens, r.output_tokens) else {
+            continue;
+        };
+        if r.failure.is_some() || i == 0 {
+            continue;
+        }
+        let e = by_model.entry(r.model.as_str()).or_default();
+        e.0.push([i, o]);
+        *e.1.entry(r.endpoint.as_str()).or_default() += 1;
+    }
+    let total: usize = by_model.values().map(|(p, _)| p.len()).sum();
+    if total == 0 {
+        return Err(SynthError::Degenerate(
+            "no request has both input and output tokens (failed and zero-token rows are left out)"
+                .into(),
+        ));
+    }
+    let groups = by_model
+        .into_iter()
+        .map(|(model, (mut pairs, endpoints))| {
+            let weight = pairs.len() as f64 / total as f64;
+            if pairs.len() > PAIRS {
+                // A uniform subsample keeps the joint distribution.
+                for i in 0..PAIRS {
+                    let j = rng.random_range(i..pairs.len());
+                    pairs.swap(i, j);
+                }
+                pairs.truncate(PAIRS);
+            }
+            let endpoint = endpoints
+                .into_iter()
+                .max_by_key(|&(e, n)| (n, std::cmp::Reverse(e)))
+                .map(|(e, _)| e.to_owned())
+                .unwrap_or_default();
+            SizeGroup {
+                model: model.to_owned(),
+                endpoint,
+                weight,
+                pairs,
+            }
+        })
+        .collect();
+    Ok(SizeModel {
+        groups,
+        smoothing: 0.0,
+    })
+}
+
+fn fit_prefixes(requests: &[TraceRecord], block_tokens: Option<usize>) -> Option<Prefixes> {
+    let block_tokens = block_tokens?;
+    let mut seen: HashSet<u64> = HashSet::new();
+    let (mut with, mut sharing, mut fraction) = (0u64, 0u64, 0.0);
+    for r in requests {
+        let Some(h) = r.prefix_hashes.as_ref().filter(|h| !h.is_empty()) else {
+            continue;
+        };
+        with += 1;
+        let shared = h.iter().take_while(|x| seen.contains(x)).count();
+        if shared > 0 {
+            sharing += 1;
+            fraction += shared as f64 / h.len() as f64;
+        }
+        seen.extend(h.iter().copied());
+    }
+    (with > 0).then(|| Prefixes {
+        block_tokens,
+        share_ratio: sharing as f64 / with as f64,
+        shared_fraction: if sharing > 0 {
+            fraction / sharing as f64
+        } else {
+            0.0
+        },
+    })
+}
+
+fn fit_sessions(requests: &[TraceRecord]) -> Option<Sessions> {
+    let mut per: HashMap<&str, u64> = HashMap::new();
+    for r in requests {
+        if let Some(s) = &r.session_id {
+            *per.entry(s.as_str()).or_default() += 1;
+        }
+    }
+    let with: u64 = per.values().sum();
+    (with > 0).then(|| Sessions {
+        with_session: with as f64 / requests.len() as f64,
+        requests_per_session: with as f64 / per.len() as f64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reprise_trace::Timestamp;
+
+    fn at(secs: &[f64]) -> Vec<TraceRecord> {
+        secs.iter()
+            .enumerate()
+            .map(|(i, &s)| {
+                let mut r = TraceRecord::new(format!("{i}"), Timestamp((s * 1e9) as i64));
+                r.input_tokens = Some(100 + i as u32);
+                r.output_tokens = Some(10);
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn degenerate_traces_say_why() {
+        let e = fit(&at(&[1.0]), &FitOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 2"), "{e}");
+        let e = fit(&at(&[5.0; 10]), &FitOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("same instant"), "{e}");
+        let mut zero = at(&[0.0, 1.0, 2.0]);
+        for r in &mut zero {
+            r.output_tokens = None;
+        }
+        let e = fit(&zero, &FitOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("input and output"), "{e}");
+    }
+
+    #[test]
+    fn a_gap_of_hours_is_a_quiet_window_not_an_error() {
+        let mut secs: Vec<f64> = (0..100).map(|i| i as f64 * 0.5).collect();
+        secs.extend((0..100).map(|i| 7200.0 + i as f64 * 0.5));
+        let m = fit(&at(&secs), &FitOptions::default()).unwrap();
+        assert!(m.arrivals.rates.iter().filter(|&&r| r == 0.0).count() > 100);
+        assert!((m.arrivals.mean_rate - 199.0 / (7200.0 + 49.5)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn quantized_timestamps_are_detected() {
+        // 3-second buckets with several requests each.
+        let secs: Vec<f64> = (0..600).map(|i| (i / 4) as f64 * 3.0).collect();
+        assert_eq!(detect_quantum(&secs), Some(3.0));
+        let even: Vec<f64> = (0..600).map(|i| i as f64 * 0.37).collect();
+        assert_eq!(detect_quantum(&even), None);
+        let m = fit(&at(&secs), &FitOptions::default()).unwrap();
+        assert_eq!(m.arrivals.quantum_s, Some(3.0));
+        // Spread over their buckets, four requests per 3 s are regular, not bursts.
+        assert!(m.arrivals.law.cv() < 1.2, "{:?}", m.arrivals.law);
+    }
+}

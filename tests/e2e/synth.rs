@@ -1,0 +1,197 @@
+//! `reprise synth` on the public traces: the fitted model regenerates the Azure trace within
+//! the stated tolerances, superposition doubles the load keeping its burstiness, compression
+//! behaves as theory says, Mooncake's arrivals fit as Poisson, and generated workloads replay.
+
+use crate::support::*;
+
+fn fit(trace: &str, dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
+    let model = dir.join(format!("{name}.json"));
+    let out = ok(&reprise(&["synth", "fit", trace, "-o", s(&model)]));
+    (model, out)
+}
+
+fn idc(check: &str, window: &str) -> f64 {
+    check
+        .lines()
+        .find(|l| l.starts_with(&format!("index of dispersion @{window} s")))
+        .and_then(|l| l.split_whitespace().nth(6))
+        .and_then(|v| v.replace(',', "").parse().ok())
+        .unwrap_or_else(|| panic!("{check}"))
+}
+
+#[test]
+fn azure_fit_regenerates_within_tolerance_and_scales() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("azure.parquet");
+    ok(&reprise(&[
+        "import",
+        "azure",
+        s(&shared_data("AzureLLMInferenceTrace_conv.csv")),
+        "-o",
+        s(&trace),
+    ]));
+    let (model, fitted) = fit(s(&trace), dir.path(), "azure");
+    assert!(fitted.contains("law of rate-normalized gaps"), "{fitted}");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&model).unwrap()).unwrap();
+    assert_eq!(m["format"], "reprise.synth/1");
+    assert_eq!(m["arrivals"]["candidates"].as_array().unwrap().len(), 4);
+
+    // Same load: every checked figure within tolerance (rate 2%, IDC 1/10/60 s 20%,
+    // length percentiles 5%, KS < 0.03).
+    let same = dir.path().join("same.parquet");
+    ok(&reprise(&[
+        "synth",
+        "gen",
+        s(&model),
+        "-o",
+        s(&same),
+        "--seed",
+        "1",
+    ]));
+    let report = ok(&reprise(&["synth", "check", s(&trace), s(&same)]));
+    assert!(report.contains("fidelity: PASS"), "{report}");
+    let json = ok(&reprise(&["synth", "check", s(&trace), s(&same), "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["pass"], true);
+    assert!(v["rows"].as_array().unwrap().len() >= 15);
+
+    // Twice the users: twice the rate, burstiness kept.
+    let x2 = dir.path().join("x2.parquet");
+    ok(&reprise(&[
+        "synth",
+        "gen",
+        s(&model),
+        "-o",
+        s(&x2),
+        "--seed",
+        "1",
+        "--scale",
+        "2",
+    ]));
+    let report = ok(&reprise(&[
+        "synth",
+        "check",
+        s(&trace),
+        s(&x2),
+        "--scale",
+        "2",
+    ]));
+    assert!(report.contains("fidelity: PASS"), "{report}");
+
+    // The same users twice as fast: the index of dispersion at a fixed window rises.
+    let c2 = dir.path().join("c2.parquet");
+    ok(&reprise(&[
+        "synth",
+        "gen",
+        s(&model),
+        "-o",
+        s(&c2),
+        "--seed",
+        "1",
+        "--scale",
+        "2",
+        "--mode",
+        "compress",
+    ]));
+    let out = reprise(&["synth", "check", s(&trace), s(&c2), "--scale", "2"]);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "compression is not faithful burstiness: {report}"
+    );
+    let src = |w: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with(&format!("index of dispersion @{w} s")))
+            .and_then(|l| l.split_whitespace().nth(5))
+            .and_then(|v| v.replace(',', "").parse::<f64>().ok())
+            .unwrap()
+    };
+    assert!(idc(&report, "60") > 1.5 * src("60"), "{report}");
+}
+
+#[test]
+fn mooncake_arrivals_fit_as_poisson_and_generated_workloads_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("mooncake.parquet");
+    ok(&reprise(&[
+        "import",
+        "mooncake",
+        s(&shared_data("synthetic_trace.jsonl")),
+        "-o",
+        s(&trace),
+        "--anchor",
+        "2025-01-01 00:00:00",
+    ]));
+    let (model, fitted) = fit(s(&trace), dir.path(), "mooncake");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&model).unwrap()).unwrap();
+    let best = &m["arrivals"]["candidates"][0];
+    let cv = m["arrivals"]["cv"].as_f64().unwrap();
+    assert!((cv - 1.0).abs() < 0.05, "{fitted}");
+    // Exponential, or a gamma/Weibull indistinguishable from it.
+    let law = best["fit"]["law"].as_str().unwrap();
+    let shape = best["fit"]["k"].as_f64().unwrap_or(1.0);
+    assert!(law != "lognormal" && (shape - 1.0).abs() < 0.05, "{best}");
+    assert!(m["prefixes"]["share_ratio"].as_f64().unwrap() > 0.1);
+
+    // A short generated workload replays against the simulator unchanged.
+    let workload = dir.path().join("gen.parquet");
+    ok(&reprise(&[
+        "synth",
+        "gen",
+        s(&model),
+        "-o",
+        s(&workload),
+        "--duration",
+        "5",
+        "--length-scale",
+        "0.01",
+    ]));
+    let run = dir.path().join("run");
+    let out = ok(&reprise(&[
+        "replay",
+        s(&workload),
+        "--target",
+        "sim:instant",
+        "--out",
+        s(&run),
+        "--speed",
+        "5",
+    ]));
+    assert!(
+        out.contains("prompt mismatches 0.00%, output mismatches 0.00%"),
+        "{out}"
+    );
+
+    // Without a trace.
+    let plain = dir.path().join("plain.parquet");
+    let out = ok(&reprise(&[
+        "synth",
+        "plain",
+        "-o",
+        s(&plain),
+        "--rate",
+        "20",
+        "--duration",
+        "100",
+        "--input",
+        "500",
+        "--output",
+        "lognormal:100,0.5",
+    ]));
+    assert!(out.contains("written to"), "{out}");
+    let bad = reprise(&[
+        "synth",
+        "plain",
+        "-o",
+        s(&plain),
+        "--rate",
+        "20",
+        "--input",
+        "lognormal:x",
+    ]);
+    assert!(fails(&bad).contains("--input"));
+    let bad = reprise(&["synth", "gen", s(&trace), "-o", s(&plain)]);
+    assert!(fails(&bad).contains("not JSON"), "a trace is not a model");
+}
