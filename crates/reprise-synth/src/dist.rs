@@ -288,7 +288,7 @@ pub fn fit_exponential(xs: &[f64]) -> Law {
 pub fn fit_gamma(xs: &[f64]) -> Law {
     let m = mean(xs);
     let s = m.ln() - xs.iter().map(|x| x.ln()).sum::<f64>() / xs.len() as f64;
-    if !(s > 1e-12) {
+    if s.is_nan() || s <= 1e-12 {
         return Law::Gamma {
             k: 1e6,
             theta: m / 1e6,

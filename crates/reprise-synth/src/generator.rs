@@ -187,7 +187,7 @@ where
         rates = rates[i..j.min(rates.len())].to_vec();
     }
     let profile_mean = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
-    if !(profile_mean > 0.0) {
+    if profile_mean.is_nan() || profile_mean <= 0.0 {
         return Err(SynthError::Degenerate("the rate profile is empty".into()));
     }
     let scale = match opts.rate {
@@ -208,10 +208,11 @@ where
     if !(opts.length_scale.is_finite() && opts.length_scale > 0.0) {
         return Err(SynthError::Config("--length-scale must be positive".into()));
     }
-    let duration = opts.duration_s.unwrap_or_else(|| match opts.window {
+    let source_duration = match opts.window {
         Some((from, to)) => to - from,
         None => model.source.span_s,
-    });
+    };
+    let duration = opts.duration_s.unwrap_or(source_duration);
     if !(duration.is_finite() && duration > 0.0) {
         return Err(SynthError::Config("--duration must be positive".into()));
     }
@@ -289,7 +290,10 @@ where
                     StdRng::seed_from_u64(opts.seed.wrapping_add(0x9E37 * (s as u64 + 1)));
                 stream(&own, a.window_s, duration, &law, &mut srng, &mut times);
             }
-            times.sort_by(f64::total_cmp);
+            // One stream is already in order; several are merged.
+            if scale > 1.0 {
+                times.sort_unstable_by(f64::total_cmp);
+            }
         }
     }
 

@@ -132,13 +132,44 @@ pub fn generate_to(
         options = options.with_meta(META_BLOCK_TOKENS, p.block_tokens.to_string());
     }
     let mut writer = DatasetWriter::<TraceRecord>::create(Output::from_path(out), options)?;
-    let result = generator::generate(model, opts, |r| writer.write(&r));
-    match result {
-        Ok(summary) => {
+    // Drawing and writing run on two threads, rows handed over in batches.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<TraceRecord>>(8);
+    let writer_thread = std::thread::spawn(move || {
+        for batch in rx {
+            for r in &batch {
+                if let Err(e) = writer.write(r) {
+                    return (writer, Some(e));
+                }
+            }
+        }
+        (writer, None)
+    });
+    let mut batch = Vec::with_capacity(4096);
+    let result = generator::generate(model, opts, |r| {
+        batch.push(r);
+        if batch.len() == 4096 {
+            tx.send(std::mem::replace(&mut batch, Vec::with_capacity(4096)))
+                .map_err(|_| "the writer stopped".to_owned())?;
+        }
+        Ok::<_, String>(())
+    });
+    if !batch.is_empty() {
+        let _ = tx.send(batch);
+    }
+    drop(tx);
+    let written = writer_thread
+        .join()
+        .map_err(|_| SynthError::Output("the writer thread panicked".into()))?;
+    match (result, written) {
+        (Ok(summary), (writer, None)) => {
             writer.close()?;
             Ok(summary)
         }
-        Err(e) => {
+        (_, (writer, Some(e))) => {
+            writer.abort();
+            Err(e.into())
+        }
+        (Err(e), (writer, None)) => {
             writer.abort();
             Err(e)
         }

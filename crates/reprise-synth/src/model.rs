@@ -283,7 +283,9 @@ fn fit_sizes(
     requests: &[TraceRecord],
     rng: &mut rand::rngs::StdRng,
 ) -> Result<SizeModel, SynthError> {
-    let mut by_model: BTreeMap<&str, (Vec<[u32; 2]>, HashMap<&str, u64>)> = BTreeMap::new();
+    // Per model: its (input, output) pairs and how many requests went to each endpoint.
+    type Group<'a> = (Vec<[u32; 2]>, HashMap<&'a str, u64>);
+    let mut by_model: BTreeMap<&str, Group<'_>> = BTreeMap::new();
     for r in requests {
         let (Some(i), Some(o)) = (r.input_tokens, r.output_tokens) else {
             continue;
