@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::SynthError;
 use crate::dist::Law;
-use crate::model::WorkloadModel;
+use crate::model::{WorkloadModel, hour_of_day};
 
 /// How `--scale K` is applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,33 +115,16 @@ fn stream(
     }
 }
 
-/// The rate shared by independent streams: the mean rate by hour of day when the profile
-/// covers two days or more, else the overall mean.
-fn daily_profile(rates: &[f64], window: f64, start_ns: i64) -> Vec<f64> {
-    let n = rates.len();
-    let mean = rates.iter().sum::<f64>() / n.max(1) as f64;
-    if (n as f64) * window < 2.0 * 86_400.0 {
-        return vec![mean; n];
+/// The rate shared by independent streams: the model's hour-of-day profile where it has
+/// one, else the overall mean.
+fn common_profile(model: &WorkloadModel, rates: &[f64], window: f64, first: usize) -> Vec<f64> {
+    let mean = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
+    match &model.arrivals.daily {
+        Some(daily) if daily.len() == 24 => (0..rates.len())
+            .map(|w| daily[hour_of_day(model.source.start_ns, (first + w) as f64 * window)])
+            .collect(),
+        _ => vec![mean; rates.len()],
     }
-    let hour = |w: usize| {
-        let t = start_ns as f64 / 1e9 + w as f64 * window;
-        (t.rem_euclid(86_400.0) / 3600.0) as usize % 24
-    };
-    let (mut sum, mut count) = ([0.0f64; 24], [0u64; 24]);
-    for (w, r) in rates.iter().enumerate() {
-        sum[hour(w)] += r;
-        count[hour(w)] += 1;
-    }
-    (0..n)
-        .map(|w| {
-            let h = hour(w);
-            if count[h] > 0 {
-                sum[h] / count[h] as f64
-            } else {
-                mean
-            }
-        })
-        .collect()
 }
 
 /// Pearson correlation of `a` with `b` shifted circularly by `offset` (0 when either is flat).
@@ -173,6 +156,7 @@ where
 {
     let a = &model.arrivals;
     let mut rates = a.rates.clone();
+    let mut first_window = 0usize;
     if let Some((from, to)) = opts.window {
         let (i, j) = (
             (from / a.window_s) as usize,
@@ -185,6 +169,7 @@ where
             )));
         }
         rates = rates[i..j.min(rates.len())].to_vec();
+        first_window = i;
     }
     let profile_mean = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
     if profile_mean.is_nan() || profile_mean <= 0.0 {
@@ -253,7 +238,7 @@ where
             // days or more); the rest of the fluctuation is each stream's own: stream s
             // follows the residuals shifted by its own offset, so streams are independent
             // and the index of dispersion stays what it was.
-            let tr = daily_profile(&rates, a.window_s, model.source.start_ns);
+            let tr = common_profile(model, &rates, a.window_s, first_window);
             let resid: Vec<f64> = rates
                 .iter()
                 .zip(&tr)

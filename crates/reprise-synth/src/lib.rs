@@ -248,6 +248,7 @@ pub fn plain_model(
             candidates: Vec::new(),
             cv,
             idc: Vec::new(),
+            daily: None,
         },
         sizes: SizeModel {
             groups: vec![SizeGroup {

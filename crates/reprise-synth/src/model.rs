@@ -68,6 +68,39 @@ pub struct Arrivals {
     pub cv: f64,
     /// Index of dispersion of counts at 1 s, 10 s, 60 s, 600 s (null where too short).
     pub idc: Vec<(f64, Option<f64>)>,
+    /// Mean rate by hour of day (UTC), when the trace spans two days or more.
+    #[serde(default)]
+    pub daily: Option<Vec<f64>>,
+}
+
+/// Mean rate by hour of day (UTC) of a rate profile, when it spans two days or more.
+pub fn daily_profile(rates: &[f64], window_s: f64, start_ns: i64) -> Option<Vec<f64>> {
+    if (rates.len() as f64) * window_s < 2.0 * 86_400.0 {
+        return None;
+    }
+    let (mut sum, mut count) = ([0.0f64; 24], [0u64; 24]);
+    for (w, r) in rates.iter().enumerate() {
+        let h = hour_of_day(start_ns, w as f64 * window_s);
+        sum[h] += r;
+        count[h] += 1;
+    }
+    Some(
+        (0..24)
+            .map(|h| {
+                if count[h] > 0 {
+                    sum[h] / count[h] as f64
+                } else {
+                    0.0
+                }
+            })
+            .collect(),
+    )
+}
+
+/// The UTC hour of day `offset_s` after `start_ns`.
+pub fn hour_of_day(start_ns: i64, offset_s: f64) -> usize {
+    let t = start_ns as f64 / 1e9 + offset_s;
+    (t.rem_euclid(86_400.0) / 3600.0) as usize % 24
 }
 
 /// Sizes: empirical (input, output) pairs per model, sampled jointly so their correlation
@@ -264,7 +297,10 @@ pub fn fit(requests: &[TraceRecord], opts: &FitOptions) -> Result<WorkloadModel,
         candidates,
         cv: interarrival_cv(&secs).unwrap_or(f64::NAN),
         idc,
+        daily: None,
     };
+    let mut arrivals = arrivals;
+    arrivals.daily = daily_profile(&arrivals.rates, window, t0 + (start * 1e9) as i64);
     Ok(WorkloadModel {
         format: MODEL_FORMAT.to_owned(),
         source: Source {
@@ -418,6 +454,31 @@ mod tests {
         let m = fit(&at(&secs), &FitOptions::default()).unwrap();
         assert!(m.arrivals.rates.iter().filter(|&&r| r == 0.0).count() > 100);
         assert!((m.arrivals.mean_rate - 199.0 / (7200.0 + 49.5)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_trace_of_days_gets_its_hour_of_day_profile() {
+        // Three days: 1 request/s from 12:00 to 18:00 UTC, one every 10 s otherwise.
+        let mut secs = Vec::new();
+        let mut t = 0.0;
+        while t < 3.0 * 86_400.0 {
+            let hour = (t % 86_400.0) / 3600.0;
+            secs.push(t);
+            t += if (12.0..18.0).contains(&hour) {
+                1.0
+            } else {
+                10.0
+            };
+        }
+        let m = fit(&at(&secs), &FitOptions::default()).unwrap();
+        let daily = m.arrivals.daily.expect("two days or more");
+        assert_eq!(daily.len(), 24);
+        assert!(
+            (daily[14] - 1.0).abs() < 0.05 && (daily[3] - 0.1).abs() < 0.01,
+            "{daily:?}"
+        );
+        let short = fit(&at(&secs[..1000]), &FitOptions::default()).unwrap();
+        assert_eq!(short.arrivals.daily, None);
     }
 
     #[test]
