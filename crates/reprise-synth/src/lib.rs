@@ -132,8 +132,10 @@ pub fn generate_to(
         options = options.with_meta(META_BLOCK_TOKENS, p.block_tokens.to_string());
     }
     let mut writer = DatasetWriter::<TraceRecord>::create(Output::from_path(out), options)?;
-    // Drawing and writing run on two threads, rows handed over in batches.
+    // Drawing and writing run on two threads, rows handed over in batches; the writer hands
+    // each batch back, so the rows are freed (and the buffers reused) on the drawing side.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<TraceRecord>>(8);
+    let (back_tx, back_rx) = std::sync::mpsc::sync_channel::<Vec<TraceRecord>>(16);
     let writer_thread = std::thread::spawn(move || {
         for batch in rx {
             for r in &batch {
@@ -141,6 +143,7 @@ pub fn generate_to(
                     return (writer, Some(e));
                 }
             }
+            let _ = back_tx.try_send(batch);
         }
         (writer, None)
     });
@@ -148,7 +151,11 @@ pub fn generate_to(
     let result = generator::generate(model, opts, |r| {
         batch.push(r);
         if batch.len() == 4096 {
-            tx.send(std::mem::replace(&mut batch, Vec::with_capacity(4096)))
+            let mut next = back_rx
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(4096));
+            next.clear();
+            tx.send(std::mem::replace(&mut batch, next))
                 .map_err(|_| "the writer stopped".to_owned())?;
         }
         Ok::<_, String>(())
