@@ -303,7 +303,10 @@ where
             .iter()
             .position(|&c| x < c)
             .unwrap_or(groups.len() - 1)];
-        let [input, output] = g.pairs[rng.random_range(0..g.pairs.len())];
+        let [input, output] = match (model.sizes.parametric, &g.lognormal) {
+            (true, Some(l)) => l.sample(&mut rng),
+            _ => g.pairs[rng.random_range(0..g.pairs.len())],
+        };
         let jitter = |n: u32, rng: &mut StdRng| {
             let s = model.sizes.smoothing;
             let f = if s > 0.0 {

@@ -104,13 +104,78 @@ pub fn hour_of_day(start_ns: i64, offset_s: f64) -> usize {
 }
 
 /// Sizes: empirical (input, output) pairs per model, sampled jointly so their correlation
-/// is kept, with a small multiplicative jitter (`smoothing`) in generation.
+/// is kept, with a small multiplicative jitter (`smoothing`) in generation; or, when
+/// `parametric`, each group's bivariate lognormal.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SizeModel {
     /// Groups by model.
     pub groups: Vec<SizeGroup>,
     /// Relative jitter applied to sampled lengths (0 = exact resampling).
     pub smoothing: f64,
+    /// Generate from the fitted bivariate lognormals instead of the pairs.
+    #[serde(default)]
+    pub parametric: bool,
+}
+
+/// A bivariate lognormal of (input, output): ln input and ln output jointly normal.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct BivariateLognormal {
+    /// Mean of ln input.
+    pub mu_in: f64,
+    /// Standard deviation of ln input.
+    pub sigma_in: f64,
+    /// Mean of ln output (outputs of 0 count as 1).
+    pub mu_out: f64,
+    /// Standard deviation of ln output.
+    pub sigma_out: f64,
+    /// Correlation of ln input and ln output.
+    pub rho: f64,
+}
+
+impl BivariateLognormal {
+    /// Maximum-likelihood fit to pairs.
+    pub fn fit(pairs: &[[u32; 2]]) -> Option<Self> {
+        if pairs.len() < 2 {
+            return None;
+        }
+        let n = pairs.len() as f64;
+        let ln = |v: u32| f64::from(v.max(1)).ln();
+        let (mi, mo) = pairs
+            .iter()
+            .fold((0.0, 0.0), |(a, b), p| (a + ln(p[0]), b + ln(p[1])));
+        let (mi, mo) = (mi / n, mo / n);
+        let (mut vi, mut vo, mut c) = (0.0, 0.0, 0.0);
+        for p in pairs {
+            let (x, y) = (ln(p[0]) - mi, ln(p[1]) - mo);
+            vi += x * x;
+            vo += y * y;
+            c += x * y;
+        }
+        let (si, so) = ((vi / n).sqrt(), (vo / n).sqrt());
+        Some(BivariateLognormal {
+            mu_in: mi,
+            sigma_in: si,
+            mu_out: mo,
+            sigma_out: so,
+            rho: if si > 0.0 && so > 0.0 {
+                (c / n / (si * so)).clamp(-1.0, 1.0)
+            } else {
+                0.0
+            },
+        })
+    }
+
+    /// A sample (rounded, at least 1 token each).
+    pub fn sample<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> [u32; 2] {
+        use rand_distr::{Distribution, StandardNormal};
+        let z1: f64 = StandardNormal.sample(rng);
+        let z2: f64 = StandardNormal.sample(rng);
+        let x = self.mu_in + self.sigma_in * z1;
+        let y = self.mu_out
+            + self.sigma_out * (self.rho * z1 + (1.0 - self.rho * self.rho).sqrt() * z2);
+        let tokens = |v: f64| v.exp().round().clamp(1.0, f64::from(u32::MAX)) as u32;
+        [tokens(x), tokens(y)]
+    }
 }
 
 /// The sizes of one model's requests.
@@ -124,6 +189,9 @@ pub struct SizeGroup {
     pub weight: f64,
     /// (input, output) pairs (all, or an even subsample of 50,000).
     pub pairs: Vec<[u32; 2]>,
+    /// The bivariate lognormal fitted to them.
+    #[serde(default)]
+    pub lognormal: Option<BivariateLognormal>,
 }
 
 /// Prefix sharing.
@@ -155,6 +223,10 @@ pub struct FitOptions {
     pub block_tokens: Option<usize>,
     /// Seed of the de-quantization jitter and subsamples.
     pub seed: u64,
+    /// Relative jitter of generated lengths (0 = exact resampling of the pairs).
+    pub smoothing: f64,
+    /// Generate lengths from the fitted bivariate lognormal rather than the pairs.
+    pub parametric_sizes: bool,
 }
 
 impl Default for FitOptions {
@@ -163,6 +235,8 @@ impl Default for FitOptions {
             window_s: 60.0,
             block_tokens: None,
             seed: 0,
+            smoothing: 0.0,
+            parametric_sizes: false,
         }
     }
 }
@@ -309,7 +383,7 @@ pub fn fit(requests: &[TraceRecord], opts: &FitOptions) -> Result<WorkloadModel,
             start_ns: t0,
         },
         arrivals,
-        sizes: fit_sizes(requests, &mut rng)?,
+        sizes: fit_sizes(requests, opts, &mut rng)?,
         prefixes: fit_prefixes(requests, opts.block_tokens),
         sessions: fit_sessions(requests),
     })
@@ -317,6 +391,7 @@ pub fn fit(requests: &[TraceRecord], opts: &FitOptions) -> Result<WorkloadModel,
 
 fn fit_sizes(
     requests: &[TraceRecord],
+    opts: &FitOptions,
     rng: &mut rand::rngs::StdRng,
 ) -> Result<SizeModel, SynthError> {
     // Per model: its (input, output) pairs and how many requests went to each endpoint.
@@ -361,13 +436,15 @@ fn fit_sizes(
                 model: model.to_owned(),
                 endpoint,
                 weight,
+                lognormal: BivariateLognormal::fit(&pairs),
                 pairs,
             }
         })
         .collect();
     Ok(SizeModel {
         groups,
-        smoothing: 0.0,
+        smoothing: opts.smoothing,
+        parametric: opts.parametric_sizes,
     })
 }
 
@@ -479,6 +556,29 @@ mod tests {
         );
         let short = fit(&at(&secs[..1000]), &FitOptions::default()).unwrap();
         assert_eq!(short.arrivals.daily, None);
+    }
+
+    #[test]
+    fn the_bivariate_lognormal_recovers_its_parameters() {
+        let truth = BivariateLognormal {
+            mu_in: 6.5,
+            sigma_in: 1.0,
+            mu_out: 4.5,
+            sigma_out: 0.7,
+            rho: 0.6,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let pairs: Vec<[u32; 2]> = (0..50_000).map(|_| truth.sample(&mut rng)).collect();
+        let f = BivariateLognormal::fit(&pairs).unwrap();
+        assert!(
+            (f.mu_in - 6.5).abs() < 0.02 && (f.sigma_in - 1.0).abs() < 0.02,
+            "{f:?}"
+        );
+        assert!(
+            (f.mu_out - 4.5).abs() < 0.02 && (f.sigma_out - 0.7).abs() < 0.02,
+            "{f:?}"
+        );
+        assert!((f.rho - 0.6).abs() < 0.02, "{f:?}");
     }
 
     #[test]

@@ -37,6 +37,22 @@ pub struct FitArgs {
     /// Seed for spreading quantized timestamps and for subsamples.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Lengths in generation: `empirical` (the trace's pairs, resampled) or `parametric`
+    /// (a bivariate lognormal per model, correlation kept).
+    #[arg(long, value_enum, default_value = "empirical")]
+    sizes: SizesArg,
+    /// Relative jitter of generated lengths, e.g. 0.05 (empirical sizes only).
+    #[arg(long, default_value_t = 0.0)]
+    smoothing: f64,
+}
+
+/// How lengths are generated.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SizesArg {
+    /// Resample the trace's (input, output) pairs.
+    Empirical,
+    /// A bivariate lognormal fitted per model.
+    Parametric,
 }
 
 /// How --scale is applied.
@@ -183,6 +199,8 @@ pub fn run(command: SynthCommand) -> Result<ExitCode> {
                     window_s: a.rate_window,
                     block_tokens,
                     seed: a.seed,
+                    smoothing: a.smoothing.clamp(0.0, 0.5),
+                    parametric_sizes: matches!(a.sizes, SizesArg::Parametric),
                 },
             )
             .with_context(|| a.trace.display().to_string())?;
