@@ -317,6 +317,13 @@ pub async fn send(
         }
     }
     m.done = m.content_times.last().copied().or(Some(Instant::now()));
+    if saw_done {
+        // Read the body to its end (the chunked terminator usually follows `[DONE]`): a
+        // connection whose response was not read through cannot go back to the pool, and
+        // every later request would pay for a new connection.
+        let limit = timeouts.gap.min(Duration::from_secs(1));
+        while let Ok(Ok(Some(_))) = tokio::time::timeout(limit, response.chunk()).await {}
+    }
     if !saw_done {
         m.fail("broken_stream", "stream ended without data: [DONE]");
     }

@@ -121,6 +121,9 @@ pub struct ReplayConfig {
     /// Prompt words per request id, when prompts were sized by the server's or a local
     /// tokenizer ([`sizing`]); otherwise a prompt has `input_tokens` words (cl100k tokens).
     pub prompt_words: Option<Arc<sizing::PromptSizing>>,
+    /// Open-loop sender threads, each pacing and sending every n-th request on a runtime of
+    /// its own (0: one per CPU). One holds about 5,000 req/s with sub-millisecond queues.
+    pub senders: usize,
 }
 
 /// What a run produced.
@@ -366,49 +369,81 @@ async fn send_job(mut job: Job, ctx: Arc<SendCtx>) {
     let _ = ctx.done_tx.send(Done { job, measured });
 }
 
-/// Waits for absolute deadlines precisely without burning a core: an OS sleep to shortly
-/// before the deadline, then a wait for the rest that yields the core at every turn (so
-/// that on a busy machine the request tasks run meanwhile). The OS oversleeps by its timer
-/// slack and wake-up latency (about 50-60 µs on an idle Linux machine, more under load);
-/// the sleeper learns that overshoot as it goes and wakes that much early, so the final wait
-/// lasts microseconds. (A fixed 80 µs spin took 90% of a core at 5,000 req/s here.)
-#[derive(Debug, Clone)]
-pub struct DeadlineSleeper {
-    /// Expected oversleep, nanoseconds (a moving average of what was seen).
-    overshoot_ns: f64,
-}
+/// How long before a deadline the pacer stops sleeping on the runtime's timer (1 ms
+/// grained) and waits by yielding, which keeps the connections polled.
+const PACE_SPIN: Duration = Duration::from_micros(1500);
 
-impl Default for DeadlineSleeper {
-    fn default() -> Self {
-        DeadlineSleeper {
-            overshoot_ns: 60_000.0,
-        }
+/// Waits until `deadline` on the current runtime: its timer for the bulk, then yielding to
+/// the runtime (which polls I/O and runs other tasks at every turn) until the instant.
+pub async fn pace_until(deadline: Instant) {
+    let now = Instant::now();
+    if deadline > now + PACE_SPIN {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(deadline - PACE_SPIN)).await;
+    }
+    while Instant::now() < deadline {
+        tokio::task::yield_now().await;
     }
 }
 
-impl DeadlineSleeper {
-    /// The most the sleeper wakes early.
-    const MAX_LEAD_NS: f64 = 300_000.0;
-
-    /// Returns at `deadline` (or at once when it has passed).
-    pub fn sleep_until(&mut self, deadline: Instant) {
-        let now = Instant::now();
-        let lead = Duration::from_nanos(self.overshoot_ns as u64);
-        if deadline > now + lead {
-            let wake_at = deadline - lead;
-            std::thread::sleep(wake_at - now);
-            let over = Instant::now().saturating_duration_since(wake_at).as_nanos() as f64;
-            self.overshoot_ns += 0.05 * (over.min(Self::MAX_LEAD_NS) - self.overshoot_ns);
+/// The open loop, on the pacer's own runtime: each request spawned at its deadline, then
+/// the requests in flight awaited (bounded by the drain time after a stop). `false` when
+/// stopped early or not drained.
+#[allow(clippy::too_many_arguments)]
+async fn open_loop(
+    plan: Vec<workload::Planned>,
+    first: usize,
+    stride: usize,
+    config: Arc<ReplayConfig>,
+    clock: Arc<Clock>,
+    stop: Arc<AtomicBool>,
+    sent_counter: Arc<AtomicU64>,
+    ctx: Arc<SendCtx>,
+) -> bool {
+    let n_targets = config.targets.len();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut complete = true;
+    for (j, p) in plan.into_iter().enumerate() {
+        let i = first + j * stride;
+        let body = build_body(&config, &p.request);
+        let deadline = clock.t0 + p.offset;
+        pace_until(deadline).await;
+        if stop.load(Ordering::Relaxed) {
+            complete = false;
+            break;
         }
-        while Instant::now() < deadline {
-            std::thread::yield_now();
+        let phase = phase_for(&sent_counter, &config, &p.phase);
+        let job = Job {
+            planned_phase: phase,
+            step_value: p.step_value,
+            request: p.request,
+            scheduled: deadline,
+            body,
+            target: i % n_targets,
+        };
+        tasks.spawn(send_job(job, ctx.clone()));
+        // Reap finished tasks as we go (costs only what finished).
+        while tasks.try_join_next().is_some() {}
+    }
+    let drain_deadline = Instant::now() + config.drain;
+    loop {
+        let next = if stop.load(Ordering::Relaxed) {
+            let left = drain_deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, tasks.join_next()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    complete = false;
+                    break;
+                }
+            }
+        } else {
+            tasks.join_next().await
+        };
+        if next.is_none() {
+            break;
         }
     }
-
-    /// The current expected oversleep.
-    pub fn overshoot(&self) -> Duration {
-        Duration::from_nanos(self.overshoot_ns as u64)
-    }
+    tasks.abort_all();
+    complete
 }
 
 /// Runs a replay to the end (or until `stop` is set), writing the run directory.
@@ -426,9 +461,12 @@ pub async fn run(
         source: e,
     })?;
     let requests_file = config.run_dir.join("requests.parquet");
-    let writer_opts = WriterOptions::default()
-        .with_meta("reprise.run_id", config.run_id.clone())
-        .with_meta("reprise.tokenizer", tokenizer_label(&config));
+    let writer_opts = WriterOptions {
+        batch_rows: 1024,
+        ..WriterOptions::default()
+    }
+    .with_meta("reprise.run_id", config.run_id.clone())
+    .with_meta("reprise.tokenizer", tokenizer_label(&config));
     let mut writer =
         DatasetWriter::<ResultRecord>::create(Output::File(requests_file.clone()), writer_opts)?;
 
@@ -561,12 +599,23 @@ pub async fn run(
     match pacing {
         Pacing::Open(plan) => {
             progress.planned.store(plan.len() as u64, Ordering::Relaxed);
-            // The pacer thread spawns each request's task itself, at its deadline: no hop
-            // through another task stands between the deadline and the send.
-            let (tx, mut rx) =
-                tokio::sync::mpsc::unbounded_channel::<tokio::task::JoinHandle<()>>();
-            let handle = tokio::runtime::Handle::current();
-            let pacer = {
+            // Sender threads pace and send: each has a runtime of its own that waits for its
+            // requests' deadlines while polling its connections (`pace_until`) and spawns
+            // each request's task on itself at the deadline, so no wake-up of another thread
+            // stands between a deadline and its send, and responses are read as they arrive.
+            // Requests are dealt out in turn (the i-th to sender i mod n).
+            let senders = match config.senders {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            }
+            .clamp(1, plan.len().max(1));
+            let mut shares: Vec<Vec<workload::Planned>> =
+                (0..senders).map(|_| Vec::new()).collect();
+            for (i, p) in plan.into_iter().enumerate() {
+                shares[i % senders].push(p);
+            }
+            let mut pacers = Vec::new();
+            for (k, share) in shares.into_iter().enumerate() {
                 let (config, clock, stop, sent_counter, ctx) = (
                     config.clone(),
                     clock.clone(),
@@ -574,42 +623,38 @@ pub async fn run(
                     sent_counter.clone(),
                     ctx.clone(),
                 );
-                std::thread::Builder::new()
-                    .name("reprise-pacer".into())
-                    .spawn(move || {
-                        let n_targets = config.targets.len();
-                        let mut sleeper = DeadlineSleeper::default();
-                        for (i, p) in plan.into_iter().enumerate() {
-                            let body = build_body(&config, &p.request);
-                            let deadline = clock.t0 + p.offset;
-                            sleeper.sleep_until(deadline);
-                            if stop.load(Ordering::Relaxed) {
-                                return false;
-                            }
-                            let phase = phase_for(&sent_counter, &config, &p.phase);
-                            let job = Job {
-                                planned_phase: phase,
-                                step_value: p.step_value,
-                                request: p.request,
-                                scheduled: deadline,
-                                body,
-                                target: i % n_targets,
-                            };
-                            if tx.send(handle.spawn(send_job(job, ctx.clone()))).is_err() {
-                                return false;
-                            }
-                        }
-                        true
-                    })
-                    .map_err(|e| ReplayError::Config(format!("starting the pacer: {e}")))?
-            };
-            while let Some(task) = rx.recv().await {
-                tasks.push(task);
-                if tasks.len() >= 4096 {
-                    tasks.retain(|t| !t.is_finished());
-                }
+                pacers.push(
+                    std::thread::Builder::new()
+                        .name(format!("reprise-pacer{k}"))
+                        .spawn(move || -> Result<bool, ReplayError> {
+                            let rt = tokio::runtime::Builder::new_current_thread()
+                                .enable_all()
+                                .build()
+                                .map_err(|e| {
+                                    ReplayError::Config(format!("starting the pacer: {e}"))
+                                })?;
+                            Ok(rt.block_on(open_loop(
+                                share,
+                                k,
+                                senders,
+                                config,
+                                clock,
+                                stop,
+                                sent_counter,
+                                ctx,
+                            )))
+                        })
+                        .map_err(|e| ReplayError::Config(format!("starting the pacer: {e}")))?,
+                );
             }
-            complete = pacer.join().unwrap_or(false);
+            let joined = tokio::task::spawn_blocking(move || {
+                pacers.into_iter().map(|p| p.join()).collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|_| ReplayError::Config("the pacer panicked".into()))?;
+            for j in joined {
+                complete &= j.map_err(|_| ReplayError::Config("the pacer panicked".into()))??;
+            }
         }
         Pacing::Closed {
             users,

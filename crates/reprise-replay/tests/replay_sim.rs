@@ -56,6 +56,7 @@ fn config(
         command: vec!["test".into()],
         events: Vec::new(),
         prompt_words: None,
+        senders: 2,
     }
 }
 
