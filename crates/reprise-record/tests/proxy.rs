@@ -104,6 +104,23 @@ async fn stream_chat(client: &reqwest::Client, base: &str, n: u32, user: Option<
     }
 }
 
+/// Waits (up to 10 s: CI machines are slow) until `n` rows are recorded.
+async fn wait_recorded(rec: &Recorder, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rec
+        .counters()
+        .recorded
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < n
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{n} rows not recorded within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn grep_dir(dir: &Path, needle: &str) -> Vec<String> {
     let mut hits = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
@@ -455,7 +472,7 @@ async fn parts_are_finished_every_flush_interval_while_running() {
     let client = reqwest::Client::new();
     let base = format!("http://{}", rec.addr());
     stream_chat(&client, &base, 3, None).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    wait_recorded(&rec, 1).await;
     let finished = || {
         std::fs::read_dir(&out)
             .unwrap()
@@ -480,7 +497,7 @@ async fn parts_are_finished_every_flush_interval_while_running() {
         1
     );
     stream_chat(&client, &base, 3, None).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    wait_recorded(&rec, 2).await;
     assert_eq!(finished(), 2);
     let summary = rec.shutdown().await;
     assert_eq!((summary.recorded, summary.files.len()), (2, 2));
@@ -509,7 +526,7 @@ async fn filters_choose_what_is_recorded_and_a_lost_output_does_not_stop_traffic
         .await
         .unwrap();
     assert_eq!(models.status(), 200, "forwarded, not recorded");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_recorded(&rec, 1).await;
     let counters = rec.counters().clone();
     assert_eq!(
         counters.recorded.load(std::sync::atomic::Ordering::Relaxed),
@@ -526,7 +543,6 @@ async fn filters_choose_what_is_recorded_and_a_lost_output_does_not_stop_traffic
         let s = stream_chat(&client, &base, 3, None).await;
         assert_eq!(s.usage.1, 3);
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
     let summary = rec.shutdown().await;
     assert_eq!(summary.lost, 3, "{summary:?}");
     assert_eq!(
