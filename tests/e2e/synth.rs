@@ -21,17 +21,20 @@ fn idc(check: &str, window: &str, generated: bool) -> f64 {
         .unwrap_or_else(|| panic!("{check}"))
 }
 
+/// Imports a shared public trace into `dir/<kind>.parquet`.
+fn import(dir: &std::path::Path, kind: &str, file: &str, extra: &[&str]) -> std::path::PathBuf {
+    let trace = dir.join(format!("{kind}.parquet"));
+    let data = shared_data(file);
+    let mut args = vec!["import", kind, s(&data), "-o", s(&trace)];
+    args.extend_from_slice(extra);
+    ok(&reprise(&args));
+    trace
+}
+
 #[test]
 fn azure_fit_regenerates_within_tolerance_and_scales() {
     let dir = tempfile::tempdir().unwrap();
-    let trace = dir.path().join("azure.parquet");
-    ok(&reprise(&[
-        "import",
-        "azure",
-        s(&shared_data("AzureLLMInferenceTrace_conv.csv")),
-        "-o",
-        s(&trace),
-    ]));
+    let trace = import(dir.path(), "azure", "AzureLLMInferenceTrace_conv.csv", &[]);
     let (model, fitted) = fit(s(&trace), dir.path(), "azure");
     assert!(fitted.contains("law of rate-normalized gaps"), "{fitted}");
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&model).unwrap()).unwrap();
@@ -111,16 +114,12 @@ fn azure_fit_regenerates_within_tolerance_and_scales() {
 #[test]
 fn mooncake_arrivals_fit_as_poisson_and_generated_workloads_replay() {
     let dir = tempfile::tempdir().unwrap();
-    let trace = dir.path().join("mooncake.parquet");
-    ok(&reprise(&[
-        "import",
+    let trace = import(
+        dir.path(),
         "mooncake",
-        s(&shared_data("synthetic_trace.jsonl")),
-        "-o",
-        s(&trace),
-        "--anchor",
-        "2025-01-01 00:00:00",
-    ]));
+        "synthetic_trace.jsonl",
+        &["--anchor", "2025-01-01 00:00:00"],
+    );
     let (model, fitted) = fit(s(&trace), dir.path(), "mooncake");
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&model).unwrap()).unwrap();
     let best = &m["arrivals"]["candidates"][0];

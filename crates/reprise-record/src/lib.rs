@@ -525,11 +525,10 @@ impl Tap {
     fn observe(&mut self, chunk: &Bytes) {
         let now = Instant::now();
         let s = &self.shared.0;
-        let Some(x) = self.x.as_mut() else { return };
-        x.response_bytes += chunk.len() as u64;
         if !self.record {
             return;
         }
+        let Some(x) = self.x.as_mut() else { return };
         if x.streamed {
             let (started, last_content, completion) =
                 (self.started, &mut self.last_content, &mut self.completion);

@@ -41,8 +41,6 @@ pub struct Exchange {
     pub completion: Option<String>,
     /// Error class, when the exchange failed.
     pub failure: Option<String>,
-    /// Response bytes forwarded.
-    pub response_bytes: u64,
 }
 
 /// Settings of the observation.
