@@ -337,7 +337,25 @@ fn phase_for(sent: &AtomicU64, config: &ReplayConfig, planned: &str) -> String {
     }
 }
 
+/// The HTTP client requests go through. A client's pooled connections belong to the
+/// runtime that opened them (their dispatch task runs there), so every runtime that sends
+/// builds a client of its own: a connection opened by a sender thread whose runtime has
+/// finished would fail the next request that picks it ("dispatch task is gone").
+fn http_client() -> Result<reqwest::Client, ReplayError> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(4096)
+        // Below common servers' keep-alive timeouts (uvicorn, as in vLLM, and llama.cpp's
+        // HTTP server close idle connections after 5 s): an idle connection is dropped here
+        // first, rather than reused just as the server closes it, which fails the request.
+        .pool_idle_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| ReplayError::Client(e.to_string()))
+}
+
 /// What a request task needs besides its job.
+#[derive(Clone)]
 struct SendCtx {
     client: reqwest::Client,
     urls: Vec<reqwest::Url>,
@@ -479,16 +497,7 @@ pub async fn run(
         value.set_sensitive(true);
         headers.insert(name, value);
     }
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(4096)
-        // Below common servers' keep-alive timeouts (uvicorn, as in vLLM, and llama.cpp's
-        // HTTP server close idle connections after 5 s): an idle connection is dropped here
-        // first, rather than reused just as the server closes it, which fails the request.
-        .pool_idle_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| ReplayError::Client(e.to_string()))?;
+    let client = http_client()?;
     let api_path = config.shape.api.path();
     // Parsed once: reqwest would parse a string URL on every request.
     let urls = config
@@ -500,6 +509,22 @@ pub async fn run(
                 .map_err(|e| ReplayError::Config(format!("target `{t}`: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+
+    // Each sender thread's client (see `http_client`), built before the clock starts: a
+    // client with TLS set up takes milliseconds to build.
+    let mut sender_clients = match &pacing {
+        Pacing::Open(plan) => {
+            let senders = match config.senders {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            }
+            .clamp(1, plan.len().max(1));
+            (0..senders)
+                .map(|_| http_client())
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        Pacing::Closed { .. } => Vec::new(),
+    };
 
     let clock = Arc::new(Clock::new(Duration::from_millis(20)));
     let (done_tx, done_rx) = std::sync::mpsc::channel::<Done>();
@@ -604,11 +629,7 @@ pub async fn run(
             // each request's task on itself at the deadline, so no wake-up of another thread
             // stands between a deadline and its send, and responses are read as they arrive.
             // Requests are dealt out in turn (the i-th to sender i mod n).
-            let senders = match config.senders {
-                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                n => n,
-            }
-            .clamp(1, plan.len().max(1));
+            let senders = sender_clients.len();
             let mut shares: Vec<Vec<workload::Planned>> =
                 (0..senders).map(|_| Vec::new()).collect();
             for (i, p) in plan.into_iter().enumerate() {
@@ -616,13 +637,17 @@ pub async fn run(
             }
             let mut pacers = Vec::new();
             for (k, share) in shares.into_iter().enumerate() {
-                let (config, clock, stop, sent_counter, ctx) = (
+                let (config, clock, stop, sent_counter) = (
                     config.clone(),
                     clock.clone(),
                     stop.clone(),
                     sent_counter.clone(),
-                    ctx.clone(),
                 );
+                // A pool of this runtime's own (see `http_client`).
+                let ctx = Arc::new(SendCtx {
+                    client: sender_clients.pop().expect("one client per sender"),
+                    ..SendCtx::clone(&ctx)
+                });
                 pacers.push(
                     std::thread::Builder::new()
                         .name(format!("reprise-pacer{k}"))

@@ -153,6 +153,31 @@ async fn trace_replay_matches_sizes_exactly() {
     assert!(!parquet.windows(12).any(|w| w == b"secret-token"));
 }
 
+/// Requests are dealt to sender threads in turn, so senders finish one after another while
+/// others still send: a sender finishing (and its runtime with it) must break no request of
+/// another sender, whose connections must be its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_finishing_one_by_one_break_no_request() {
+    let s = sim("instant", 1.0, Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let t = trace(600, 1);
+    let plan = trace_plan(&t, &TraceWindow::default()).unwrap();
+    let mut c = config(vec![s.base_url()], dir.path(), None);
+    c.senders = 48;
+    let (summary, rows) = go(c, Pacing::Open(plan)).await;
+    assert_eq!(rows.len(), 600);
+    for r in &rows {
+        assert_eq!(
+            r.status,
+            Some(200),
+            "{}: {:?}",
+            r.request.request_id,
+            r.error
+        );
+    }
+    assert_eq!(summary.overall.ok, 600);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_keeps_absolute_time() {
     let s = sim("instant", 1.0, Faults::default()).await;
