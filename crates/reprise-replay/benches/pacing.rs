@@ -12,6 +12,7 @@
 //! - with `--soak SECONDS`: RSS after 1 minute and at the end of constant load.
 //!
 //! Run: `cargo bench -p reprise-replay --bench pacing [-- --only pacing|max-rate|ttft|concurrency|sse]`
+//! (`--client lean|reqwest` for one HTTP client; both by default, reqwest as the baseline)
 //! or `[-- --soak 600]`.
 
 use std::convert::Infallible;
@@ -31,7 +32,9 @@ use reprise_protocol::sse::SseParser;
 use reprise_replay::client::{Backend, RequestShape, Timeouts};
 use reprise_replay::prompt::PromptBuilder;
 use reprise_replay::workload::{Process, RateStep, Sizes, rate_plan};
-use reprise_replay::{Pacing, Progress, ReplayConfig, RunSummary, StopRule, pace_until, run};
+use reprise_replay::{
+    HttpClient, Pacing, Progress, ReplayConfig, RunSummary, StopRule, pace_until, run,
+};
 
 const EVENT: &str = "data: {\"id\":\"cmpl-0\",\"object\":\"text_completion\",\"created\":0,\"model\":\"m\",\"choices\":[{\"index\":0,\"text\":\" the\",\"logprobs\":null,\"finish_reason\":null}]}\n\n";
 const TAIL: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":16,\"completion_tokens\":16,\"total_tokens\":32}}\n\ndata: [DONE]\n\n";
@@ -137,7 +140,7 @@ fn shape() -> RequestShape {
     }
 }
 
-fn config(target: &str, dir: &std::path::Path) -> ReplayConfig {
+fn config(target: &str, dir: &std::path::Path, http: HttpClient) -> ReplayConfig {
     ReplayConfig {
         targets: vec![target.to_owned()],
         shape: shape(),
@@ -162,6 +165,7 @@ fn config(target: &str, dir: &std::path::Path) -> ReplayConfig {
         prompt_words: None,
         // The server has the other core.
         senders: 1,
+        http,
     }
 }
 
@@ -172,6 +176,7 @@ fn replay(
     rate: f64,
     secs: f64,
     progress: Arc<Progress>,
+    http: HttpClient,
 ) -> RunSummary {
     let steps = [RateStep {
         rate,
@@ -185,7 +190,7 @@ fn replay(
     let plan = rate_plan(&steps, Process::Fixed, &sizes, 0).expect("plan");
     let dir = tempfile::tempdir().expect("dir");
     rt.block_on(run(
-        config(target, dir.path()),
+        config(target, dir.path(), http),
         Pacing::Open(plan),
         Arc::new(AtomicBool::new(false)),
         progress,
@@ -240,15 +245,20 @@ fn start_server() -> (Child, String, bool) {
 fn pacing(rt: &tokio::runtime::Runtime, base: &str) {
     println!("\n## Pacing: open loop, fixed rate, 16-token streams\n");
     println!(
-        "| rate req/s | requests ok | bare pacer lateness p50/p99/p99.9 µs | replay queue p50/p99/p99.9 µs |"
+        "| rate req/s | client | requests ok | bare pacer lateness p50/p99/p99.9 µs | replay queue p50/p99/p99.9 µs |"
     );
-    println!("|---:|---:|---|---|");
-    for (rate, secs) in [(1_000.0, 3.0), (10_000.0, 2.0)] {
+    println!("|---:|---|---:|---|---|");
+    let runs = [(1_000.0, 3.0), (10_000.0, 2.0)]
+        .into_iter()
+        .flat_map(|(rate, secs)| clients().into_iter().map(move |h| (rate, secs, h)));
+    for (rate, secs, http) in runs {
+        std::thread::sleep(Duration::from_secs(1));
         let lateness = bare_pacer(rate, secs);
-        let summary = replay(rt, base, rate, secs, Arc::default());
+        let summary = replay(rt, base, rate, secs, Arc::default(), http);
         let q = summary.overall.queue_ms.expect("queue figures");
         println!(
-            "| {rate:.0} | {} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
+            "| {rate:.0} | {} | {} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
+            client_name(http),
             summary.overall.ok,
             percentile(&lateness, 0.5),
             percentile(&lateness, 0.99),
@@ -262,28 +272,53 @@ fn pacing(rt: &tokio::runtime::Runtime, base: &str) {
 
 fn max_rate(rt: &tokio::runtime::Runtime, base: &str) {
     println!("\n## Highest open-loop rate with queue p99 <= 1 ms (2 s per rate)\n");
-    println!("| rate req/s | ok | achieved req/s | queue p50 / p99 µs | held |");
-    println!("|---:|---:|---:|---|---|");
-    let mut best = 0.0;
-    for rate in [2_500.0, 5_000.0, 7_500.0, 10_000.0, 15_000.0, 20_000.0] {
-        std::thread::sleep(Duration::from_secs(2));
-        let s = replay(rt, base, rate, 2.0, Arc::default());
-        let q = s.overall.queue_ms.expect("queue figures");
-        let held = q.p99 <= 1.0 && s.overall.ok == s.overall.requests;
-        println!(
-            "| {rate:.0} | {} | {:.0} | {:.0} / {:.0} | {} |",
-            s.overall.ok,
-            s.overall.request_throughput,
-            q.p50 * 1000.0,
-            q.p99 * 1000.0,
-            if held { "yes" } else { "no" }
-        );
-        if !held {
-            break;
+    println!("| client | rate req/s | ok | achieved req/s | queue p50 / p99 µs | held |");
+    println!("|---|---:|---:|---:|---|---|");
+    for http in clients() {
+        let mut best = 0.0;
+        for rate in [
+            2_500.0, 5_000.0, 7_500.0, 10_000.0, 12_500.0, 15_000.0, 20_000.0, 25_000.0,
+        ] {
+            std::thread::sleep(Duration::from_secs(2));
+            let s = replay(rt, base, rate, 2.0, Arc::default(), http);
+            let q = s.overall.queue_ms.expect("queue figures");
+            let held = q.p99 <= 1.0 && s.overall.ok == s.overall.requests;
+            println!(
+                "| {} | {rate:.0} | {} | {:.0} | {:.0} / {:.0} | {} |",
+                client_name(http),
+                s.overall.ok,
+                s.overall.request_throughput,
+                q.p50 * 1000.0,
+                q.p99 * 1000.0,
+                if held { "yes" } else { "no" }
+            );
+            if !held {
+                break;
+            }
+            best = rate;
         }
-        best = rate;
+        println!(
+            "\nhighest rate held by {}: {best:.0} req/s\n",
+            client_name(http)
+        );
     }
-    println!("\nhighest rate held: {best:.0} req/s");
+}
+
+/// The clients compared (`--client lean|reqwest` for one).
+static CLIENTS: std::sync::OnceLock<Vec<HttpClient>> = std::sync::OnceLock::new();
+
+fn clients() -> Vec<HttpClient> {
+    CLIENTS
+        .get()
+        .cloned()
+        .unwrap_or_else(|| vec![HttpClient::Reqwest, HttpClient::Auto])
+}
+
+fn client_name(http: HttpClient) -> &'static str {
+    match http {
+        HttpClient::Auto => "lean",
+        HttpClient::Reqwest => "reqwest",
+    }
 }
 
 fn concurrency(rt: &tokio::runtime::Runtime, base: &str) {
@@ -316,7 +351,14 @@ fn concurrency(rt: &tokio::runtime::Runtime, base: &str) {
             }
         })
     };
-    let s = replay(rt, &format!("{base}/hold"), streams / 2.0, 2.0, progress);
+    let s = replay(
+        rt,
+        &format!("{base}/hold"),
+        streams / 2.0,
+        2.0,
+        progress,
+        HttpClient::Auto,
+    );
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     let (peak, open) = (
@@ -385,7 +427,7 @@ fn bare_ttft(rt: &tokio::runtime::Runtime, base: &str, n: usize) -> f64 {
 fn client_ttft(rt: &tokio::runtime::Runtime, base: &str) {
     println!("\n## Client-added TTFT: 1,000 requests at 200 req/s, medians\n");
     let bare = bare_ttft(rt, base, 1_000);
-    let s = replay(rt, base, 200.0, 5.0, Arc::default());
+    let s = replay(rt, base, 200.0, 5.0, Arc::default(), HttpClient::Auto);
     let ours = s.overall.ttft_ms.expect("ttft").p50 * 1000.0;
     println!("| bare hyper client | replay | added |");
     println!("|---:|---:|---:|");
@@ -445,7 +487,7 @@ fn soak(rt: &tokio::runtime::Runtime, base: &str, secs: f64) {
             end
         })
     };
-    let s = replay(rt, base, 1_000.0, secs, Arc::default());
+    let s = replay(rt, base, 1_000.0, secs, Arc::default(), HttpClient::Auto);
     stop.store(true, Ordering::Relaxed);
     let end = sampler.join().unwrap_or(0);
     let minute = at_minute.load(Ordering::Relaxed);
@@ -471,6 +513,16 @@ fn main() {
         .position(|a| a == "--soak")
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse::<f64>().ok());
+    if let Some(c) = args
+        .iter()
+        .position(|a| a == "--client")
+        .and_then(|i| args.get(i + 1))
+    {
+        let _ = CLIENTS.set(vec![match c.as_str() {
+            "reqwest" => HttpClient::Reqwest,
+            _ => HttpClient::Auto,
+        }]);
+    }
     let (mut child, base, pinned) = start_server();
     println!("# replayer self-benchmark (server pinned to CPU 1: {pinned}), 2-core machine");
     let rt = tokio::runtime::Builder::new_multi_thread()

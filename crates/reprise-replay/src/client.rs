@@ -163,39 +163,117 @@ fn chain(e: &reqwest::Error) -> String {
     s
 }
 
-/// Sends `body` to `url` and measures the response.
+/// Where and how a request goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Transport<'a> {
+    /// Through `reqwest` (TLS, proxies, anything): the URL and the extra headers.
+    Reqwest {
+        /// The client (its pool belongs to the runtime that sends).
+        client: &'a reqwest::Client,
+        /// The full URL.
+        url: &'a reqwest::Url,
+        /// Headers besides the content type.
+        headers: &'a reqwest::header::HeaderMap,
+    },
+    /// The lean HTTP/1.1 path for plain-http targets (headers are part of the target).
+    H1(&'a crate::h1::Target),
+}
+
+/// A response being read, whichever the transport.
+enum Response<'t> {
+    Reqwest(reqwest::Response),
+    H1(crate::h1::Response<'t>),
+}
+
+impl Response<'_> {
+    fn status(&self) -> u16 {
+        match self {
+            Response::Reqwest(r) => r.status().as_u16(),
+            Response::H1(r) => r.status(),
+        }
+    }
+
+    async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, String> {
+        match self {
+            Response::Reqwest(r) => r.chunk().await.map_err(|e| chain(&e)),
+            Response::H1(r) => r.chunk().await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The whole body (at most 16 MiB of it).
+    async fn bytes(&mut self) -> Result<bytes::Bytes, String> {
+        const LIMIT: usize = 16 << 20;
+        match self {
+            Response::H1(r) => r.bytes(LIMIT).await.map_err(|e| e.to_string()),
+            Response::Reqwest(_) => {
+                let mut all = bytes::BytesMut::new();
+                while let Some(b) = self.chunk().await? {
+                    if all.len() < LIMIT {
+                        all.extend_from_slice(&b[..b.len().min(LIMIT - all.len())]);
+                    }
+                }
+                Ok(all.freeze())
+            }
+        }
+    }
+}
+
+/// Sends `body` and measures the response.
 pub async fn send(
-    client: &reqwest::Client,
-    url: &reqwest::Url,
-    headers: &reqwest::header::HeaderMap,
+    transport: Transport<'_>,
     body: bytes::Bytes,
     stream: bool,
     timeouts: Timeouts,
 ) -> Measured {
     let mut m = Measured::default();
     let deadline = tokio::time::Instant::now() + timeouts.request;
-    let request = || {
-        client
-            .post(url.clone())
-            .headers(headers.clone())
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-    };
     m.sent = Some(Instant::now());
-    let attempt = async {
-        match request().await {
-            // Once: a second such close is the server's answer. `sent` stays the first
-            // attempt's, so the lost round trip counts in the latency.
-            Err(e) if closed_before_response(&e) => {
-                tracing::debug!("{url}: connection closed before the response; sending again");
-                request().await
+    let response = match transport {
+        Transport::Reqwest {
+            client,
+            url,
+            headers,
+        } => {
+            let request = || {
+                client
+                    .post(url.clone())
+                    .headers(headers.clone())
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+            };
+            let attempt = async {
+                match request().await {
+                    // Once: a second such close is the server's answer. `sent` stays the
+                    // first attempt's, so the lost round trip counts in the latency.
+                    Err(e) if closed_before_response(&e) => {
+                        tracing::debug!(
+                            "{url}: connection closed before the response; sending again"
+                        );
+                        request().await
+                    }
+                    other => other,
+                }
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Err(_) => Err(None),
+                Ok(Err(e)) => Err(Some((transport_kind(&e), chain(&e)))),
+                Ok(Ok(r)) => Ok(Response::Reqwest(r)),
             }
-            other => other,
+        }
+        Transport::H1(target) => {
+            match tokio::time::timeout_at(deadline, target.send(&body)).await {
+                Err(_) => Err(None),
+                Ok(Err(e @ crate::h1::H1Error::Protocol(_))) => {
+                    Err(Some(("bad_body", e.to_string())))
+                }
+                Ok(Err(e)) => Err(Some(("connect", e.to_string()))),
+                Ok(Ok(r)) => Ok(Response::H1(r)),
+            }
         }
     };
-    let response = match tokio::time::timeout_at(deadline, attempt).await {
-        Err(_) => {
+    let mut response = match response {
+        Err(None) => {
             m.status = Some(0);
             m.fail(
                 "timeout",
@@ -203,16 +281,15 @@ pub async fn send(
             );
             return m;
         }
-        Ok(Err(e)) => {
+        Err(Some((kind, message))) => {
             m.status = Some(0);
-            m.fail(transport_kind(&e), chain(&e));
+            m.fail(kind, message);
             return m;
         }
-        Ok(Ok(r)) => r,
+        Ok(r) => r,
     };
-    let status = response.status().as_u16();
+    let status = response.status();
     m.status = Some(status);
-    let mut response = response;
     if !(200..300).contains(&status) {
         let body = tokio::time::timeout_at(deadline, response.bytes())
             .await
@@ -233,7 +310,7 @@ pub async fn send(
                 return m;
             }
             Ok(Err(e)) => {
-                m.fail("broken_stream", chain(&e));
+                m.fail("broken_stream", e);
                 return m;
             }
             Ok(Ok(b)) => b,
@@ -265,7 +342,7 @@ pub async fn send(
                 break;
             }
             Ok(Err(e)) => {
-                m.fail("broken_stream", chain(&e));
+                m.fail("broken_stream", e);
                 break;
             }
             Ok(Ok(None)) => break,

@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod events;
+pub mod h1;
 pub mod prompt;
 pub mod sizing;
 pub mod summary;
@@ -124,6 +125,26 @@ pub struct ReplayConfig {
     /// Open-loop sender threads, each pacing and sending every n-th request on a runtime of
     /// its own (0: one per CPU). One holds about 5,000 req/s with sub-millisecond queues.
     pub senders: usize,
+    /// Which HTTP client sends.
+    pub http: HttpClient,
+}
+
+/// Which HTTP client sends the requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HttpClient {
+    /// The lean HTTP/1.1 client ([`h1`]) for `http://` targets when no proxy is set in the
+    /// environment; `reqwest` for the others.
+    #[default]
+    Auto,
+    /// `reqwest` for every target.
+    Reqwest,
+}
+
+/// Whether a proxy is configured in the environment (which `reqwest` honours).
+fn proxy_in_env() -> bool {
+    ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()))
 }
 
 /// What a run produced.
@@ -358,6 +379,9 @@ fn http_client() -> Result<reqwest::Client, ReplayError> {
 #[derive(Clone)]
 struct SendCtx {
     client: reqwest::Client,
+    /// Per URL, the lean client's target (and pool) when it sends to that URL; empty or
+    /// `None` means `reqwest`. Like `client`, of the runtime that sends.
+    lean: Vec<Option<Arc<h1::Target>>>,
     urls: Vec<reqwest::Url>,
     headers: reqwest::header::HeaderMap,
     done_tx: std::sync::mpsc::Sender<Done>,
@@ -374,10 +398,16 @@ async fn send_job(mut job: Job, ctx: Arc<SendCtx>) {
     };
     ctx.progress.sent.fetch_add(1, Ordering::Relaxed);
     let body = std::mem::take(&mut job.body);
+    let transport = match ctx.lean.get(job.target).and_then(Option::as_deref) {
+        Some(target) => client::Transport::H1(target),
+        None => client::Transport::Reqwest {
+            client: &ctx.client,
+            url: &ctx.urls[job.target],
+            headers: &ctx.headers,
+        },
+    };
     let measured = client::send(
-        &ctx.client,
-        &ctx.urls[job.target],
-        &ctx.headers,
+        transport,
         bytes::Bytes::from(body),
         ctx.stream,
         ctx.timeouts,
@@ -578,8 +608,23 @@ pub async fn run(
 
     let limiter = config.max_in_flight.map(|n| Arc::new(Semaphore::new(n)));
     let sent_counter = Arc::new(AtomicU64::new(0));
+    // The lean client's targets, built afresh for each runtime that sends.
+    let lean_targets = {
+        let lean = config.http == HttpClient::Auto && !proxy_in_env();
+        let (urls, headers) = (urls.clone(), config.headers.clone());
+        move || -> Vec<Option<Arc<h1::Target>>> {
+            urls.iter()
+                .map(|u| {
+                    lean.then(|| h1::Target::new(u, &headers))
+                        .flatten()
+                        .map(Arc::new)
+                })
+                .collect()
+        }
+    };
     let ctx = Arc::new(SendCtx {
         client: client.clone(),
+        lean: lean_targets(),
         urls: urls.clone(),
         headers: headers.clone(),
         done_tx: done_tx.clone(),
@@ -646,6 +691,7 @@ pub async fn run(
                 // A pool of this runtime's own (see `http_client`).
                 let ctx = Arc::new(SendCtx {
                     client: sender_clients.pop().expect("one client per sender"),
+                    lean: lean_targets(),
                     ..SendCtx::clone(&ctx)
                 });
                 pacers.push(

@@ -11,7 +11,7 @@ use reprise_replay::prompt::PromptBuilder;
 use reprise_replay::workload::{
     LoadedTrace, Process, RateStep, Sizes, TraceWindow, rate_plan, trace_plan,
 };
-use reprise_replay::{Pacing, Progress, ReplayConfig, RunSummary, StopRule, run};
+use reprise_replay::{HttpClient, Pacing, Progress, ReplayConfig, RunSummary, StopRule, run};
 use reprise_sim::{Faults, Profile, SimConfig, SimServer};
 use reprise_trace::{DatasetReader, ResultRecord, Timestamp, TraceRecord};
 
@@ -57,6 +57,7 @@ fn config(
         events: Vec::new(),
         prompt_words: None,
         senders: 2,
+        http: reprise_replay::HttpClient::Auto,
     }
 }
 
@@ -302,10 +303,16 @@ async fn every_error_class_is_a_row() {
             "timeout",
         ),
     ];
-    for (faults, gap, want) in cases {
+    // Both HTTP clients classify alike.
+    let clients = [HttpClient::Auto, HttpClient::Reqwest];
+    for ((faults, gap, want), http) in cases
+        .into_iter()
+        .flat_map(|c| clients.map(|h| (c.clone(), h)))
+    {
         let s = sim("instant", 1.0, faults).await;
-        let sub = dir.path().join(want);
+        let sub = dir.path().join(format!("{want}-{http:?}"));
         let mut c = config(vec![s.base_url()], &sub, None);
+        c.http = http;
         if let Some(g) = gap {
             c.timeouts.gap = g;
         }
@@ -322,7 +329,12 @@ async fn every_error_class_is_a_row() {
         .await;
         assert_eq!(rows.len(), 2, "{want}");
         for r in &rows {
-            assert_eq!(r.error_kind.as_deref(), Some(want), "{want}: {:?}", r.error);
+            assert_eq!(
+                r.error_kind.as_deref(),
+                Some(want),
+                "{want} ({http:?}): {:?}",
+                r.error
+            );
             assert!(r.error.as_ref().is_some_and(|e| !e.is_empty()));
         }
         assert_eq!(summary.overall.errors.get(want), Some(&2));
@@ -331,21 +343,34 @@ async fn every_error_class_is_a_row() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
-    let (_, rows) = go(
-        config(vec![dead], &dir.path().join("dead"), None),
-        Pacing::Closed {
-            users: vec![1],
-            step_duration: None,
-            requests_per_step: Some(1),
-            think: Duration::ZERO,
-            requests: vec![one(0)],
-        },
-    )
-    .await;
-    assert_eq!(
-        (rows[0].error_kind.as_deref(), rows[0].status),
-        (Some("connect"), Some(0))
-    );
+    for http in clients {
+        let mut c = config(
+            vec![dead.clone()],
+            &dir.path().join(format!("dead-{http:?}")),
+            None,
+        );
+        c.http = http;
+        let (_, rows) = go(
+            c,
+            Pacing::Closed {
+                users: vec![1],
+                step_duration: None,
+                requests_per_step: Some(1),
+                think: Duration::ZERO,
+                requests: vec![one(0)],
+            },
+        )
+        .await;
+        assert_eq!(
+            (rows[0].error_kind.as_deref(), rows[0].status),
+            (Some("connect"), Some(0))
+        );
+        assert!(
+            rows[0].error.as_ref().unwrap().contains("127.0.0.1"),
+            "{:?}",
+            rows[0].error
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,6 +54,16 @@ pub enum ApiArg {
     Completions,
 }
 
+/// HTTP client.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum HttpClientArg {
+    /// The lean HTTP/1.1 client for http:// targets (unless HTTP_PROXY or ALL_PROXY is
+    /// set); reqwest for https://.
+    Auto,
+    /// reqwest for every target.
+    Reqwest,
+}
+
 /// Target server dialect (how output lengths are forced).
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum BackendArg {
@@ -124,6 +134,11 @@ pub struct Args {
     /// 0 = one per CPU). One holds about 5,000 req/s; add more on a machine with spare cores.
     #[arg(long, default_value_t = 1)]
     senders: usize,
+    /// HTTP client: `auto` sends to http:// targets with reprise's lean HTTP/1.1 client
+    /// (request heads formatted once, responses parsed in place), `reqwest` uses reqwest
+    /// for all (https:// always does).
+    #[arg(long, value_enum, default_value = "auto")]
+    http_client: HttpClientArg,
     /// Replay at most this many requests.
     #[arg(long, help_heading = "Trace window")]
     limit: Option<u64>,
@@ -485,6 +500,10 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
         events,
         prompt_words: None,
         senders: args.senders,
+        http: match args.http_client {
+            HttpClientArg::Auto => reprise_replay::HttpClient::Auto,
+            HttpClientArg::Reqwest => reprise_replay::HttpClient::Reqwest,
+        },
     };
     let mut config = config;
     let sizer = match args.tokenizer.as_str() {
