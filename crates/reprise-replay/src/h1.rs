@@ -540,4 +540,38 @@ mod tests {
         ));
         assert!(parse_head(b"SMTP ready\r\n\r\n").is_err());
     }
+
+    proptest::proptest! {
+        /// Arbitrary bytes from a server, split anywhere, never panic the parsers; a valid
+        /// chunked encoding of any body decodes to that body.
+        #[test]
+        fn untrusted_bytes_never_panic(
+            wire in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            split in 1usize..40,
+        ) {
+            let _ = parse_head(&wire);
+            let _ = decode_all(Framing::Chunked(Chunked::Size), &wire, split);
+            let _ = decode_all(Framing::Length(17), &wire, split);
+        }
+
+        #[test]
+        fn chunked_round_trip(
+            pieces in proptest::collection::vec(
+                proptest::collection::vec(proptest::num::u8::ANY, 1..50), 0..8),
+            split in 1usize..40,
+        ) {
+            let mut wire = Vec::new();
+            for p in &pieces {
+                wire.extend_from_slice(format!("{:x}\r\n", p.len()).as_bytes());
+                wire.extend_from_slice(p);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            let body: Vec<u8> = pieces.concat();
+            proptest::prop_assert_eq!(
+                decode_all(Framing::Chunked(Chunked::Size), &wire, split).unwrap(),
+                body
+            );
+        }
+    }
 }
