@@ -31,7 +31,7 @@ use reprise_protocol::openai::Api;
 use reprise_protocol::sse::SseParser;
 use reprise_replay::client::{Backend, RequestShape, Timeouts};
 use reprise_replay::prompt::PromptBuilder;
-use reprise_replay::workload::{Process, RateStep, Sizes, rate_plan};
+use reprise_replay::workload::{Process, RatePlan, RateStep, Sizes};
 use reprise_replay::{
     HttpClient, Pacing, Progress, ReplayConfig, RunSummary, StopRule, pace_until, run,
 };
@@ -187,11 +187,12 @@ fn replay(
         input: 16,
         output: 16,
     };
-    let plan = rate_plan(&steps, Process::Fixed, &sizes, 0).expect("plan");
+    // Drawn as the run goes, as `reprise replay --rate` does: the plan takes no memory.
+    let plan = RatePlan::new(steps.to_vec(), Process::Fixed, sizes, 0).expect("plan");
     let dir = tempfile::tempdir().expect("dir");
     rt.block_on(run(
         config(target, dir.path(), http),
-        Pacing::Open(plan),
+        Pacing::Open(plan.into()),
         Arc::new(AtomicBool::new(false)),
         progress,
     ))

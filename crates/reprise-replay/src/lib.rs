@@ -62,7 +62,7 @@ pub enum ReplayError {
 #[derive(Debug, Clone)]
 pub enum Pacing {
     /// Open loop: send each planned request at its offset, whatever the responses do.
-    Open(Vec<Planned>),
+    Open(workload::OpenPlan),
     /// Closed loop: `users` clients each send, wait for the response, think, repeat — for
     /// each step of `users` (a concurrency ramp when several).
     Closed {
@@ -438,7 +438,7 @@ pub async fn pace_until(deadline: Instant) {
 /// stopped early or not drained.
 #[allow(clippy::too_many_arguments)]
 async fn open_loop(
-    plan: Vec<workload::Planned>,
+    plan: Box<dyn Iterator<Item = Planned> + Send>,
     first: usize,
     stride: usize,
     config: Arc<ReplayConfig>,
@@ -450,7 +450,7 @@ async fn open_loop(
     let n_targets = config.targets.len();
     let mut tasks = tokio::task::JoinSet::new();
     let mut complete = true;
-    for (j, p) in plan.into_iter().enumerate() {
+    for (j, p) in plan.enumerate() {
         let i = first + j * stride;
         let body = build_body(&config, &p.request);
         let deadline = clock.t0 + p.offset;
@@ -548,7 +548,7 @@ pub async fn run(
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n,
             }
-            .clamp(1, plan.len().max(1));
+            .clamp(1, plan.expected_len().max(1) as usize);
             (0..senders)
                 .map(|_| http_client())
                 .collect::<Result<Vec<_>, _>>()?
@@ -668,18 +668,16 @@ pub async fn run(
     let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     match pacing {
         Pacing::Open(plan) => {
-            progress.planned.store(plan.len() as u64, Ordering::Relaxed);
+            progress
+                .planned
+                .store(plan.expected_len(), Ordering::Relaxed);
             // Sender threads pace and send: each has a runtime of its own that waits for its
             // requests' deadlines while polling its connections (`pace_until`) and spawns
             // each request's task on itself at the deadline, so no wake-up of another thread
             // stands between a deadline and its send, and responses are read as they arrive.
             // Requests are dealt out in turn (the i-th to sender i mod n).
             let senders = sender_clients.len();
-            let mut shares: Vec<Vec<workload::Planned>> =
-                (0..senders).map(|_| Vec::new()).collect();
-            for (i, p) in plan.into_iter().enumerate() {
-                shares[i % senders].push(p);
-            }
+            let shares = plan.deal(senders);
             let mut pacers = Vec::new();
             for (k, share) in shares.into_iter().enumerate() {
                 let (config, clock, stop, sent_counter) = (

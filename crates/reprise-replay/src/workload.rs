@@ -2,6 +2,7 @@
 //! offsets from the start; closed-loop users and concurrency ramps are driven by completions.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::SeedableRng;
@@ -194,76 +195,196 @@ pub struct RateStep {
     pub label: String,
 }
 
-/// The open-loop plan of synthetic load: rate steps back to back.
+/// The open-loop plan of synthetic load: rate steps back to back, listed.
 pub fn rate_plan(
     steps: &[RateStep],
     process: Process,
     sizes: &Sizes,
     seed: u64,
 ) -> Result<Vec<Planned>, ReplayError> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut plan = Vec::new();
-    let mut step_start = 0.0f64;
-    let mut i = 0u64;
-    for step in steps {
-        if !(step.rate.is_finite() && step.rate > 0.0) {
-            return Err(ReplayError::Config(format!(
-                "rate must be positive, got {}",
-                step.rate
-            )));
-        }
-        let end = step_start + step.duration.as_secs_f64();
-        let mut offsets = Vec::new();
-        match process {
-            Process::Fixed => {
-                // Evenly spaced from the step's start, computed (not accumulated) to stay exact.
-                let mut k = 0u64;
-                loop {
-                    let t = step_start + k as f64 / step.rate;
-                    if t >= end - 1e-9 {
-                        break;
-                    }
-                    offsets.push(t);
-                    k += 1;
-                }
-            }
-            Process::Poisson | Process::Gamma { .. } => {
-                let mut t = step_start;
-                loop {
-                    let gap = match process {
-                        Process::Gamma { cv } => {
-                            if !(cv.is_finite() && cv > 0.0) {
-                                return Err(ReplayError::Config("--cv must be positive".into()));
-                            }
-                            let shape = 1.0 / (cv * cv);
-                            Gamma::new(shape, 1.0 / (step.rate * shape))
-                                .map_err(|e| ReplayError::Config(e.to_string()))?
-                                .sample(&mut rng)
-                        }
-                        _ => Exp::new(step.rate)
-                            .map_err(|e| ReplayError::Config(e.to_string()))?
-                            .sample(&mut rng),
-                    };
-                    t += gap;
-                    if t >= end {
-                        break;
-                    }
-                    offsets.push(t);
-                }
+    Ok(RatePlan::new(steps.to_vec(), process, sizes.clone(), seed)?
+        .iter()
+        .collect())
+}
+
+/// Synthetic load generated as it is sent: rate steps back to back. However long the run,
+/// the plan takes no memory (a day at 1,000 req/s would be 86 million listed requests).
+#[derive(Debug, Clone)]
+pub struct RatePlan {
+    steps: Arc<[RateStep]>,
+    process: Process,
+    sizes: Arc<Sizes>,
+    seed: u64,
+}
+
+impl RatePlan {
+    /// Checks the rates and the process's parameters.
+    pub fn new(
+        steps: Vec<RateStep>,
+        process: Process,
+        sizes: Sizes,
+        seed: u64,
+    ) -> Result<RatePlan, ReplayError> {
+        for step in &steps {
+            if !(step.rate.is_finite() && step.rate > 0.0) {
+                return Err(ReplayError::Config(format!(
+                    "rate must be positive, got {}",
+                    step.rate
+                )));
             }
         }
-        for t in offsets {
-            plan.push(Planned {
+        if let Process::Gamma { cv } = process
+            && !(cv.is_finite() && cv > 0.0)
+        {
+            return Err(ReplayError::Config("--cv must be positive".into()));
+        }
+        Ok(RatePlan {
+            steps: steps.into(),
+            process,
+            sizes: Arc::new(sizes),
+            seed,
+        })
+    }
+
+    /// The requests, in order (the same ones on every call).
+    pub fn iter(&self) -> RateIter {
+        RateIter {
+            plan: self.clone(),
+            rng: StdRng::seed_from_u64(self.seed),
+            step: 0,
+            step_start: 0.0,
+            k: 0,
+            t: 0.0,
+            i: 0,
+        }
+    }
+
+    /// Requests expected (exact for evenly spaced arrivals, the mean for random ones).
+    pub fn expected_len(&self) -> u64 {
+        self.steps
+            .iter()
+            .map(|s| (s.rate * s.duration.as_secs_f64()).ceil() as u64)
+            .sum()
+    }
+}
+
+/// The requests of a [`RatePlan`], drawn one at a time.
+#[derive(Debug)]
+pub struct RateIter {
+    plan: RatePlan,
+    rng: StdRng,
+    /// Current step, its start (s from the run's start), the index within it (evenly
+    /// spaced arrivals are computed, not accumulated, to stay exact) and the last arrival.
+    step: usize,
+    step_start: f64,
+    k: u64,
+    t: f64,
+    /// Requests drawn so far.
+    i: u64,
+}
+
+impl Iterator for RateIter {
+    type Item = Planned;
+
+    fn next(&mut self) -> Option<Planned> {
+        loop {
+            let step = self.plan.steps.get(self.step)?;
+            let end = self.step_start + step.duration.as_secs_f64();
+            let t = match self.plan.process {
+                Process::Fixed => {
+                    let t = self.step_start + self.k as f64 / step.rate;
+                    (t < end - 1e-9).then_some(t)
+                }
+                Process::Poisson => {
+                    let gap =
+                        Exp::new(step.rate).map_or(f64::INFINITY, |d| d.sample(&mut self.rng));
+                    let t = self.t + gap;
+                    (t < end).then_some(t)
+                }
+                Process::Gamma { cv } => {
+                    let shape = 1.0 / (cv * cv);
+                    let gap = Gamma::new(shape, 1.0 / (step.rate * shape))
+                        .map_or(f64::INFINITY, |d| d.sample(&mut self.rng));
+                    let t = self.t + gap;
+                    (t < end).then_some(t)
+                }
+            };
+            let Some(t) = t else {
+                // The next step starts where this one ends.
+                self.step += 1;
+                self.step_start = end;
+                self.t = end;
+                self.k = 0;
+                continue;
+            };
+            self.k += 1;
+            self.t = t;
+            let request = synthetic_request(self.i, &self.plan.sizes);
+            self.i += 1;
+            return Some(Planned {
                 offset: Duration::from_secs_f64(t),
                 phase: step.label.clone(),
                 step_value: Some(step.rate),
-                request: synthetic_request(i, sizes),
+                request,
             });
-            i += 1;
         }
-        step_start = end;
     }
-    Ok(plan)
+}
+
+/// An open-loop plan: listed (a trace's requests) or generated as it is sent (rates).
+#[derive(Debug, Clone)]
+pub enum OpenPlan {
+    /// Every request, in order.
+    Listed(Vec<Planned>),
+    /// Drawn as the run goes.
+    Rates(RatePlan),
+}
+
+impl From<Vec<Planned>> for OpenPlan {
+    fn from(v: Vec<Planned>) -> OpenPlan {
+        OpenPlan::Listed(v)
+    }
+}
+
+impl From<RatePlan> for OpenPlan {
+    fn from(p: RatePlan) -> OpenPlan {
+        OpenPlan::Rates(p)
+    }
+}
+
+impl OpenPlan {
+    /// Requests planned (expected, for random arrivals).
+    pub fn expected_len(&self) -> u64 {
+        match self {
+            OpenPlan::Listed(v) => v.len() as u64,
+            OpenPlan::Rates(p) => p.expected_len(),
+        }
+    }
+
+    /// Splits the plan among `n` senders: the i-th request goes to sender i mod n.
+    pub fn deal(self, n: usize) -> Vec<Box<dyn Iterator<Item = Planned> + Send>> {
+        let n = n.max(1);
+        match self {
+            OpenPlan::Listed(v) => {
+                let mut shares: Vec<Vec<Planned>> = (0..n).map(|_| Vec::new()).collect();
+                for (i, p) in v.into_iter().enumerate() {
+                    shares[i % n].push(p);
+                }
+                shares
+                    .into_iter()
+                    .map(|s| Box::new(s.into_iter()) as Box<dyn Iterator<Item = Planned> + Send>)
+                    .collect()
+            }
+            // Each sender draws the whole sequence and keeps its share: drawing costs far
+            // less than sending.
+            OpenPlan::Rates(p) => (0..n)
+                .map(|k| {
+                    Box::new(p.iter().skip(k).step_by(n))
+                        as Box<dyn Iterator<Item = Planned> + Send>
+                })
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -401,5 +522,61 @@ mod tests {
         assert_eq!(plan.iter().filter(|p| p.phase == "rate=20").count(), 20);
         assert_eq!(plan[10].offset, Duration::from_secs(1));
         assert_eq!(plan[0].request.input_tokens, Some(5));
+    }
+
+    #[test]
+    fn generated_plans_deal_out_the_listed_sequence() {
+        let steps = vec![
+            RateStep {
+                rate: 50.0,
+                duration: Duration::from_secs(2),
+                label: "rate=50".into(),
+            },
+            RateStep {
+                rate: 200.0,
+                duration: Duration::from_secs(1),
+                label: "rate=200".into(),
+            },
+        ];
+        for process in [Process::Fixed, Process::Poisson, Process::Gamma { cv: 2.0 }] {
+            let sizes = Sizes::FromTrace(vec![(10, 1), (20, 2), (30, 3)]);
+            let plan = RatePlan::new(steps.clone(), process, sizes, 7).unwrap();
+            let listed: Vec<Planned> = plan.iter().collect();
+            // Drawn twice, the same requests.
+            assert_eq!(plan.iter().count(), listed.len());
+            assert_eq!(plan.expected_len(), 300);
+            let n = listed.len() as f64;
+            assert!(
+                (n - 300.0).abs() < 5.0 * 300f64.sqrt() * 2.0,
+                "{process:?}: {n}"
+            );
+            assert!(listed.windows(2).all(|w| w[0].offset <= w[1].offset));
+            let shares = OpenPlan::from(plan).deal(3);
+            let mut merged: Vec<(Duration, String)> = shares
+                .into_iter()
+                .flat_map(|s| s.map(|p| (p.offset, p.request.request_id)))
+                .collect();
+            merged.sort();
+            let want: Vec<(Duration, String)> = listed
+                .iter()
+                .map(|p| (p.offset, p.request.request_id.clone()))
+                .collect();
+            assert_eq!(merged, want, "{process:?}");
+            let fifty = listed.iter().filter(|p| p.phase == "rate=50").count();
+            if process == Process::Fixed {
+                assert_eq!((fifty, listed.len()), (100, 300));
+                assert_eq!(listed[100].offset, Duration::from_secs(2));
+            }
+            assert_eq!(listed[1].request.input_tokens, Some(20));
+        }
+        assert!(
+            RatePlan::new(
+                steps,
+                Process::Gamma { cv: 0.0 },
+                Sizes::FromTrace(vec![]),
+                0
+            )
+            .is_err()
+        );
     }
 }

@@ -125,7 +125,7 @@ async fn trace_replay_matches_sizes_exactly() {
     .unwrap();
     let (summary, rows) = go(
         config(vec![s.base_url()], dir.path(), None),
-        Pacing::Open(plan),
+        Pacing::Open(plan.into()),
     )
     .await;
     assert!(summary.complete);
@@ -165,7 +165,7 @@ async fn senders_finishing_one_by_one_break_no_request() {
     let plan = trace_plan(&t, &TraceWindow::default()).unwrap();
     let mut c = config(vec![s.base_url()], dir.path(), None);
     c.senders = 48;
-    let (summary, rows) = go(c, Pacing::Open(plan)).await;
+    let (summary, rows) = go(c, Pacing::Open(plan.into())).await;
     assert_eq!(rows.len(), 600);
     for r in &rows {
         assert_eq!(
@@ -186,7 +186,7 @@ async fn open_loop_keeps_absolute_time() {
     let plan = fixed_plan(200.0, 1, 10, 2);
     let (summary, rows) = go(
         config(vec![s.base_url()], dir.path(), None),
-        Pacing::Open(plan),
+        Pacing::Open(plan.into()),
     )
     .await;
     assert_eq!(rows.len(), 200);
@@ -228,7 +228,7 @@ async fn equal_prefix_hashes_hit_the_prefix_cache() {
     let plan = trace_plan(&t, &TraceWindow::default()).unwrap();
     let (_, rows) = go(
         config(vec![s.base_url()], dir.path(), Some(512)),
-        Pacing::Open(plan),
+        Pacing::Open(plan.into()),
     )
     .await;
     assert!(rows.iter().all(|r| r.status == Some(200)));
@@ -419,7 +419,7 @@ async fn a_stop_mid_run_keeps_every_sent_request_and_marks_the_run_incomplete() 
     };
     let summary = run(
         config(vec![s.base_url()], dir.path(), None),
-        Pacing::Open(plan),
+        Pacing::Open(plan.into()),
         stop,
         progress.clone(),
     )
@@ -453,7 +453,7 @@ async fn an_event_mid_run_is_recorded_and_its_effect_shows() {
         .unwrap(),
     ];
     let plan = fixed_plan(40.0, 2, 10, 2);
-    let (summary, rows) = go(c, Pacing::Open(plan)).await;
+    let (summary, rows) = go(c, Pacing::Open(plan.into())).await;
     assert_eq!(summary.events.len(), 1);
     let e = &summary.events[0];
     assert!(e.ok && e.detail == "HTTP 200", "{e:?}");

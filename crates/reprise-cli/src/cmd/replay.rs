@@ -15,7 +15,8 @@ use reprise_replay::prompt::PromptBuilder;
 use reprise_replay::sizing::{Sizer, size_prompts};
 use reprise_replay::summary::render;
 use reprise_replay::workload::{
-    Process, RateStep, Sizes, TraceWindow, load_trace, rate_plan, synthetic_request, trace_plan,
+    OpenPlan, Process, RatePlan, RateStep, Sizes, TraceWindow, load_trace, synthetic_request,
+    trace_plan,
 };
 use reprise_replay::{Pacing, Progress, ReplayConfig, StopRule, new_run_id, run};
 use reprise_sim::{Profile, SimConfig, SimServer};
@@ -407,7 +408,7 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
                     label: format!("rate={r}"),
                 })
                 .collect();
-            Pacing::Open(rate_plan(&steps, process(&args), &sizes, args.seed)?)
+            Pacing::Open(RatePlan::new(steps, process(&args), sizes, args.seed)?.into())
         }
     } else if let Some(users) = concurrency {
         if run_for.is_none() && args.requests.is_none() {
@@ -425,16 +426,19 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
             run_for.ok_or_else(|| anyhow!("--rate needs --run-for"))?,
             "--run-for",
         )?;
-        Pacing::Open(rate_plan(
-            &[RateStep {
-                rate,
-                duration: d,
-                label: "measure".into(),
-            }],
-            process(&args),
-            &sizes,
-            args.seed,
-        )?)
+        Pacing::Open(
+            RatePlan::new(
+                vec![RateStep {
+                    rate,
+                    duration: d,
+                    label: "measure".into(),
+                }],
+                process(&args),
+                sizes,
+                args.seed,
+            )?
+            .into(),
+        )
     } else if let Some(t) = &trace {
         let window = TraceWindow {
             speed: args.speed,
@@ -443,7 +447,7 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
             limit: args.limit,
             length_scale: args.length_scale,
         };
-        Pacing::Open(trace_plan(t, &window)?)
+        Pacing::Open(trace_plan(t, &window)?.into())
     } else {
         bail!("nothing to send: give a TRACE, --rate, --concurrency, --ramp or --scenario");
     };
@@ -519,7 +523,11 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
     };
     if let Some(sizer) = sizer {
         let requests: Vec<reprise_trace::TraceRecord> = match &pacing {
-            Pacing::Open(plan) => plan.iter().map(|p| p.request.clone()).collect(),
+            Pacing::Open(OpenPlan::Listed(plan)) => {
+                plan.iter().map(|p| p.request.clone()).collect()
+            }
+            // Drawn once here to be sized; the run draws them again as it goes.
+            Pacing::Open(OpenPlan::Rates(plan)) => plan.iter().map(|p| p.request).collect(),
             Pacing::Closed { requests, .. } => requests.clone(),
         };
         let started = Instant::now();
