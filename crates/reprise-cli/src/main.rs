@@ -78,6 +78,10 @@ fn init_logging(verbose: u8) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    // Streams, proxied connections and simulated clients are sockets: allow as many as the
+    // hard limit does.
+    let files = reprise_replay::raise_open_files_limit();
+    tracing::debug!("open files limit: {files:?}");
     let result = match cli.command {
         Command::Import(args) => cmd::import::run(*args),
         Command::Record(args) => cmd::record::run(*args),

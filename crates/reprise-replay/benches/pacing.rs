@@ -120,6 +120,20 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
+/// CPU seconds (user + system, all threads) the process `pid` has used (`/proc`, 100 ticks
+/// a second).
+fn cpu_secs(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised name: state is the 3rd, utime the 14th.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -271,26 +285,35 @@ fn pacing(rt: &tokio::runtime::Runtime, base: &str) {
     }
 }
 
-fn max_rate(rt: &tokio::runtime::Runtime, base: &str) {
+fn max_rate(rt: &tokio::runtime::Runtime, base: &str, server_pid: u32) {
     println!("\n## Highest open-loop rate with queue p99 <= 1 ms (2 s per rate)\n");
-    println!("| client | rate req/s | ok | achieved req/s | queue p50 / p99 µs | held |");
-    println!("|---|---:|---:|---:|---|---|");
+    println!("CPU per request: the replayer's process (all threads) and the server's.\n");
+    println!(
+        "| client | rate req/s | ok | achieved req/s | queue p50 / p99 µs | replayer CPU µs/req | server CPU µs/req | held |"
+    );
+    println!("|---|---:|---:|---:|---|---:|---:|---|");
+    let server_pid = server_pid.to_string();
     for http in clients() {
         let mut best = 0.0;
         for rate in [
             2_500.0, 5_000.0, 7_500.0, 10_000.0, 12_500.0, 15_000.0, 20_000.0, 25_000.0,
         ] {
             std::thread::sleep(Duration::from_secs(2));
+            let (me0, server0) = (cpu_secs("self"), cpu_secs(&server_pid));
             let s = replay(rt, base, rate, 2.0, Arc::default(), http);
+            let (me, server) = (cpu_secs("self") - me0, cpu_secs(&server_pid) - server0);
             let q = s.overall.queue_ms.expect("queue figures");
             let held = q.p99 <= 1.0 && s.overall.ok == s.overall.requests;
+            let per = |cpu: f64| cpu * 1e6 / s.overall.requests.max(1) as f64;
             println!(
-                "| {} | {rate:.0} | {} | {:.0} | {:.0} / {:.0} | {} |",
+                "| {} | {rate:.0} | {} | {:.0} | {:.0} / {:.0} | {:.0} | {:.0} | {} |",
                 client_name(http),
                 s.overall.ok,
                 s.overall.request_throughput,
                 q.p50 * 1000.0,
                 q.p99 * 1000.0,
+                per(me),
+                per(server),
                 if held { "yes" } else { "no" }
             );
             if !held {
@@ -469,37 +492,56 @@ fn sse() {
 
 fn soak(rt: &tokio::runtime::Runtime, base: &str, secs: f64) {
     println!("\n## Memory under constant load: 1,000 req/s for {secs:.0} s\n");
-    let at_minute = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
-        let (at_minute, stop) = (at_minute.clone(), stop.clone());
+        let stop = stop.clone();
         std::thread::spawn(move || {
             let start = Instant::now();
-            let mut end = 0;
+            let mut samples = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                if start.elapsed() >= Duration::from_secs(60)
-                    && at_minute.load(Ordering::Relaxed) == 0
-                {
-                    at_minute.store(rss_kib(), Ordering::Relaxed);
-                }
-                end = rss_kib();
+                samples.push((start.elapsed().as_secs_f64(), rss_kib()));
                 std::thread::sleep(Duration::from_millis(200));
             }
-            end
+            samples
         })
     };
     let s = replay(rt, base, 1_000.0, secs, Arc::default(), HttpClient::Auto);
     stop.store(true, Ordering::Relaxed);
-    let end = sampler.join().unwrap_or(0);
-    let minute = at_minute.load(Ordering::Relaxed);
-    println!("| requests ok | RSS at 1 min | RSS at the end | drift |");
-    println!("|---:|---:|---:|---:|");
+    let samples = sampler.join().unwrap_or_default();
+    let mib = |k: u64| k as f64 / 1024.0;
+    let at = |t: f64| {
+        samples
+            .iter()
+            .find(|(s, _)| *s >= t)
+            .or(samples.last())
+            .map_or(0, |x| x.1)
+    };
+    let peak = |from: f64, to: f64| {
+        samples
+            .iter()
+            .filter(|(s, _)| (from..to).contains(s))
+            .map(|x| x.1)
+            .max()
+            .unwrap_or(0)
+    };
+    let end = samples.last().map_or(0, |x| x.1);
+    // Result rows are buffered up to a 65,536-row group before they are written, so RSS is
+    // a sawtooth of one group's period (65 s at 1,000 req/s): peaks over two-minute windows
+    // compare like with like.
+    let (early, late) = (peak(60.0, 180.0), peak(secs - 120.0, secs + 1.0));
     println!(
-        "| {} | {:.1} MiB | {:.1} MiB | {:+.1}% |",
+        "| requests ok | RSS at 1 min | RSS at the end | drift | peak, minutes 1-3 | peak, last 2 minutes | drift of peaks |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {} | {:.1} MiB | {:.1} MiB | {:+.1}% | {:.1} MiB | {:.1} MiB | {:+.1}% |",
         s.overall.ok,
-        minute as f64 / 1024.0,
-        end as f64 / 1024.0,
-        (end as f64 / minute.max(1) as f64 - 1.0) * 100.0
+        mib(at(60.0)),
+        mib(end),
+        (end as f64 / at(60.0).max(1) as f64 - 1.0) * 100.0,
+        mib(early),
+        mib(late),
+        (late as f64 / early.max(1) as f64 - 1.0) * 100.0
     );
 }
 
@@ -524,6 +566,7 @@ fn main() {
             _ => HttpClient::Auto,
         }]);
     }
+    reprise_replay::raise_open_files_limit();
     let (mut child, base, pinned) = start_server();
     println!("# replayer self-benchmark (server pinned to CPU 1: {pinned}), 2-core machine");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -542,7 +585,7 @@ fn main() {
         // The highest rate first: a run that falls behind leaves thousands of connections
         // closing (TIME_WAIT) that slow the next one.
         if want("max-rate") {
-            max_rate(&rt, &base);
+            max_rate(&rt, &base, child.id());
         }
         if want("pacing") {
             pacing(&rt, &base);

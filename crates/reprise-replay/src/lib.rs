@@ -140,6 +140,31 @@ pub enum HttpClient {
     Reqwest,
 }
 
+/// Raises this process's soft limit on open files to its hard limit (every open stream is
+/// a socket, and the soft limit is often 1,024) and returns the limit now in force, or
+/// `None` where it cannot be read.
+pub fn raise_open_files_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        // `None` is unlimited.
+        let mut limit = getrlimit(Resource::Nofile);
+        if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+            && current < maximum
+        {
+            limit.current = Some(maximum);
+            if setrlimit(Resource::Nofile, limit.clone()).is_err() {
+                limit = getrlimit(Resource::Nofile);
+            }
+        }
+        limit.current.or(Some(u64::MAX))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
 /// Whether a proxy is configured in the environment (which `reqwest` honours).
 fn proxy_in_env() -> bool {
     ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
