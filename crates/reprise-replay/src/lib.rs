@@ -153,7 +153,7 @@ pub fn raise_open_files_limit() -> Option<u64> {
             && current < maximum
         {
             limit.current = Some(maximum);
-            if setrlimit(Resource::Nofile, limit.clone()).is_err() {
+            if setrlimit(Resource::Nofile, limit).is_err() {
                 limit = getrlimit(Resource::Nofile);
             }
         }
