@@ -30,11 +30,10 @@ use http_body_util::{BodyExt, Full};
 use reprise_protocol::openai::Api;
 use reprise_protocol::sse::SseParser;
 use reprise_replay::client::{Backend, RequestShape, Timeouts};
+use reprise_replay::pace::Pacer;
 use reprise_replay::prompt::PromptBuilder;
 use reprise_replay::workload::{Process, RatePlan, RateStep, Sizes};
-use reprise_replay::{
-    HttpClient, Pacing, Progress, ReplayConfig, RunSummary, StopRule, pace_until, run,
-};
+use reprise_replay::{HttpClient, Pacing, Progress, ReplayConfig, RunSummary, StopRule, run};
 
 const EVENT: &str = "data: {\"id\":\"cmpl-0\",\"object\":\"text_completion\",\"created\":0,\"model\":\"m\",\"choices\":[{\"index\":0,\"text\":\" the\",\"logprobs\":null,\"finish_reason\":null}]}\n\n";
 const TAIL: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":16,\"completion_tokens\":16,\"total_tokens\":32}}\n\ndata: [DONE]\n\n";
@@ -213,7 +212,7 @@ fn replay(
     .expect("run")
 }
 
-/// Lateness of the bare pacer — the replay's own wait (`pace_until`) on a runtime of its
+/// Lateness of the bare pacer — the replay's own wait (`Pacer::until`) on a runtime of its
 /// own, nothing sent — at `rate` for `secs`, µs, sorted.
 fn bare_pacer(rate: f64, secs: f64) -> Vec<f64> {
     let n = (rate * secs) as usize;
@@ -224,9 +223,10 @@ fn bare_pacer(rate: f64, secs: f64) -> Vec<f64> {
     let t0 = Instant::now() + Duration::from_millis(20);
     let mut lateness = rt.block_on(async move {
         let mut lateness = Vec::with_capacity(n);
+        let mut pacer = Pacer::new();
         for i in 0..n {
             let deadline = t0 + Duration::from_secs_f64(i as f64 / rate);
-            pace_until(deadline).await;
+            pacer.until(deadline).await;
             lateness.push((Instant::now() - deadline).as_secs_f64() * 1e6);
         }
         lateness
@@ -525,6 +525,15 @@ fn soak(rt: &tokio::runtime::Runtime, base: &str, secs: f64) {
             .unwrap_or(0)
     };
     let end = samples.last().map_or(0, |x| x.1);
+    let q = s.overall.queue_ms.expect("queue figures");
+    println!(
+        "queue p50 / p99 / max: {:.3} / {:.3} / {:.1} ms\n",
+        q.p50, q.p99, q.max
+    );
+    let minutes: Vec<String> = (0..(secs / 60.0).ceil() as usize)
+        .map(|m| format!("{:.1}", mib(peak(m as f64 * 60.0, (m + 1) as f64 * 60.0))))
+        .collect();
+    println!("peak RSS per minute, MiB: {}\n", minutes.join(", "));
     // Result rows are buffered up to a 65,536-row group before they are written, so RSS is
     // a sawtooth of one group's period (65 s at 1,000 req/s): peaks over two-minute windows
     // compare like with like.

@@ -1,0 +1,280 @@
+//! The analyzer's library (the only reprise crate besides the `reprise-analyze` binary
+//! that links polars): lazy polars pipelines over a replay's `result/1` rows, with
+//! `gpu/1` and `server/1` beside them when recorded.
+//!
+//! - [`load`] opens and checks a run directory and normalises its columns;
+//! - [`metrics`] computes the metrics of `shared/spec/metrics.md` exactly (percentiles by
+//!   linear interpolation), overall and per phase or step;
+//! - [`windows`] cuts the run into time windows (achieved against target rate);
+//! - [`knee`] finds a ramp's saturation point and diagnoses the bottleneck;
+//! - [`side`] averages GPU and server metrics over each step;
+//! - [`compare`] sets two runs side by side (bootstrap intervals, regression gates) and
+//!   N runs into a scaling table;
+//! - [`render`] writes `report.md` (the seed's template), `summary.json` and the terminal
+//!   summary.
+//!
+//! [`analyze`] runs them all on one run.
+
+pub mod compare;
+pub mod knee;
+pub mod load;
+pub mod metrics;
+pub mod render;
+pub mod side;
+pub mod windows;
+
+use std::path::Path;
+
+use polars::prelude::*;
+use serde::Serialize;
+
+pub use knee::{Knee, Rules};
+pub use load::{Run, open};
+pub use metrics::{Dist, Slo, Stats};
+pub use windows::Window;
+
+/// Why an analysis failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// Missing, malformed or empty input.
+    #[error("{0}")]
+    Input(String),
+    /// A polars error.
+    #[error("analysis failed: {0}")]
+    Polars(String),
+    /// Writing an output.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl From<PolarsError> for ReportError {
+    fn from(e: PolarsError) -> Self {
+        ReportError::Polars(e.to_string())
+    }
+}
+
+/// What to compute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// Goodput objectives.
+    pub slo: Slo,
+    /// Window length, s.
+    pub window_s: f64,
+    /// Knee search thresholds (`queue_limit_ms` is taken from the run when it says).
+    pub rules: Rules,
+    /// Seconds of context around each event.
+    pub event_context_s: f64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            slo: Slo::default(),
+            window_s: 10.0,
+            rules: Rules::default(),
+            event_context_s: 30.0,
+        }
+    }
+}
+
+/// An event with the run before, during and after it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventReport {
+    /// The event.
+    pub event: load::Event,
+    /// Offset of its start from the first scheduled request, s.
+    pub offset_s: f64,
+    /// Requests sent in the `event_context_s` before it.
+    pub before: Stats,
+    /// Requests sent while it ran (or within a second of it, for instant events).
+    pub during: Stats,
+    /// Requests sent in the `event_context_s` after it.
+    pub after: Stats,
+}
+
+/// The analysis of one run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// `reprise.report/1`.
+    pub format: String,
+    /// The run.
+    pub run_id: String,
+    /// Its directory.
+    pub dir: String,
+    /// The command that made it, when known.
+    pub command: Option<Vec<String>>,
+    /// Whether the replay ran to its end.
+    pub complete: Option<bool>,
+    /// Targets and model, when known.
+    pub targets: Vec<String>,
+    /// Model.
+    pub model: Option<String>,
+    /// Rows in the result file.
+    pub rows: u64,
+    /// Warm-up requests left out.
+    pub warmup_excluded: u64,
+    /// The objectives of goodput.
+    pub slo: Slo,
+    /// The measured requests together.
+    pub overall: Stats,
+    /// `concurrency` or `rate` when the run has steps.
+    pub step_unit: Option<String>,
+    /// Each step (or phase), in order of load.
+    pub steps: Vec<Stats>,
+    /// GPU and server figures per step (same order; empty when none were recorded).
+    pub side: Vec<knee::StepSide>,
+    /// Window length, s.
+    pub window_s: f64,
+    /// The run over time.
+    pub windows: Vec<Window>,
+    /// The knee and its diagnosis, for ramps.
+    pub knee: Option<Knee>,
+    /// Events with their surroundings.
+    pub events: Vec<EventReport>,
+    /// The client's queue limit, ms.
+    pub queue_limit_ms: f64,
+    /// Whether the client's queue p99 exceeded its limit.
+    pub client_behind: bool,
+}
+
+fn step_unit(label: &str) -> Option<&'static str> {
+    if label.starts_with("concurrency=") {
+        Some("concurrency")
+    } else if label.starts_with("rate=") {
+        Some("rate")
+    } else {
+        None
+    }
+}
+
+/// Analyses the run at `dir`.
+pub fn analyze(dir: &Path, opts: &Options) -> Result<Report, ReportError> {
+    let run = load::open(dir)?;
+    analyze_run(&run, opts)
+}
+
+/// Analyses an opened run.
+pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
+    let measured = run.requests.clone().filter(col("phase").neq(lit("warmup")));
+    let overall = metrics::overall(measured.clone(), &opts.slo)?;
+    let warmup_excluded = run.rows.saturating_sub(overall.requests);
+    if overall.requests == 0 {
+        return Err(ReportError::Input(format!(
+            "{}: no measured requests ({} rows, all warm-up or none)",
+            run.dir.display(),
+            run.rows
+        )));
+    }
+    let phases = metrics::by_phase(measured.clone(), &opts.slo)?;
+    let unit = phases
+        .iter()
+        .find_map(|s| step_unit(&s.label))
+        .map(str::to_owned);
+    let mut steps = if phases.len() > 1 || unit.is_some() {
+        phases
+    } else {
+        Vec::new()
+    };
+    if unit.is_some() {
+        steps.sort_by(|a, b| {
+            a.step_value
+                .unwrap_or(0.0)
+                .total_cmp(&b.step_value.unwrap_or(0.0))
+        });
+    }
+    let side = side::per_step(run, &measured, &steps)?;
+    let windows = windows::windows(measured.clone(), opts.window_s, &opts.slo)?;
+    let mut rules = opts.rules;
+    rules.queue_limit_ms = run.queue_limit_ms;
+    let knee = unit
+        .as_deref()
+        .and_then(|u| knee::find(&steps, &side, &rules, u));
+    let events = event_reports(run, &measured, opts)?;
+    let info = run.info.as_ref();
+    let client_behind = overall
+        .p("queue", "p99")
+        .is_some_and(|q| q > run.queue_limit_ms);
+    Ok(Report {
+        format: "reprise.report/1".into(),
+        run_id: run.run_id.clone(),
+        dir: run.dir.display().to_string(),
+        command: info.and_then(|v| {
+            v["command"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+        }),
+        complete: info.and_then(|v| v["complete"].as_bool()),
+        targets: info
+            .and_then(|v| v["config"]["targets"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect(),
+        model: info.and_then(|v| v["config"]["model"].as_str().map(str::to_owned)),
+        rows: run.rows,
+        warmup_excluded,
+        slo: opts.slo,
+        overall,
+        step_unit: unit,
+        steps,
+        side,
+        window_s: opts.window_s,
+        windows,
+        knee,
+        events,
+        queue_limit_ms: run.queue_limit_ms,
+        client_behind,
+    })
+}
+
+fn event_reports(
+    run: &Run,
+    measured: &LazyFrame,
+    opts: &Options,
+) -> Result<Vec<EventReport>, ReportError> {
+    if run.events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let t0 = measured
+        .clone()
+        .select([col("scheduled").min().alias("t0")])
+        .collect()?;
+    let t0 = t0.column("t0")?.i64()?.get(0).unwrap_or(0);
+    let ctx = (opts.event_context_s * 1e9) as i64;
+    let between = |a: i64, b: i64| -> Result<Stats, ReportError> {
+        let mut s = metrics::overall(
+            measured
+                .clone()
+                .filter(col("sent").gt_eq(lit(a)).and(col("sent").lt(lit(b)))),
+            &opts.slo,
+        )?;
+        s.label = String::new();
+        Ok(s)
+    };
+    run.events
+        .iter()
+        .map(|e| {
+            let end = e.finished_ns.max(e.started_ns + 1_000_000_000);
+            let mut before = between(e.started_ns - ctx, e.started_ns)?;
+            before.label = "before".into();
+            let mut during = between(e.started_ns, end)?;
+            during.label = "during".into();
+            let mut after = between(end, end + ctx)?;
+            after.label = "after".into();
+            Ok(EventReport {
+                event: e.clone(),
+                offset_s: (e.started_ns - t0) as f64 / 1e9,
+                before,
+                during,
+                after,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,323 @@
+//! The metrics of `shared/spec/metrics.md`, computed exactly (linear interpolation between
+//! order statistics, as numpy's default) by one lazy polars aggregation per grouping: the
+//! whole measured run, each phase or step, each time window.
+//!
+//! Latencies count successful requests only; `queue` counts every request that was sent.
+//! Duration is last `done` − first `sent` of the rows in the group.
+
+use std::collections::BTreeMap;
+
+use polars::prelude::*;
+use serde::Serialize;
+
+use crate::ReportError;
+
+/// Service-level objectives for goodput, ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Slo {
+    /// TTFT at most this.
+    pub ttft_ms: Option<f64>,
+    /// TPOT at most this.
+    pub tpot_ms: Option<f64>,
+    /// E2E at most this.
+    pub e2e_ms: Option<f64>,
+}
+
+impl Slo {
+    /// Whether any objective is set.
+    pub fn is_set(&self) -> bool {
+        self.ttft_ms.is_some() || self.tpot_ms.is_some() || self.e2e_ms.is_some()
+    }
+}
+
+/// A distribution's summary, ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Dist {
+    /// Values.
+    pub count: u64,
+    /// Mean.
+    pub mean: f64,
+    /// Minimum.
+    pub min: f64,
+    /// Percentiles.
+    pub p50: f64,
+    /// 90th.
+    pub p90: f64,
+    /// 95th.
+    pub p95: f64,
+    /// 99th.
+    pub p99: f64,
+    /// 99.9th.
+    pub p999: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+/// The percentiles reported, with their column suffixes.
+pub const QUANTILES: [(f64, &str); 5] = [
+    (0.5, "p50"),
+    (0.9, "p90"),
+    (0.95, "p95"),
+    (0.99, "p99"),
+    (0.999, "p999"),
+];
+
+/// The latency metrics, by the name used in reports and `summary.json`.
+pub const LATENCIES: [(&str, &str); 6] = [
+    ("ttft", "ttft_us"),
+    ("ttft_sched", "ttft_sched_us"),
+    ("tpot", "tpot_us"),
+    ("e2e", "e2e_us"),
+    ("e2e_sched", "e2e_sched_us"),
+    ("queue", "queue_us"),
+];
+
+/// Everything measured over one group of requests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Stats {
+    /// `all`, a phase label (`measure`, `concurrency=100`, `rate=20`) or a window start.
+    pub label: String,
+    /// The step's concurrency or rate, when a step.
+    pub step_value: Option<f64>,
+    /// Requests.
+    pub requests: u64,
+    /// Successful requests.
+    pub ok: u64,
+    /// Failed requests by class.
+    pub errors: BTreeMap<String, u64>,
+    /// Failed / all.
+    pub error_rate: f64,
+    /// Last `done` − first `sent`, s.
+    pub duration_s: f64,
+    /// Successful requests per second.
+    pub request_throughput: f64,
+    /// Output tokens (of successful requests) per second.
+    pub output_tokens_per_s: f64,
+    /// Prompt and output tokens per second.
+    pub total_tokens_per_s: f64,
+    /// Successful requests meeting every SLO, per second (when SLOs are given).
+    pub goodput: Option<f64>,
+    /// Share of successful requests meeting every SLO.
+    pub slo_attainment: Option<f64>,
+    /// Latency distributions (ms) by metric name (see [`LATENCIES`]), plus `itl`.
+    pub latency: BTreeMap<String, Dist>,
+}
+
+impl Stats {
+    /// A latency distribution, if measured.
+    pub fn dist(&self, name: &str) -> Option<&Dist> {
+        self.latency.get(name).filter(|d| d.count > 0)
+    }
+
+    /// A percentile of a metric, ms.
+    pub fn p(&self, name: &str, which: &str) -> Option<f64> {
+        let d = self.dist(name)?;
+        Some(match which {
+            "p50" => d.p50,
+            "p90" => d.p90,
+            "p95" => d.p95,
+            "p99" => d.p99,
+            "p999" => d.p999,
+            "mean" => d.mean,
+            "max" => d.max,
+            "min" => d.min,
+            _ => return None,
+        })
+    }
+}
+
+fn dist_exprs(name: &str, values: Expr) -> Vec<Expr> {
+    let mut v = vec![
+        values.clone().count().alias(format!("{name}__count")),
+        values.clone().mean().alias(format!("{name}__mean")),
+        values.clone().min().alias(format!("{name}__min")),
+        values.clone().max().alias(format!("{name}__max")),
+    ];
+    for (q, suffix) in QUANTILES {
+        v.push(
+            values
+                .clone()
+                .quantile(lit(q), QuantileMethod::Linear)
+                .alias(format!("{name}__{suffix}")),
+        );
+    }
+    v
+}
+
+/// The aggregation expressions of [`Stats`] (error counts are computed apart).
+pub fn agg_exprs(slo: &Slo) -> Vec<Expr> {
+    let ok = col("ok");
+    let mut v = vec![
+        len().alias("requests"),
+        ok.clone().cast(DataType::UInt64).sum().alias("ok_n"),
+        (col("done").max() - col("sent").min()).alias("span_ns"),
+        col("n_out").filter(ok.clone()).sum().alias("out_tokens"),
+        (col("n_out").fill_null(lit(0.0)) + col("n_in").fill_null(lit(0.0)))
+            .filter(ok.clone())
+            .sum()
+            .alias("all_tokens"),
+    ];
+    for (name, column) in LATENCIES {
+        let values = if name == "queue" {
+            col(column)
+        } else {
+            col(column).filter(ok.clone())
+        };
+        v.extend(dist_exprs(name, values / lit(1000.0)));
+    }
+    let itl = col("itl_us")
+        .filter(ok.clone())
+        .explode(ExplodeOptions {
+            empty_as_null: false,
+            keep_nulls: false,
+        })
+        .cast(DataType::Float64)
+        / lit(1000.0);
+    v.extend(dist_exprs("itl", itl));
+    if slo.is_set() {
+        let mut good = ok.clone();
+        for (limit, column) in [
+            (slo.ttft_ms, "ttft_us"),
+            (slo.tpot_ms, "tpot_us"),
+            (slo.e2e_ms, "e2e_us"),
+        ] {
+            if let Some(ms) = limit {
+                // A request without the value (e.g. TPOT of one token) does not fail it.
+                good = good.and(col(column).lt_eq(lit(ms * 1000.0)).fill_null(lit(true)));
+            }
+        }
+        v.push(good.cast(DataType::UInt64).sum().alias("good_n"));
+    }
+    v
+}
+
+fn get_f64(df: &DataFrame, name: &str, row: usize) -> Option<f64> {
+    let c = df.column(name).ok()?;
+    let c = c.cast(&DataType::Float64).ok()?;
+    c.f64().ok()?.get(row)
+}
+
+/// Reads row `row` of an aggregation made with [`agg_exprs`].
+pub fn stats_from_row(df: &DataFrame, row: usize, slo: &Slo) -> Stats {
+    let g = |name: &str| get_f64(df, name, row);
+    let requests = g("requests").unwrap_or(0.0) as u64;
+    let ok = g("ok_n").unwrap_or(0.0) as u64;
+    let duration_s = g("span_ns").map_or(0.0, |ns| (ns / 1e9).max(0.0));
+    let per_s = |x: f64| {
+        if duration_s > 0.0 {
+            x / duration_s
+        } else {
+            0.0
+        }
+    };
+    let mut latency = BTreeMap::new();
+    for name in LATENCIES.iter().map(|(n, _)| *n).chain(["itl"]) {
+        let count = g(&format!("{name}__count")).unwrap_or(0.0) as u64;
+        let q = |s: &str| g(&format!("{name}__{s}")).unwrap_or(f64::NAN);
+        latency.insert(
+            name.to_owned(),
+            Dist {
+                count,
+                mean: q("mean"),
+                min: q("min"),
+                p50: q("p50"),
+                p90: q("p90"),
+                p95: q("p95"),
+                p99: q("p99"),
+                p999: q("p999"),
+                max: q("max"),
+            },
+        );
+    }
+    let good = slo.is_set().then(|| g("good_n").unwrap_or(0.0));
+    Stats {
+        label: String::new(),
+        step_value: None,
+        requests,
+        ok,
+        errors: BTreeMap::new(),
+        error_rate: if requests > 0 {
+            (requests - ok) as f64 / requests as f64
+        } else {
+            0.0
+        },
+        duration_s,
+        request_throughput: per_s(ok as f64),
+        output_tokens_per_s: per_s(g("out_tokens").unwrap_or(0.0)),
+        total_tokens_per_s: per_s(g("all_tokens").unwrap_or(0.0)),
+        goodput: good.map(per_s),
+        slo_attainment: good.map(|n| if ok > 0 { n / ok as f64 } else { 0.0 }),
+        latency,
+    }
+}
+
+/// Error counts by class of `lf`'s failed requests, per value of `key` (or overall).
+fn errors_by(lf: LazyFrame, key: Option<&str>) -> Result<Vec<(String, String, u64)>, ReportError> {
+    let mut keys = vec![col("error_kind").fill_null(lit("unknown"))];
+    if let Some(k) = key {
+        keys.push(col(k).cast(DataType::String));
+    }
+    let df = lf
+        .filter(col("ok").not())
+        .group_by(keys)
+        .agg([len().alias("n")])
+        .collect()?;
+    let kinds = df.column("error_kind")?.str()?.clone();
+    let n = df.column("n")?.cast(&DataType::UInt64)?;
+    let n = n.u64()?;
+    let group = match key {
+        Some(k) => Some(df.column(k)?.str()?.clone()),
+        None => None,
+    };
+    Ok((0..df.height())
+        .map(|i| {
+            (
+                group
+                    .as_ref()
+                    .and_then(|g| g.get(i))
+                    .unwrap_or_default()
+                    .to_owned(),
+                kinds.get(i).unwrap_or("unknown").to_owned(),
+                n.get(i).unwrap_or(0),
+            )
+        })
+        .collect())
+}
+
+/// The stats of all of `lf`.
+pub fn overall(lf: LazyFrame, slo: &Slo) -> Result<Stats, ReportError> {
+    let df = lf.clone().select(agg_exprs(slo)).collect()?;
+    let mut s = stats_from_row(&df, 0, slo);
+    s.label = "all".into();
+    for (_, kind, n) in errors_by(lf, None)? {
+        s.errors.insert(kind, n);
+    }
+    Ok(s)
+}
+
+/// The stats of each phase of `lf`, in the order the phases first appear (by `sent`).
+pub fn by_phase(lf: LazyFrame, slo: &Slo) -> Result<Vec<Stats>, ReportError> {
+    let mut exprs = agg_exprs(slo);
+    exprs.push(col("step_value").first().alias("step_value"));
+    exprs.push(col("scheduled").min().alias("first_scheduled"));
+    let df = lf
+        .clone()
+        .group_by([col("phase")])
+        .agg(exprs)
+        .sort(["first_scheduled"], SortMultipleOptions::default())
+        .collect()?;
+    let phases = df.column("phase")?.str()?.clone();
+    let mut out = Vec::with_capacity(df.height());
+    for i in 0..df.height() {
+        let mut s = stats_from_row(&df, i, slo);
+        s.label = phases.get(i).unwrap_or_default().to_owned();
+        s.step_value = get_f64(&df, "step_value", i);
+        out.push(s);
+    }
+    for (phase, kind, n) in errors_by(lf, Some("phase"))? {
+        if let Some(s) = out.iter_mut().find(|s| s.label == phase) {
+            s.errors.insert(kind, n);
+        }
+    }
+    Ok(out)
+}

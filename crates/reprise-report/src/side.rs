@@ -1,0 +1,99 @@
+//! GPU (`gpu/1`) and server (`server/1`) measurements averaged over each step's time span
+//! (first `sent` to last `done` of its requests), for the step table and the diagnosis.
+
+use polars::prelude::*;
+
+use crate::knee::StepSide;
+use crate::metrics::Stats;
+use crate::{ReportError, Run};
+
+/// Gauges of requests waiting in the server's queue, by server.
+pub const WAITING: [&str; 4] = [
+    "vllm:num_requests_waiting",
+    "sglang:num_queue_reqs",
+    "tgi_queue_size",
+    "llamacpp:requests_deferred",
+];
+
+/// Gauges of KV-cache use (fractions 0-1), by server.
+pub const KV_CACHE: [&str; 3] = [
+    "vllm:gpu_cache_usage_perc",
+    "vllm:kv_cache_usage_perc",
+    "sglang:token_usage",
+];
+
+fn mean_in(
+    lf: &LazyFrame,
+    value: Expr,
+    filter: Option<Expr>,
+    from: i64,
+    to: i64,
+) -> Result<Option<f64>, ReportError> {
+    let t = col("time").cast(DataType::Int64);
+    let mut pred = t.clone().gt_eq(lit(from)).and(t.lt_eq(lit(to)));
+    if let Some(f) = filter {
+        pred = pred.and(f);
+    }
+    let df = lf
+        .clone()
+        .filter(pred)
+        .select([value.cast(DataType::Float64).mean().alias("m")])
+        .collect()?;
+    Ok(df.column("m")?.f64()?.get(0))
+}
+
+/// The side figures of each step (empty when neither GPU nor server data exist).
+pub fn per_step(
+    run: &Run,
+    measured: &LazyFrame,
+    steps: &[Stats],
+) -> Result<Vec<StepSide>, ReportError> {
+    if steps.is_empty() || (run.gpu.is_none() && run.server.is_none()) {
+        return Ok(Vec::new());
+    }
+    let spans = measured
+        .clone()
+        .group_by([col("phase")])
+        .agg([
+            col("sent").min().alias("from"),
+            col("done").max().alias("to"),
+        ])
+        .collect()?;
+    let phases = spans.column("phase")?.str()?.clone();
+    let from = spans.column("from")?.i64()?.clone();
+    let to = spans.column("to")?.i64()?.clone();
+    let span = |label: &str| {
+        (0..spans.height())
+            .find(|&i| phases.get(i) == Some(label))
+            .and_then(|i| Some((from.get(i)?, to.get(i)?)))
+    };
+    let names = |list: &[&str]| {
+        list.iter()
+            .fold(lit(false), |acc, n| acc.or(col("metric").eq(lit(*n))))
+    };
+    let mut out = Vec::with_capacity(steps.len());
+    for s in steps {
+        let mut side = StepSide::default();
+        if let Some((a, b)) = span(&s.label) {
+            if let Some(gpu) = &run.gpu {
+                side.gpu_util_pct = mean_in(gpu, col("util_pct"), None, a, b)?;
+                side.gpu_mem_pct = mean_in(
+                    gpu,
+                    col("mem_used_bytes").cast(DataType::Float64)
+                        / col("mem_total_bytes").cast(DataType::Float64)
+                        * lit(100.0),
+                    None,
+                    a,
+                    b,
+                )?;
+            }
+            if let Some(server) = &run.server {
+                side.server_waiting = mean_in(server, col("value"), Some(names(&WAITING)), a, b)?;
+                side.kv_cache_pct =
+                    mean_in(server, col("value"), Some(names(&KV_CACHE)), a, b)?.map(|f| f * 100.0);
+            }
+        }
+        out.push(side);
+    }
+    Ok(out)
+}

@@ -1,0 +1,243 @@
+//! Metrics on hand-built result sets whose answers are known: percentiles (numpy's linear
+//! interpolation), TPOT with one output token, goodput, the scheduled (queue-corrected)
+//! view, warm-up exclusion, steps, windows, empty, all-failed and malformed inputs.
+
+use std::path::Path;
+
+use reprise_report::{Options, Slo, analyze};
+use reprise_trace::{DatasetWriter, Output, ResultRecord, Timestamp, TraceRecord, WriterOptions};
+
+const S: i64 = 1_000_000_000;
+const T0: i64 = 1_800_000_000 * S;
+
+/// A successful request sent at `sent_s` with TTFT `ttft_ms` and `n_out` tokens 10 ms apart.
+fn ok(i: usize, phase: &str, sent_s: f64, ttft_ms: u64, n_out: u32) -> ResultRecord {
+    let sent = T0 + (sent_s * 1e9) as i64;
+    let gaps: Vec<u32> = vec![10_000; n_out.saturating_sub(1) as usize];
+    let e2e_us = ttft_ms * 1000 + gaps.iter().map(|&g| g as u64).sum::<u64>();
+    let mut request = TraceRecord::new(format!("r{i}"), Timestamp(0));
+    request.input_tokens = Some(100);
+    request.output_tokens = Some(n_out);
+    ResultRecord {
+        request,
+        run_id: "t".into(),
+        target: "http://x".into(),
+        phase: phase.into(),
+        step_value: phase.split_once('=').and_then(|(_, v)| v.parse().ok()),
+        shard: 0,
+        scheduled: Timestamp(sent - 2_000_000),
+        sent: Some(Timestamp(sent)),
+        first_chunk: Some(Timestamp(sent + ttft_ms as i64 * 1_000_000)),
+        first_token: Some(Timestamp(sent + ttft_ms as i64 * 1_000_000)),
+        done: Some(Timestamp(sent + e2e_us as i64 * 1000)),
+        queue_us: Some(2000),
+        ttft_us: Some(ttft_ms * 1000),
+        e2e_us: Some(e2e_us),
+        ttft_sched_us: Some(ttft_ms * 1000 + 2000),
+        e2e_sched_us: Some(e2e_us + 2000),
+        tpot_us: (n_out > 1).then(|| (e2e_us - ttft_ms * 1000) / (n_out as u64 - 1)),
+        itl_us: Some(gaps),
+        n_in_usage: Some(100),
+        n_out_usage: Some(n_out),
+        n_out_counted: Some(n_out),
+        status: Some(200),
+        error_kind: None,
+        error: None,
+    }
+}
+
+fn failed(i: usize, phase: &str, sent_s: f64, kind: &str) -> ResultRecord {
+    let mut r = ok(i, phase, sent_s, 0, 1);
+    r.status = Some(if kind == "http_5xx" { 503 } else { 0 });
+    r.error_kind = Some(kind.into());
+    r.error = Some("boom".into());
+    r.first_chunk = None;
+    r.first_token = None;
+    r.ttft_us = None;
+    r.ttft_sched_us = None;
+    r.tpot_us = None;
+    r.itl_us = None;
+    r.n_out_usage = None;
+    r.n_out_counted = Some(0);
+    r
+}
+
+fn write(dir: &Path, rows: &[ResultRecord]) {
+    let mut w = DatasetWriter::<ResultRecord>::create(
+        Output::File(dir.join("requests.parquet")),
+        WriterOptions::default(),
+    )
+    .unwrap();
+    for r in rows {
+        w.write(r).unwrap();
+    }
+    w.close().unwrap();
+}
+
+/// numpy.percentile(values, q) with the default (linear) method.
+fn np_percentile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let pos = q * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+#[test]
+fn percentiles_throughput_and_goodput_have_known_values() {
+    let dir = tempfile::tempdir().unwrap();
+    // TTFTs 1..=100 ms, sent 0.1 s apart; 5 tokens each (4 gaps of 10 ms).
+    let mut rows: Vec<ResultRecord> = (0..100)
+        .map(|i| ok(i, "measure", i as f64 * 0.1, i as u64 + 1, 5))
+        .collect();
+    // One request of a single token: no TPOT, no gap.
+    rows.push(ok(100, "measure", 10.0, 50, 1));
+    // Two warm-up requests with huge TTFTs, which must not count.
+    rows.push(ok(101, "warmup", 0.0, 100_000, 5));
+    rows.push(ok(102, "warmup", 0.0, 100_000, 5));
+    write(dir.path(), &rows);
+    let opts = Options {
+        slo: Slo {
+            ttft_ms: Some(50.0),
+            tpot_ms: None,
+            e2e_ms: None,
+        },
+        ..Options::default()
+    };
+    let r = analyze(dir.path(), &opts).unwrap();
+    let o = &r.overall;
+    assert_eq!((o.requests, o.ok, r.warmup_excluded), (101, 101, 2));
+    let mut ttfts: Vec<f64> = (1..=100).map(|x| x as f64).collect();
+    ttfts.push(50.0);
+    let d = o.dist("ttft").unwrap();
+    assert_eq!(d.count, 101);
+    for (q, got) in [(0.5, d.p50), (0.9, d.p90), (0.99, d.p99), (0.999, d.p999)] {
+        assert!((got - np_percentile(&ttfts, q)).abs() < 1e-9, "q{q}: {got}");
+    }
+    assert_eq!((d.min, d.max), (1.0, 100.0));
+    // TPOT: 10 ms for every request of more than one token, none for the other.
+    let tpot = o.dist("tpot").unwrap();
+    assert_eq!((tpot.count, tpot.p50, tpot.max), (100, 10.0, 10.0));
+    // ITL: 400 gaps of 10 ms.
+    let itl = o.dist("itl").unwrap();
+    assert_eq!((itl.count, itl.p99), (400, 10.0));
+    // Scheduled view adds the 2 ms queue.
+    assert!((o.p("ttft_sched", "p50").unwrap() - o.p("ttft", "p50").unwrap() - 2.0).abs() < 1e-9);
+    assert_eq!(o.p("queue", "p99"), Some(2.0));
+    assert!(r.client_behind, "queue p99 2 ms > the 1 ms default limit");
+    // Duration: first sent (0 s) to last done (request 100 at 10 s + 50 ms).
+    assert!((o.duration_s - 10.05).abs() < 1e-9, "{}", o.duration_s);
+    assert!((o.request_throughput - 101.0 / 10.05).abs() < 1e-9);
+    assert!((o.output_tokens_per_s - 501.0 / 10.05).abs() < 1e-9);
+    assert!((o.total_tokens_per_s - (501.0 + 101.0 * 100.0) / 10.05).abs() < 1e-9);
+    // Goodput: TTFT ≤ 50 ms: 1..=50 and the single-token request.
+    assert!((o.goodput.unwrap() - 51.0 / 10.05).abs() < 1e-9);
+    assert!((o.slo_attainment.unwrap() - 51.0 / 101.0).abs() < 1e-9);
+    // Windows of 10 s: requests 0..=99 in the first, the last one in the second.
+    assert_eq!(r.windows.len(), 2);
+    assert_eq!(r.windows[0].stats.requests, 100);
+    assert!((r.windows[0].sent_rate - 10.0).abs() < 1e-9);
+    assert!(r.steps.is_empty() && r.knee.is_none());
+    // Outputs are written and name the figures.
+    reprise_report::render::write(&r, dir.path()).unwrap();
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("## Load test report") && md.contains("### Conclusion"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["format"], "reprise.report/1");
+    assert_eq!(json["overall"]["latency"]["ttft"]["count"], 101);
+}
+
+#[test]
+fn failures_count_by_class_and_an_all_failed_run_still_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows: Vec<ResultRecord> = (0..8).map(|i| ok(i, "measure", i as f64, 10, 3)).collect();
+    rows.push(failed(8, "measure", 8.0, "timeout"));
+    rows.push(failed(9, "measure", 9.0, "http_5xx"));
+    write(dir.path(), &rows);
+    let r = analyze(dir.path(), &Options::default()).unwrap();
+    assert_eq!(r.overall.ok, 8);
+    assert!((r.overall.error_rate - 0.2).abs() < 1e-12);
+    assert_eq!(r.overall.errors.get("timeout"), Some(&1));
+    assert_eq!(r.overall.errors.get("http_5xx"), Some(&1));
+    // Latencies of successful requests only.
+    assert_eq!(r.overall.dist("ttft").unwrap().count, 8);
+
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<ResultRecord> = (0..4)
+        .map(|i| failed(i, "measure", i as f64, "connect"))
+        .collect();
+    write(dir.path(), &rows);
+    let r = analyze(dir.path(), &Options::default()).unwrap();
+    assert_eq!((r.overall.ok, r.overall.error_rate), (0, 1.0));
+    assert_eq!(r.overall.errors.get("connect"), Some(&4));
+    assert!(r.overall.dist("ttft").is_none());
+    assert!(reprise_report::render::markdown(&r).contains("connect 4"));
+}
+
+#[test]
+fn steps_are_tabled_in_load_order_with_the_knee() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = Vec::new();
+    let mut i = 0;
+    // concurrency 1, 4, 16, 64: throughput 10, 40, 80, 82 req/s over 10 s; TTFT p99 rises
+    // sharply at 64.
+    for (k, (c, n, ttft)) in [(1, 100, 20), (4, 400, 25), (16, 800, 40), (64, 820, 400)]
+        .into_iter()
+        .enumerate()
+    {
+        let start = k as f64 * 10.0;
+        for j in 0..n {
+            rows.push(ok(
+                i,
+                &format!("concurrency={c}"),
+                start + j as f64 * 10.0 / n as f64,
+                ttft,
+                2,
+            ));
+            i += 1;
+        }
+    }
+    // Written out of order: the table follows the load.
+    rows.reverse();
+    write(dir.path(), &rows);
+    let r = analyze(dir.path(), &Options::default()).unwrap();
+    assert_eq!(r.step_unit.as_deref(), Some("concurrency"));
+    let values: Vec<f64> = r.steps.iter().map(|s| s.step_value.unwrap()).collect();
+    assert_eq!(values, [1.0, 4.0, 16.0, 64.0]);
+    let k = r.knee.as_ref().expect("a knee");
+    assert_eq!((k.knee_value, k.saturated_value), (16.0, 64.0));
+    let md = reprise_report::render::markdown(&r);
+    assert!(md.contains("| concurrency | QPS |"), "{md}");
+    assert!(md.contains("Knee at concurrency 16"), "{md}");
+}
+
+#[test]
+fn bad_inputs_are_one_line_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = analyze(dir.path(), &Options::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no requests.parquet"), "{e}");
+
+    std::fs::write(dir.path().join("requests.parquet"), b"PAR1 not really").unwrap();
+    let e = analyze(dir.path(), &Options::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("requests.parquet") && !e.contains('\n'), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &[]);
+    let e = analyze(dir.path(), &Options::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no measured requests"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &[ok(0, "warmup", 0.0, 1, 2)]);
+    let e = analyze(dir.path(), &Options::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no measured requests"), "{e}");
+}
