@@ -3,16 +3,23 @@
 //!
 //! Tokio's timer is millisecond-grained, so a wait on it alone is up to a millisecond late.
 //! On Linux the pacer sleeps on a `timerfd` (nanosecond resolution, registered with the
-//! runtime's reactor like a socket) until [`FINE`] before the deadline, then yields to the
-//! runtime until the instant: the thread sleeps through the gaps between requests instead
-//! of spinning, and wakes on time. Elsewhere (or if no timerfd can be made) it sleeps on
-//! the runtime's timer until [`COARSE`] before the deadline and yields from there.
+//! runtime's reactor like a socket) until a margin before the deadline, then yields to the
+//! runtime until the instant. The margin is learnt: it follows how late the timer's
+//! wake-ups have been (at once when one is later than the margin, slowly back down),
+//! between [`FINE_MIN`] and [`COARSE`]. A busy machine wakes a thread within tens of
+//! microseconds, so at high rates the pacer sleeps through most of each gap instead of
+//! spinning and leaves the CPU to the requests; an idle virtual machine can take a
+//! millisecond to wake a sleeping thread, so at low rates the margin grows and the pacer
+//! waits the last stretch awake, on time. Elsewhere (or if no timerfd can be made) it
+//! sleeps on the runtime's timer until [`COARSE`] before the deadline and yields from
+//! there.
 
 use std::time::{Duration, Instant};
 
-/// How long before a deadline the timerfd wakes the pacer: the wake-up's own latency on a
-/// busy machine, measured in the pacing benchmark.
-pub const FINE: Duration = Duration::from_micros(60);
+/// The least margin before a deadline at which the timerfd wakes the pacer.
+pub const FINE_MIN: Duration = Duration::from_micros(30);
+/// Added to the wake-up lateness seen to make the margin.
+const FINE_EXTRA: Duration = Duration::from_micros(20);
 /// How long before a deadline a wait on the runtime's millisecond timer ends.
 pub const COARSE: Duration = Duration::from_micros(1500);
 
@@ -22,6 +29,8 @@ pub const COARSE: Duration = Duration::from_micros(1500);
 pub struct Pacer {
     #[cfg(target_os = "linux")]
     timer: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+    /// The current margin (see the module's documentation).
+    margin: Duration,
 }
 
 impl Pacer {
@@ -30,7 +39,13 @@ impl Pacer {
         Pacer {
             #[cfg(target_os = "linux")]
             timer: linux::timer(),
+            margin: FINE_MIN,
         }
+    }
+
+    /// The margin before a deadline at which the timer now wakes the pacer.
+    pub fn margin(&self) -> Duration {
+        self.margin
     }
 
     /// Whether waits use a fine-grained timer (a timerfd).
@@ -51,9 +66,14 @@ impl Pacer {
         #[cfg(target_os = "linux")]
         if let Some(timer) = &self.timer {
             let now = Instant::now();
-            if deadline > now + FINE && linux::sleep(timer, deadline - FINE - now).await.is_err() {
-                // A timer that fails once is not trusted again.
-                self.timer = None;
+            if deadline > now + self.margin {
+                let wake = deadline - self.margin;
+                if linux::sleep(timer, wake - now).await.is_err() {
+                    // A timer that fails once is not trusted again.
+                    self.timer = None;
+                } else {
+                    self.learn(Instant::now().saturating_duration_since(wake));
+                }
             }
         }
         if !self.is_fine() {
@@ -64,6 +84,18 @@ impl Pacer {
         }
         while Instant::now() < deadline {
             tokio::task::yield_now().await;
+        }
+    }
+}
+
+impl Pacer {
+    /// Follows the wake-ups' lateness: up at once, down by 1/64 of the excess a wait.
+    fn learn(&mut self, late: Duration) {
+        let want = (late + FINE_EXTRA).clamp(FINE_MIN, COARSE);
+        if want > self.margin {
+            self.margin = want;
+        } else {
+            self.margin -= (self.margin - want) / 64;
         }
     }
 }
@@ -143,6 +175,26 @@ mod tests {
         let before = Instant::now();
         pacer.until(start).await;
         assert!(before.elapsed() < Duration::from_millis(50));
+    }
+
+    #[test]
+    fn the_margin_follows_late_wake_ups_up_fast_and_down_slowly() {
+        let mut p = Pacer {
+            #[cfg(target_os = "linux")]
+            timer: None,
+            margin: FINE_MIN,
+        };
+        p.learn(Duration::from_micros(900));
+        assert_eq!(p.margin(), Duration::from_micros(920));
+        p.learn(Duration::from_micros(5));
+        assert!(p.margin() > Duration::from_micros(900));
+        for _ in 0..1000 {
+            p.learn(Duration::from_micros(5));
+        }
+        assert!(p.margin() < Duration::from_micros(40), "{:?}", p.margin());
+        assert!(p.margin() >= FINE_MIN);
+        p.learn(Duration::from_secs(1));
+        assert_eq!(p.margin(), COARSE);
     }
 
     #[tokio::test(flavor = "current_thread")]
