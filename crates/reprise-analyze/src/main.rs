@@ -27,6 +27,34 @@ enum Command {
     /// status 1 on a regression beyond a --fail-on threshold; with more than two runs,
     /// also a scaling table (throughput against replicas).
     Compare(CompareArgs),
+    /// Export a run as tidy Parquet tables for notebooks: requests, gaps (one row per
+    /// gap between content events), windows, steps.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+struct ExportArgs {
+    /// The run directory.
+    run: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    to: PathBuf,
+    /// Window length of windows.parquet, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    window: f64,
+}
+
+fn export(a: ExportArgs) -> Result<ExitCode> {
+    let run = reprise_report::open(&a.run)?;
+    let opts = Options {
+        window_s: a.window,
+        ..Options::default()
+    };
+    let report = reprise_report::analyze_run(&run, &opts)?;
+    for f in reprise_report::export::export(&run, &report, &a.to)? {
+        println!("{f}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +222,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Analyze(a) => analyze(a),
         Command::Compare(a) => compare(a),
+        Command::Export(a) => export(a),
     };
     match result {
         Ok(code) => code,

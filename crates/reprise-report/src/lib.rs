@@ -10,12 +10,14 @@
 //! - [`side`] averages GPU and server metrics over each step;
 //! - [`compare`] sets two runs side by side (bootstrap intervals, regression gates) and
 //!   N runs into a scaling table;
+//! - [`export`] writes tidy Parquet tables for notebooks;
 //! - [`render`] writes `report.md` (the seed's template), `summary.json` and the terminal
 //!   summary.
 //!
 //! [`analyze`] runs them all on one run.
 
 pub mod compare;
+pub mod export;
 pub mod knee;
 pub mod load;
 pub mod metrics;

@@ -147,6 +147,35 @@ fn percentiles_throughput_and_goodput_have_known_values() {
             .unwrap();
     assert_eq!(json["format"], "reprise.report/1");
     assert_eq!(json["overall"]["latency"]["ttft"]["count"], 101);
+
+    // Tidy tables for notebooks.
+    let out = dir.path().join("tables");
+    let run = reprise_report::open(dir.path()).unwrap();
+    let files = reprise_report::export::export(&run, &r, &out).unwrap();
+    assert_eq!(files.len(), 4);
+    let read = |name: &str| {
+        polars::prelude::ParquetReader::new(std::fs::File::open(out.join(name)).unwrap())
+            .finish()
+            .unwrap()
+    };
+    use polars::prelude::SerReader;
+    let requests = read("requests.parquet");
+    assert_eq!(requests.height(), 101);
+    let gaps = read("gaps.parquet");
+    assert_eq!(gaps.height(), 400);
+    let g = gaps.column("gap").unwrap().u32().unwrap();
+    assert_eq!((g.get(0), g.get(3), g.get(4)), (Some(0), Some(3), Some(0)));
+    assert_eq!(read("windows.parquet").height(), 2);
+    let steps = read("steps.parquet");
+    assert_eq!(steps.height(), 1);
+    let p99 = steps
+        .column("ttft_p99_ms")
+        .unwrap()
+        .f64()
+        .unwrap()
+        .get(0)
+        .unwrap();
+    assert!((p99 - np_percentile(&ttfts, 0.99)).abs() < 1e-9);
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //!
 //! The analyzer links polars, whose release build takes ~40 minutes on a 2-core machine
 //! against ~9 for `reprise`; keeping it a separate binary keeps `reprise` quick to build.
-//! Like cargo and git subcommands, it is found beside this binary or on PATH.
+//! Like cargo and git subcommands, it is found beside this binary or on PATH
+//! (`REPRISE_ANALYZE` names it explicitly).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -24,8 +25,16 @@ pub const ANALYZER: &str = "reprise-analyze";
 /// The command that builds and installs the analyzer from a checkout.
 pub const BUILD_HINT: &str = "cargo install --locked --path crates/reprise-analyze";
 
-/// Finds the analyzer beside the running binary, then on PATH.
+/// Environment variable naming the analyzer binary to use.
+pub const ANALYZER_ENV: &str = "REPRISE_ANALYZE";
+
+/// Finds the analyzer: `$REPRISE_ANALYZE` when set, else beside the running binary, else
+/// on PATH.
 pub fn find_analyzer() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(ANALYZER_ENV).filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(p);
+        return is_executable(&p).then_some(p);
+    }
     let exe_name = format!("{ANALYZER}{}", std::env::consts::EXE_SUFFIX);
     let beside = std::env::current_exe()
         .ok()
@@ -57,7 +66,7 @@ pub fn run(sub: &str, args: Passthrough) -> Result<ExitCode> {
     let Some(analyzer) = find_analyzer() else {
         bail!(
             "`reprise {sub}` needs {ANALYZER} (the polars analyzer, a separate binary), which was \
-             not found beside this binary or on PATH; build it with: {BUILD_HINT}"
+             not found ({ANALYZER_ENV}, beside this binary, PATH); build it with: {BUILD_HINT}"
         );
     };
     let status = Command::new(&analyzer)
