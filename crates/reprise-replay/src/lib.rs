@@ -443,12 +443,6 @@ async fn send_job(mut job: Job, ctx: Arc<SendCtx>) {
     let _ = ctx.done_tx.send(Done { job, measured });
 }
 
-/// Waits until `deadline` on the current runtime (see [`pace::Pacer`]; one made per call:
-/// a loop should keep one).
-pub async fn pace_until(deadline: Instant) {
-    pace::Pacer::new().until(deadline).await;
-}
-
 /// The open loop, on the pacer's own runtime: each request spawned at its deadline, then
 /// the requests in flight awaited (bounded by the drain time after a stop). `false` when
 /// stopped early or not drained.
@@ -691,7 +685,7 @@ pub async fn run(
                 .planned
                 .store(plan.expected_len(), Ordering::Relaxed);
             // Sender threads pace and send: each has a runtime of its own that waits for its
-            // requests' deadlines while polling its connections (`pace_until`) and spawns
+            // requests' deadlines while polling its connections (`pace::Pacer`) and spawns
             // each request's task on itself at the deadline, so no wake-up of another thread
             // stands between a deadline and its send, and responses are read as they arrive.
             // Requests are dealt out in turn (the i-th to sender i mod n).

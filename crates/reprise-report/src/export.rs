@@ -17,18 +17,9 @@ use std::path::Path;
 
 use polars::prelude::*;
 
-use crate::metrics::Stats;
+use crate::metrics::{REPORTED, Stats};
 use crate::{Report, ReportError, Run};
 
-const METRICS: [&str; 7] = [
-    "ttft",
-    "ttft_sched",
-    "tpot",
-    "itl",
-    "e2e",
-    "e2e_sched",
-    "queue",
-];
 const STATS: [&str; 7] = ["mean", "p50", "p90", "p95", "p99", "p999", "max"];
 
 fn write(df: &mut DataFrame, path: &Path) -> Result<(), ReportError> {
@@ -62,7 +53,7 @@ fn stats_columns(rows: &[&Stats]) -> Vec<Column> {
         f("total_tokens_per_s", &|s| Some(s.total_tokens_per_s)),
         f("goodput", &|s| s.goodput),
     ];
-    for m in METRICS {
+    for m in REPORTED {
         for st in STATS {
             cols.push(f(&format!("{m}_{st}_ms"), &|s| s.p(m, st)));
         }

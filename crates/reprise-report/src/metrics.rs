@@ -72,6 +72,17 @@ pub const LATENCIES: [(&str, &str); 6] = [
     ("queue", "queue_us"),
 ];
 
+/// Every latency distribution reported, in report order.
+pub const REPORTED: [&str; 7] = [
+    "ttft",
+    "ttft_sched",
+    "tpot",
+    "itl",
+    "e2e",
+    "e2e_sched",
+    "queue",
+];
+
 /// Everything measured over one group of requests.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Stats {

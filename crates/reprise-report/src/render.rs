@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::metrics::{Dist, Stats};
+use crate::metrics::{Dist, REPORTED, Stats};
 use crate::{Report, ReportError};
 
 fn ms(x: Option<f64>) -> String {
@@ -206,15 +206,7 @@ pub fn markdown(r: &Report) -> String {
         "| metric | n | mean | min | P50 | P90 | P95 | P99 | P99.9 | max |"
     );
     let _ = writeln!(m, "|---|---|---|---|---|---|---|---|---|---|");
-    for name in [
-        "ttft",
-        "ttft_sched",
-        "tpot",
-        "itl",
-        "e2e",
-        "e2e_sched",
-        "queue",
-    ] {
+    for name in REPORTED {
         if let Some(d) = o.dist(name) {
             let _ = writeln!(m, "{}", dist_row(name, d));
         }
