@@ -20,7 +20,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Analyse one or more run directories: writes report.md and summary.json into each
+    /// Analyse one or more run directories: writes report.md, report.html and summary.json into each
     /// (or into --out) and prints a summary.
     Analyze(AnalyzeArgs),
     /// Compare runs: BASE against NEW metric by metric (bootstrap 95% intervals), exit
@@ -208,8 +208,9 @@ fn analyze(a: AnalyzeArgs) -> Result<ExitCode> {
         } else {
             print!("{}", reprise_report::render::terminal(&report, color));
             eprintln!(
-                "wrote {} and {}",
+                "wrote {}, {} and {}",
                 out.join("report.md").display(),
+                out.join("report.html").display(),
                 out.join("summary.json").display()
             );
         }

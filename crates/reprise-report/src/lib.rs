@@ -11,6 +11,7 @@
 //! - [`compare`] sets two runs side by side (bootstrap intervals, regression gates) and
 //!   N runs into a scaling table;
 //! - [`export`] writes tidy Parquet tables for notebooks;
+//! - [`html`] draws the self-contained `report.html` (inline SVG charts);
 //! - [`render`] writes `report.md` (the seed's template), `summary.json` and the terminal
 //!   summary.
 //!
@@ -18,6 +19,7 @@
 
 pub mod compare;
 pub mod export;
+pub mod html;
 pub mod knee;
 pub mod load;
 pub mod metrics;

@@ -1,4 +1,4 @@
-//! Writing a [`Report`]: `report.md` in the shape of the seed's template (target, parameters,
+//! Writing a [`Report`]: `report.html` (see [`crate::html`]), `report.md` in the shape of the seed's template (target, parameters,
 //! key metrics per step, conclusion), `summary.json` (the report itself, stable keys) and
 //! a terminal summary.
 
@@ -330,13 +330,19 @@ pub fn json(r: &Report) -> String {
     serde_json::to_string_pretty(r).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
-/// Writes `report.md` and `summary.json` into `dir`.
+/// Writes `report.md`, `report.html` and `summary.json` into `dir`.
 pub fn write(r: &Report, dir: &Path) -> Result<(), ReportError> {
     std::fs::create_dir_all(dir).map_err(|e| ReportError::Io {
         path: dir.to_owned(),
         source: e,
     })?;
-    for (name, text) in [("report.md", markdown(r)), ("summary.json", json(r))] {
+    let md = markdown(r);
+    let html = crate::html::page(r, &md);
+    for (name, text) in [
+        ("report.md", md),
+        ("report.html", html),
+        ("summary.json", json(r)),
+    ] {
         let path = dir.join(name);
         std::fs::write(&path, text).map_err(|e| ReportError::Io { path, source: e })?;
     }

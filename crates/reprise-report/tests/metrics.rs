@@ -142,6 +142,11 @@ fn percentiles_throughput_and_goodput_have_known_values() {
     reprise_report::render::write(&r, dir.path()).unwrap();
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(md.contains("## Load test report") && md.contains("### Conclusion"));
+    // The page: latency by percentile (TTFT, TPOT, ITL), E2E, throughput and TTFT over time.
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 4, "{html}");
+    assert_eq!(html.matches("<polyline").count(), 3 + 1 + 2 + 2);
+    assert!(!html.contains("NaN") && html.ends_with("</html>\n"));
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap())
             .unwrap();
@@ -240,6 +245,10 @@ fn steps_are_tabled_in_load_order_with_the_knee() {
     let md = reprise_report::render::markdown(&r);
     assert!(md.contains("| concurrency | QPS |"), "{md}");
     assert!(md.contains("Knee at concurrency 16"), "{md}");
+    // Ramps add throughput and P99 TTFT against the load.
+    let page = reprise_report::html::page(&r, &md);
+    assert_eq!(page.matches("<svg").count(), 6);
+    assert!(page.contains("Throughput against concurrency"));
 }
 
 #[test]
