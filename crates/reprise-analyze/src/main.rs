@@ -98,27 +98,19 @@ fn compare(a: CompareArgs) -> Result<ExitCode> {
         .map(|s| parse_threshold(s))
         .collect::<Result<std::collections::BTreeMap<_, _>>>()?;
     let opts = Options::default();
-    let c = reprise_report::compare::compare_dirs(&a.runs[0], &a.runs[1], &opts, &thresholds)?;
+    let runs = reprise_report::compare::open_all(&a.runs, &opts)?;
+    let c = reprise_report::compare::compare(
+        (&runs[0].0, &runs[0].1),
+        (&runs[1].0, &runs[1].1),
+        &thresholds,
+        1,
+    )?;
     let mut text = reprise_report::compare::markdown(&c);
     let mut json = serde_json::json!({ "comparison": c });
-    if a.runs.len() > 2 {
-        let reports = a
-            .runs
-            .iter()
-            .map(|r| reprise_report::analyze(r, &opts))
-            .collect::<Result<Vec<_>, _>>()?;
+    if runs.len() > 2 {
+        let reports: Vec<_> = runs.into_iter().map(|(_, r)| r).collect();
         let rows = reprise_report::compare::scaling(&reports, a.replicas.as_deref());
-        text.push_str("\n## Scaling\n\n| run | replicas | req/s | P99 TTFT (ms) | efficiency |\n|---|---|---|---|---|\n");
-        for r in &rows {
-            text.push_str(&format!(
-                "| {} | {} | {:.2} | {} | {:.0}% |\n",
-                r.run_id,
-                r.replicas,
-                r.request_throughput,
-                r.ttft_p99.map_or("–".into(), |v| format!("{v:.1}")),
-                r.efficiency * 100.0
-            ));
-        }
+        text.push_str(&reprise_report::compare::scaling_markdown(&rows));
         json["scaling"] = serde_json::to_value(&rows)?;
     }
     if let Some(out) = &a.out {

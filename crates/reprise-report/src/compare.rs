@@ -347,19 +347,36 @@ pub fn scaling(reports: &[Report], replicas: Option<&[f64]>) -> Vec<ScalingRow> 
         .collect()
 }
 
-/// Opens, analyses and compares two run directories.
-pub fn compare_dirs(
-    base: &std::path::Path,
-    new: &std::path::Path,
-    opts: &Options,
-    thresholds: &BTreeMap<String, f64>,
-) -> Result<Comparison, ReportError> {
-    let (ra, rb) = (crate::load::open(base)?, crate::load::open(new)?);
-    let (pa, pb) = (
-        crate::analyze_run(&ra, opts)?,
-        crate::analyze_run(&rb, opts)?,
+/// Markdown of a scaling table.
+pub fn scaling_markdown(rows: &[ScalingRow]) -> String {
+    let mut m = String::from(
+        "\n## Scaling\n\n| run | replicas | req/s | P99 TTFT (ms) | efficiency |\n|---|---|---|---|---|\n",
     );
-    compare((&ra, &pa), (&rb, &pb), thresholds, 1)
+    for r in rows {
+        m.push_str(&format!(
+            "| {} | {} | {:.2} | {} | {:.0}% |\n",
+            r.run_id,
+            r.replicas,
+            r.request_throughput,
+            r.ttft_p99.map_or("–".into(), |v| format!("{v:.1}")),
+            r.efficiency * 100.0
+        ));
+    }
+    m
+}
+
+/// Opens and analyses run directories, each once.
+pub fn open_all(
+    dirs: &[std::path::PathBuf],
+    opts: &Options,
+) -> Result<Vec<(Run, Report)>, ReportError> {
+    dirs.iter()
+        .map(|d| {
+            let run = crate::load::open(d)?;
+            let report = crate::analyze_run(&run, opts)?;
+            Ok((run, report))
+        })
+        .collect()
 }
 
 #[cfg(test)]

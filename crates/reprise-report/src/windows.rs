@@ -58,12 +58,12 @@ pub fn windows(lf: LazyFrame, length_s: f64, slo: &Slo) -> Result<Vec<Window>, R
     let sched_w = scheduled.column("w")?.i64()?.clone();
     let sched_n = scheduled.column("n")?.cast(&DataType::Float64)?;
     let sched_n = sched_n.f64()?.clone();
-    let target = |w: i64| -> f64 {
-        (0..scheduled.height())
-            .find(|&i| sched_w.get(i) == Some(w))
-            .and_then(|i| sched_n.get(i))
-            .unwrap_or(0.0)
-    };
+    let by_window: std::collections::HashMap<i64, f64> = sched_w
+        .iter()
+        .zip(sched_n.iter())
+        .filter_map(|(w, n)| Some((w?, n?)))
+        .collect();
+    let target = |w: i64| by_window.get(&w).copied().unwrap_or(0.0);
     let ws = sent.column("w")?.i64()?.clone();
     let mut out = Vec::with_capacity(sent.height());
     for i in 0..sent.height() {
