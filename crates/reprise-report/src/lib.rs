@@ -19,6 +19,7 @@
 
 pub mod compare;
 pub mod export;
+pub mod gaps;
 pub mod html;
 pub mod knee;
 pub mod load;
@@ -164,7 +165,15 @@ pub fn analyze(dir: &Path, opts: &Options) -> Result<Report, ReportError> {
 
 /// Analyses an opened run.
 pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
-    let measured = run.requests.clone().filter(col("phase").neq(lit("warmup")));
+    // The measured requests are read once, without their gap lists (counted apart by
+    // `gaps::pass`), and every aggregation below runs on them in memory.
+    let measured = run
+        .requests
+        .clone()
+        .filter(col("phase").neq(lit("warmup")))
+        .drop(by_name(["itl_us"], true, false))
+        .collect()?
+        .lazy();
     let overall = metrics::overall(measured.clone(), &opts.slo)?;
     let warmup_excluded = run.rows.saturating_sub(overall.requests);
     if overall.requests == 0 {
@@ -198,7 +207,20 @@ pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
     let knee = unit
         .as_deref()
         .and_then(|u| knee::find(&steps, &side, &rules, u));
-    let events = event_reports(run, &measured, opts)?;
+    let t0 = first_scheduled(&measured)?;
+    let mut events = event_reports(run, &measured, opts, t0)?;
+    let mut overall = overall;
+    let mut steps = steps;
+    let mut windows = windows;
+    add_gaps(
+        run,
+        opts,
+        t0,
+        &mut overall,
+        &mut steps,
+        &mut windows,
+        &mut events,
+    )?;
     let info = run.info.as_ref();
     let client_behind = overall
         .p("queue", "p99")
@@ -238,46 +260,93 @@ pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
     })
 }
 
+/// Fills in the ITL distributions, counted in one pass over the result files.
+fn add_gaps(
+    run: &Run,
+    opts: &Options,
+    t0: i64,
+    overall: &mut Stats,
+    steps: &mut [Stats],
+    windows: &mut [Window],
+    events: &mut [EventReport],
+) -> Result<(), ReportError> {
+    let window_ns = (opts.window_s * 1e9) as i64;
+    let index = |w: &Window| (w.start_s / w.length_s).round() as i64;
+    let mut plan = gaps::Plan {
+        t0,
+        window_ns,
+        ok_per_window: windows.iter().map(|w| (index(w), w.stats.ok)).collect(),
+        ranges: Vec::new(),
+    };
+    for e in &run.events {
+        plan.ranges.extend(event_ranges(e, opts));
+    }
+    let g = gaps::pass(&run.files, &plan)?;
+    overall.latency.insert("itl".into(), g.overall);
+    for s in steps.iter_mut() {
+        s.latency.insert(
+            "itl".into(),
+            g.phases.get(&s.label).copied().unwrap_or_default(),
+        );
+    }
+    for w in windows.iter_mut() {
+        let d = g.windows.get(&index(w)).copied().unwrap_or_default();
+        w.stats.latency.insert("itl".into(), d);
+    }
+    for (e, d) in events.iter_mut().zip(g.ranges.chunks(3)) {
+        e.before.latency.insert("itl".into(), d[0]);
+        e.during.latency.insert("itl".into(), d[1]);
+        e.after.latency.insert("itl".into(), d[2]);
+    }
+    Ok(())
+}
+
+/// The first scheduled time of `lf`, ns (the origin of windows and event offsets).
+fn first_scheduled(lf: &LazyFrame) -> Result<i64, ReportError> {
+    let t0 = lf
+        .clone()
+        .select([col("scheduled").min().alias("t0")])
+        .collect()?;
+    Ok(t0.column("t0")?.i64()?.get(0).unwrap_or(0))
+}
+
+/// The spans of `sent` (ns, half-open) before, during and after an event.
+fn event_ranges(e: &load::Event, opts: &Options) -> [(i64, i64); 3] {
+    let ctx = (opts.event_context_s * 1e9) as i64;
+    let end = e.finished_ns.max(e.started_ns + 1_000_000_000);
+    [
+        (e.started_ns - ctx, e.started_ns),
+        (e.started_ns, end),
+        (end, end + ctx),
+    ]
+}
+
 fn event_reports(
     run: &Run,
     measured: &LazyFrame,
     opts: &Options,
+    t0: i64,
 ) -> Result<Vec<EventReport>, ReportError> {
-    if run.events.is_empty() {
-        return Ok(Vec::new());
-    }
-    let t0 = measured
-        .clone()
-        .select([col("scheduled").min().alias("t0")])
-        .collect()?;
-    let t0 = t0.column("t0")?.i64()?.get(0).unwrap_or(0);
-    let ctx = (opts.event_context_s * 1e9) as i64;
-    let between = |a: i64, b: i64| -> Result<Stats, ReportError> {
+    let between = |(a, b): (i64, i64), label: &str| -> Result<Stats, ReportError> {
         let mut s = metrics::overall(
             measured
                 .clone()
                 .filter(col("sent").gt_eq(lit(a)).and(col("sent").lt(lit(b)))),
             &opts.slo,
         )?;
-        s.label = String::new();
+        s.label = label.into();
         Ok(s)
     };
     run.events
         .iter()
         .map(|e| {
-            let end = e.finished_ns.max(e.started_ns + 1_000_000_000);
-            let mut before = between(e.started_ns - ctx, e.started_ns)?;
-            before.label = "before".into();
-            let mut during = between(e.started_ns, end)?;
-            during.label = "during".into();
-            let mut after = between(end, end + ctx)?;
-            after.label = "after".into();
+            let [before, during, after] = event_ranges(e, opts);
             Ok(EventReport {
                 event: e.clone(),
                 offset_s: (e.started_ns - t0) as f64 / 1e9,
-                before,
-                during,
-                after,
+                before: between(before, "before")?,
+                during: between(during, "during")?,
+                after: between(after, "after")?,
             })
         })
         .collect()

@@ -37,6 +37,8 @@ pub struct Run {
     pub requests: LazyFrame,
     /// Rows in `requests.parquet`.
     pub rows: u64,
+    /// The result files (one, or the parts of a directory, in order).
+    pub files: Vec<PathBuf>,
     /// `gpu.parquet` (gpu/1), when present.
     pub gpu: Option<LazyFrame>,
     /// `server.parquet` (server/1), when present.
@@ -234,6 +236,7 @@ pub fn open(dir: &Path) -> Result<Run, ReportError> {
         info,
         requests,
         rows,
+        files: parts,
         gpu: optional("gpu.parquet")?,
         server: optional("server.parquet")?,
         events,

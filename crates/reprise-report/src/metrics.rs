@@ -155,7 +155,8 @@ fn dist_exprs(name: &str, values: Expr) -> Vec<Expr> {
     v
 }
 
-/// The aggregation expressions of [`Stats`] (error counts are computed apart).
+/// The aggregation expressions of [`Stats`] (error counts and ITL, which [`crate::gaps`]
+/// counts in one pass over the files, are computed apart).
 pub fn agg_exprs(slo: &Slo) -> Vec<Expr> {
     let ok = col("ok");
     let mut v = vec![
@@ -176,15 +177,6 @@ pub fn agg_exprs(slo: &Slo) -> Vec<Expr> {
         };
         v.extend(dist_exprs(name, values / lit(1000.0)));
     }
-    let itl = col("itl_us")
-        .filter(ok.clone())
-        .explode(ExplodeOptions {
-            empty_as_null: false,
-            keep_nulls: false,
-        })
-        .cast(DataType::Float64)
-        / lit(1000.0);
-    v.extend(dist_exprs("itl", itl));
     if slo.is_set() {
         let mut good = ok.clone();
         for (limit, column) in [
@@ -222,7 +214,7 @@ pub fn stats_from_row(df: &DataFrame, row: usize, slo: &Slo) -> Stats {
         }
     };
     let mut latency = BTreeMap::new();
-    for name in LATENCIES.iter().map(|(n, _)| *n).chain(["itl"]) {
+    for name in LATENCIES.iter().map(|(n, _)| *n) {
         let count = g(&format!("{name}__count")).unwrap_or(0.0) as u64;
         let q = |s: &str| g(&format!("{name}__{s}")).unwrap_or(f64::NAN);
         latency.insert(

@@ -279,3 +279,38 @@ fn bad_inputs_are_one_line_errors_naming_the_file() {
         .to_string();
     assert!(e.contains("no measured requests"), "{e}");
 }
+
+#[test]
+fn gaps_are_counted_per_step_and_window_from_successful_measured_requests_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_gaps = |mut r: ResultRecord, gaps: Vec<u32>| {
+        r.itl_us = Some(gaps);
+        r
+    };
+    let rows = vec![
+        // Step 1, window 0: gaps 1..=4 ms.
+        with_gaps(ok(0, "rate=1", 0.0, 5, 5), vec![1000, 2000, 3000, 4000]),
+        // Step 2, window 1 (sent at 12 s with 10 s windows): 20 and 40 ms.
+        with_gaps(ok(1, "rate=2", 12.0, 5, 3), vec![20_000, 40_000]),
+        // A gap beyond the dense range (70 s) in step 2, window 1.
+        with_gaps(ok(2, "rate=2", 13.0, 5, 2), vec![70_000_000]),
+        // Neither a failed request's nor a warm-up request's gaps count.
+        with_gaps(failed(3, "rate=2", 14.0, "http_5xx"), vec![999_000]),
+        with_gaps(ok(4, "warmup", 0.0, 5, 2), vec![888_000]),
+    ];
+    write(dir.path(), &rows);
+    let r = analyze(dir.path(), &Options::default()).unwrap();
+    let all = r.overall.dist("itl").unwrap();
+    assert_eq!((all.count, all.min, all.max), (7, 1.0, 70_000.0));
+    assert_eq!(all.p50, 4.0);
+    let step = |v: f64| r.steps.iter().find(|s| s.step_value == Some(v)).unwrap();
+    let s1 = step(1.0).dist("itl").unwrap();
+    assert_eq!((s1.count, s1.p50, s1.mean), (4, 2.5, 2.5));
+    let s2 = step(2.0).dist("itl").unwrap();
+    assert_eq!((s2.count, s2.p50, s2.max), (3, 40.0, 70_000.0));
+    let w1 = r.windows.iter().find(|w| w.start_s == 10.0).unwrap();
+    let d = w1.stats.dist("itl").unwrap();
+    assert_eq!((d.count, d.min), (3, 20.0));
+    let w0 = r.windows.iter().find(|w| w.start_s == 0.0).unwrap();
+    assert_eq!(w0.stats.dist("itl").unwrap().count, 4);
+}
