@@ -133,8 +133,39 @@ impl Counts {
         out
     }
 
+    /// The values (ms) at probabilities `probs` (0-1), by linear interpolation between
+    /// order statistics (numpy's default); NaN when empty.
+    pub fn quantiles(&self, probs: &[f64]) -> Vec<f64> {
+        let n = self.count;
+        if n == 0 {
+            return vec![f64::NAN; probs.len()];
+        }
+        let pos: Vec<f64> = probs
+            .iter()
+            .map(|q| q.clamp(0.0, 1.0) * (n - 1) as f64)
+            .collect();
+        let mut ranks: Vec<u64> = pos
+            .iter()
+            .flat_map(|p| [p.floor() as u64, (p.ceil() as u64).min(n - 1)])
+            .collect();
+        ranks.sort_unstable();
+        ranks.dedup();
+        let values = self.at_ranks(&ranks);
+        let value_at = |r: u64| values[ranks.partition_point(|&x| x < r)] as f64;
+        pos.iter()
+            .map(|p| {
+                let (lo, hi) = (
+                    value_at(p.floor() as u64),
+                    value_at((p.ceil() as u64).min(n - 1)),
+                );
+                (lo + (hi - lo) * (p - p.floor())) / 1000.0
+            })
+            .collect()
+    }
+
     /// The distribution in ms, percentiles by linear interpolation (numpy's default).
     pub fn dist(&self) -> Dist {
+        let q = self.quantiles(&[0.5, 0.9, 0.95, 0.99, 0.999]);
         if self.count == 0 {
             return Dist {
                 count: 0,
@@ -148,33 +179,15 @@ impl Counts {
                 max: f64::NAN,
             };
         }
-        let qs = [0.5, 0.9, 0.95, 0.99, 0.999];
-        let n = self.count;
-        let mut ranks = Vec::with_capacity(10);
-        for q in qs {
-            let pos = q * (n - 1) as f64;
-            ranks.push(pos.floor() as u64);
-            ranks.push((pos.ceil() as u64).min(n - 1));
-        }
-        let mut sorted = ranks.clone();
-        sorted.sort_unstable();
-        let values = self.at_ranks(&sorted);
-        let value_at = |r: u64| values[sorted.partition_point(|&x| x < r)] as f64;
-        let p = |i: usize| {
-            let q = qs[i];
-            let pos = q * (n - 1) as f64;
-            let (lo, hi) = (value_at(ranks[2 * i]), value_at(ranks[2 * i + 1]));
-            (lo + (hi - lo) * (pos - pos.floor())) / 1000.0
-        };
         Dist {
-            count: n,
-            mean: self.sum as f64 / n as f64 / 1000.0,
+            count: self.count,
+            mean: self.sum as f64 / self.count as f64 / 1000.0,
             min: self.min as f64 / 1000.0,
-            p50: p(0),
-            p90: p(1),
-            p95: p(2),
-            p99: p(3),
-            p999: p(4),
+            p50: q[0],
+            p90: q[1],
+            p95: q[2],
+            p99: q[3],
+            p999: q[4],
             max: self.max as f64 / 1000.0,
         }
     }
@@ -204,6 +217,8 @@ pub struct Gaps {
     pub windows: HashMap<i64, Dist>,
     /// By range of [`Plan::ranges`], in order.
     pub ranges: Vec<Dist>,
+    /// The overall CDF: (percentile, ms) at [`crate::metrics::CDF_PROBS`].
+    pub cdf: Vec<(f64, f64)>,
 }
 
 fn cast(
@@ -328,7 +343,13 @@ pub fn pass(files: &[PathBuf], plan: &Plan) -> Result<Gaps, ReportError> {
     for c in phases.values() {
         overall.merge(c);
     }
+    let cdf = crate::metrics::CDF_PROBS
+        .iter()
+        .map(|p| p * 100.0)
+        .zip(overall.quantiles(&crate::metrics::CDF_PROBS))
+        .collect();
     Ok(Gaps {
+        cdf,
         overall: overall.dist(),
         phases: phases.into_iter().map(|(k, c)| (k, c.dist())).collect(),
         windows,

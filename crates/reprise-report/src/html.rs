@@ -1,6 +1,8 @@
 //! `report.html`: the report as one self-contained page (no script, no external file) with
-//! charts drawn as inline SVG: latency percentiles, throughput and P99 TTFT over time, and
-//! throughput and P99 TTFT against the step's load for ramps.
+//! charts drawn as inline SVG: latency CDFs with the tail stretched (−log10(1 − p), so
+//! P99, P99.9 and P99.99 are as far apart as P90 and P99), throughput and TTFT over time,
+//! and throughput and P99 TTFT against the step's load for ramps; GPU utilisation is
+//! overlaid on its own right-hand axis (dashed) where `gpu.parquet` exists.
 
 use std::fmt::Write as _;
 
@@ -25,25 +27,69 @@ struct Series<'a> {
     points: Vec<(f64, f64)>,
 }
 
-/// A line chart; `None` when no series has two points.
-fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Option<String> {
-    let all: Vec<(f64, f64)> = series
+/// Axis ticks (value, label).
+type Ticks = Vec<(f64, String)>;
+
+/// A line chart's description.
+struct Chart<'a> {
+    title: &'a str,
+    x_label: &'a str,
+    y_label: &'a str,
+    series: Vec<Series<'a>>,
+    /// Fixed y ticks (value, label) and top of the y range, instead of 0..max in fifths.
+    y_ticks: Option<(Ticks, f64)>,
+    /// A series on its own right-hand axis (label, series, top of its range).
+    right: Option<(&'a str, Series<'a>, f64)>,
+    /// Fixed x ticks (value, label) and the x range, instead of the data's ends and middle.
+    x_ticks: Option<(Ticks, (f64, f64))>,
+}
+
+impl<'a> Chart<'a> {
+    fn new(title: &'a str, x_label: &'a str, y_label: &'a str, series: Vec<Series<'a>>) -> Self {
+        Chart {
+            title,
+            x_label,
+            y_label,
+            series,
+            y_ticks: None,
+            right: None,
+            x_ticks: None,
+        }
+    }
+}
+
+fn finite(points: &[(f64, f64)]) -> impl Iterator<Item = &(f64, f64)> {
+    points
         .iter()
-        .flat_map(|s| s.points.iter().copied())
         .filter(|(x, y)| x.is_finite() && y.is_finite())
+}
+
+/// Draws a chart; `None` when no series has two points.
+fn chart(c: &Chart) -> Option<String> {
+    let all: Vec<(f64, f64)> = c
+        .series
+        .iter()
+        .flat_map(|s| finite(&s.points).copied())
         .collect();
-    if series.iter().all(|s| s.points.len() < 2) || all.is_empty() {
+    if c.series.iter().all(|s| finite(&s.points).count() < 2) {
         return None;
     }
-    let (x0, x1) = all
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let y1 = all.iter().fold(0.0f64, |a, p| a.max(p.1)).max(1e-9) * 1.1;
+    let (x0, x1) = match &c.x_ticks {
+        Some((_, range)) => *range,
+        None => all
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0))),
+    };
+    let y1 = match &c.y_ticks {
+        Some((_, top)) => *top,
+        None => all.iter().fold(0.0f64, |a, p| a.max(p.1)).max(1e-9) * 1.1,
+    };
     let xs = |x: f64| PAD + (x - x0) / (x1 - x0).max(1e-9) * (W - 2.0 * PAD);
-    let ys = |y: f64| H - PAD - y / y1 * (H - 2.0 * PAD);
+    let ys_top = |top: f64| move |y: f64| H - PAD - y.clamp(0.0, top) / top * (H - 2.0 * PAD);
+    let ys = ys_top(y1);
+    let t = esc(c.title);
     let mut svg = format!(
-        r#"<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="{t}"><title>{t}</title>"#,
-        t = esc(title)
+        r#"<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="{t}"><title>{t}</title>"#
     );
     let _ = write!(
         svg,
@@ -51,51 +97,61 @@ fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Option
         W - 2.0 * PAD,
         H - 2.0 * PAD
     );
-    for k in 0..=4 {
-        let v = y1 * k as f64 / 4.0;
+    let ticks: Vec<(f64, String)> = match &c.y_ticks {
+        Some((t, _)) => t.clone(),
+        None => (0..=4)
+            .map(|k| y1 * k as f64 / 4.0)
+            .map(|v| (v, fmt(v)))
+            .collect(),
+    };
+    for (v, label) in &ticks {
         let _ = write!(
             svg,
-            r##"<text x="{}" y="{:.1}" font-size="10" text-anchor="end" fill="#555">{}</text>"##,
+            r##"<line x1="{PAD}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#eee"/><text x="{}" y="{:.1}" font-size="10" text-anchor="end" fill="#555">{}</text>"##,
+            W - PAD,
             PAD - 4.0,
-            ys(v) + 3.0,
-            fmt(v)
+            ys(*v) + 3.0,
+            esc(label),
+            y = ys(*v),
         );
     }
-    for (k, x) in [x0, (x0 + x1) / 2.0, x1].iter().enumerate() {
-        let anchor = ["start", "middle", "end"][k];
+    let x_ticks: Vec<(f64, String, &str)> = match &c.x_ticks {
+        Some((t, _)) => t.iter().map(|(v, l)| (*v, l.clone(), "middle")).collect(),
+        None => [(x0, "start"), ((x0 + x1) / 2.0, "middle"), (x1, "end")]
+            .iter()
+            .map(|&(v, a)| (v, fmt(v), a))
+            .collect(),
+    };
+    for (x, label, anchor) in &x_ticks {
         let _ = write!(
             svg,
             r##"<text x="{:.1}" y="{}" font-size="10" text-anchor="{anchor}" fill="#555">{}</text>"##,
             xs(*x),
             H - PAD + 14.0,
-            fmt(*x)
+            esc(label)
         );
     }
     let _ = write!(
         svg,
-        r##"<text x="{}" y="{}" font-size="11" text-anchor="middle">{}</text><text x="12" y="{}" font-size="11" transform="rotate(-90 12 {})" text-anchor="middle">{}</text><text x="{}" y="18" font-size="13" text-anchor="middle" font-weight="bold">{}</text>"##,
+        r##"<text x="{}" y="{}" font-size="11" text-anchor="middle">{}</text><text x="12" y="{}" font-size="11" transform="rotate(-90 12 {})" text-anchor="middle">{}</text><text x="{}" y="18" font-size="13" text-anchor="middle" font-weight="bold">{t}</text>"##,
         W / 2.0,
         H - 8.0,
-        esc(x_label),
+        esc(c.x_label),
         H / 2.0,
         H / 2.0,
-        esc(y_label),
+        esc(c.y_label),
         W / 2.0,
-        esc(title)
     );
-    for (i, s) in series.iter().enumerate() {
-        let pts: Vec<String> = s
-            .points
-            .iter()
-            .filter(|(x, y)| x.is_finite() && y.is_finite())
+    let line = |svg: &mut String, s: &Series, ys: &dyn Fn(f64) -> f64, i: usize, dash: &str| {
+        let pts: Vec<String> = finite(&s.points)
             .map(|(x, y)| format!("{:.1},{:.1}", xs(*x), ys(*y)))
             .collect();
         if pts.is_empty() {
-            continue;
+            return;
         }
         let _ = write!(
             svg,
-            r#"<polyline class="series" fill="none" stroke="{}" stroke-width="2" points="{}"/>"#,
+            r#"<polyline class="series" fill="none" stroke="{}" stroke-width="2"{dash} points="{}"/>"#,
             s.color,
             pts.join(" ")
         );
@@ -107,9 +163,106 @@ fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Option
             s.color,
             esc(s.name)
         );
+    };
+    for (i, s) in c.series.iter().enumerate() {
+        line(&mut svg, s, &ys, i, "");
+    }
+    if let Some((label, s, top)) = &c.right
+        && finite(&s.points).count() >= 2
+    {
+        let yr = ys_top(*top);
+        line(
+            &mut svg,
+            s,
+            &yr,
+            c.series.len(),
+            r#" stroke-dasharray="5 3""#,
+        );
+        for k in 0..=4 {
+            let v = top * k as f64 / 4.0;
+            let _ = write!(
+                svg,
+                r##"<text x="{}" y="{:.1}" font-size="10" text-anchor="start" fill="{}">{}</text>"##,
+                W - PAD + 4.0,
+                yr(v) + 3.0,
+                s.color,
+                fmt(v)
+            );
+        }
+        let _ = write!(
+            svg,
+            r##"<text x="{x}" y="{}" font-size="11" transform="rotate(90 {x} {})" text-anchor="middle" fill="{}">{}</text>"##,
+            H / 2.0,
+            H / 2.0,
+            s.color,
+            esc(label),
+            x = W - 10.0,
+        );
     }
     svg.push_str("</svg>");
     Some(svg)
+}
+
+/// The tail scale of a percentile: −log10(1 − p), so 90, 99, 99.9 and 99.99 are evenly
+/// spaced (the maximum, p = 100, is drawn at 99.999).
+fn tail(pct: f64) -> f64 {
+    -(1.0 - (pct / 100.0).min(0.99999)).log10()
+}
+
+/// A CDF chart: x latency (ms, log scale), y percentile on the tail scale.
+fn cdf_chart<'a>(title: &'a str, series: Vec<Series<'a>>) -> Option<String> {
+    let series: Vec<Series> = series
+        .into_iter()
+        .map(|s| Series {
+            points: s
+                .points
+                .iter()
+                .filter(|(_, ms)| *ms > 0.0)
+                .map(|&(p, ms)| (ms.log10(), tail(p)))
+                .collect(),
+            ..s
+        })
+        .collect();
+    let xs: Vec<f64> = series
+        .iter()
+        .flat_map(|s| finite(&s.points).map(|p| p.0))
+        .collect();
+    let lo = xs.iter().copied().fold(f64::MAX, f64::min).floor();
+    let hi = xs
+        .iter()
+        .copied()
+        .fold(f64::MIN, f64::max)
+        .ceil()
+        .max(lo + 1.0);
+    let x_ticks = (lo as i32..=hi as i32)
+        .map(|e| {
+            let v = 10f64.powi(e);
+            (
+                e as f64,
+                if v >= 1.0 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v}")
+                },
+            )
+        })
+        .collect();
+    let ticks = [
+        (0.0, "0"),
+        (50.0, "50"),
+        (90.0, "90"),
+        (99.0, "99"),
+        (99.9, "99.9"),
+        (99.99, "99.99"),
+    ]
+    .iter()
+    .map(|&(p, l)| (tail(p), l.to_owned()))
+    .collect();
+    chart(&Chart {
+        y_ticks: Some((ticks, tail(100.0))),
+        x_ticks: Some((x_ticks, (lo, hi))),
+        ..Chart::new(title, "ms (log scale)", "percentile (tail scale)", series)
+    })
 }
 
 fn fmt(v: f64) -> String {
@@ -122,47 +275,36 @@ fn fmt(v: f64) -> String {
     }
 }
 
-/// The percentile curve of a metric (x: percentile, y: ms).
-fn percentile_points(s: &Stats, name: &str) -> Vec<(f64, f64)> {
-    match s.dist(name) {
-        Some(d) => vec![
-            (0.0, d.min),
-            (50.0, d.p50),
-            (90.0, d.p90),
-            (95.0, d.p95),
-            (99.0, d.p99),
-            (99.9, d.p999),
-            (100.0, d.max),
-        ],
-        None => Vec::new(),
-    }
-}
-
 /// The charts of a report, in page order.
 pub fn charts(r: &Report) -> Vec<String> {
-    let o = &r.overall;
     let mut out = Vec::new();
-    let lat: Vec<Series> = [
-        ("TTFT", "ttft", "#1f77b4"),
-        ("TPOT", "tpot", "#2ca02c"),
-        ("ITL", "itl", "#9467bd"),
-    ]
-    .into_iter()
-    .map(|(n, m, c)| Series {
-        name: n,
-        color: c,
-        points: percentile_points(o, m),
-    })
-    .collect();
-    out.extend(chart("Latency by percentile", "percentile", "ms", &lat));
-    out.extend(chart(
-        "End-to-end latency by percentile",
-        "percentile",
-        "ms",
-        &[Series {
+    let cdf = |name: &str| r.cdf.get(name).cloned().unwrap_or_default();
+    out.extend(cdf_chart(
+        "Latency CDF (TTFT, TPOT, ITL)",
+        vec![
+            Series {
+                name: "TTFT",
+                color: "#1f77b4",
+                points: cdf("ttft"),
+            },
+            Series {
+                name: "TPOT",
+                color: "#2ca02c",
+                points: cdf("tpot"),
+            },
+            Series {
+                name: "ITL",
+                color: "#9467bd",
+                points: cdf("itl"),
+            },
+        ],
+    ));
+    out.extend(cdf_chart(
+        "End-to-end latency CDF",
+        vec![Series {
             name: "E2E",
             color: "#d62728",
-            points: percentile_points(o, "e2e"),
+            points: cdf("e2e"),
         }],
     ));
     let t = |f: &dyn Fn(&Stats) -> Option<f64>| -> Vec<(f64, f64)> {
@@ -171,44 +313,68 @@ pub fn charts(r: &Report) -> Vec<String> {
             .filter_map(|w| f(&w.stats).map(|v| (w.start_s, v)))
             .collect()
     };
-    out.extend(chart(
-        "Throughput over time",
-        "s",
-        "req/s",
-        &[
-            Series {
-                name: "completed",
-                color: "#1f77b4",
-                points: t(&|s| Some(s.request_throughput)),
-            },
-            Series {
-                name: "target",
-                color: "#999999",
-                points: r
-                    .windows
-                    .iter()
-                    .map(|w| (w.start_s, w.target_rate))
-                    .collect(),
-            },
-        ],
-    ));
-    out.extend(chart(
-        "TTFT over time",
-        "s",
-        "ms",
-        &[
-            Series {
-                name: "P50",
-                color: "#2ca02c",
-                points: t(&|s| s.p("ttft", "p50")),
-            },
-            Series {
-                name: "P99",
-                color: "#d62728",
-                points: t(&|s| s.p("ttft", "p99")),
-            },
-        ],
-    ));
+    let gpu: Vec<(f64, f64)> = r
+        .windows
+        .iter()
+        .filter_map(|w| Some((w.start_s, w.gpu_util_pct?)))
+        .collect();
+    let gpu_overlay = || {
+        (gpu.len() >= 2).then(|| {
+            (
+                "GPU util %",
+                Series {
+                    name: "GPU util (right)",
+                    color: "#ff7f0e",
+                    points: gpu.clone(),
+                },
+                100.0,
+            )
+        })
+    };
+    out.extend(chart(&Chart {
+        right: gpu_overlay(),
+        ..Chart::new(
+            "Throughput over time",
+            "s",
+            "req/s",
+            vec![
+                Series {
+                    name: "completed",
+                    color: "#1f77b4",
+                    points: t(&|s| Some(s.request_throughput)),
+                },
+                Series {
+                    name: "target",
+                    color: "#999999",
+                    points: r
+                        .windows
+                        .iter()
+                        .map(|w| (w.start_s, w.target_rate))
+                        .collect(),
+                },
+            ],
+        )
+    }));
+    out.extend(chart(&Chart {
+        right: gpu_overlay(),
+        ..Chart::new(
+            "TTFT over time",
+            "s",
+            "ms",
+            vec![
+                Series {
+                    name: "P50",
+                    color: "#2ca02c",
+                    points: t(&|s| s.p("ttft", "p50")),
+                },
+                Series {
+                    name: "P99",
+                    color: "#d62728",
+                    points: t(&|s| s.p("ttft", "p99")),
+                },
+            ],
+        )
+    }));
     if let Some(unit) = &r.step_unit {
         let per = |f: &dyn Fn(&Stats) -> Option<f64>| -> Vec<(f64, f64)> {
             r.steps
@@ -216,44 +382,47 @@ pub fn charts(r: &Report) -> Vec<String> {
                 .filter_map(|s| Some((s.step_value?, f(s)?)))
                 .collect()
         };
-        out.extend(chart(
-            &format!("Throughput against {unit}"),
-            unit,
-            "req/s",
-            &[Series {
-                name: "req/s",
-                color: "#1f77b4",
-                points: per(&|s| Some(s.request_throughput)),
-            }],
-        ));
-        out.extend(chart(
-            &format!("P99 TTFT against {unit}"),
+        let gpu_steps: Vec<(f64, f64)> = r
+            .steps
+            .iter()
+            .zip(&r.side)
+            .filter_map(|(s, g)| Some((s.step_value?, g.gpu_util_pct?)))
+            .collect();
+        let title = format!("Throughput against {unit}");
+        out.extend(chart(&Chart {
+            right: (gpu_steps.len() >= 2).then_some({
+                (
+                    "GPU util %",
+                    Series {
+                        name: "GPU util (right)",
+                        color: "#ff7f0e",
+                        points: gpu_steps,
+                    },
+                    100.0,
+                )
+            }),
+            ..Chart::new(
+                &title,
+                unit,
+                "req/s",
+                vec![Series {
+                    name: "req/s",
+                    color: "#1f77b4",
+                    points: per(&|s| Some(s.request_throughput)),
+                }],
+            )
+        }));
+        let title = format!("P99 TTFT against {unit}");
+        out.extend(chart(&Chart::new(
+            &title,
             unit,
             "ms",
-            &[Series {
+            vec![Series {
                 name: "P99 TTFT",
                 color: "#d62728",
                 points: per(&|s| s.p("ttft", "p99")),
             }],
-        ));
-        if r.side.iter().any(|s| s.gpu_util_pct.is_some()) {
-            let pts: Vec<(f64, f64)> = r
-                .steps
-                .iter()
-                .zip(&r.side)
-                .filter_map(|(s, g)| Some((s.step_value?, g.gpu_util_pct?)))
-                .collect();
-            out.extend(chart(
-                &format!("GPU utilisation against {unit}"),
-                unit,
-                "%",
-                &[Series {
-                    name: "GPU util",
-                    color: "#ff7f0e",
-                    points: pts,
-                }],
-            ));
-        }
+        )));
     }
     out
 }
@@ -281,28 +450,28 @@ mod tests {
     #[test]
     fn a_chart_needs_two_points_and_escapes_text() {
         assert!(
-            chart(
+            chart(&Chart::new(
                 "t",
                 "x",
                 "y",
-                &[Series {
+                vec![Series {
                     name: "a",
                     color: "#000",
                     points: vec![(0.0, 1.0)]
                 }]
-            )
+            ))
             .is_none()
         );
-        let svg = chart(
+        let svg = chart(&Chart::new(
             "a <b>",
             "x",
             "y",
-            &[Series {
+            vec![Series {
                 name: "s&t",
                 color: "#000",
                 points: vec![(0.0, 1.0), (1.0, 2.0), (2.0, f64::NAN)],
             }],
-        )
+        ))
         .unwrap();
         assert!(svg.contains("a &lt;b&gt;") && svg.contains("s&amp;t"));
         assert_eq!(svg.matches("<polyline").count(), 1);

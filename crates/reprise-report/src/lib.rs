@@ -137,6 +137,9 @@ pub struct Report {
     pub window_s: f64,
     /// The run over time.
     pub windows: Vec<Window>,
+    /// CDFs of `ttft`, `tpot`, `itl` and `e2e` over the measured requests: (percentile,
+    /// ms) points at [`metrics::CDF_PROBS`].
+    pub cdf: std::collections::BTreeMap<String, Vec<(f64, f64)>>,
     /// The knee and its diagnosis, for ramps.
     pub knee: Option<Knee>,
     /// Events with their surroundings.
@@ -201,18 +204,21 @@ pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
         });
     }
     let side = side::per_step(run, &measured, &steps)?;
-    let windows = windows::windows(measured.clone(), opts.window_s, &opts.slo)?;
+    let mut windows = windows::windows(measured.clone(), opts.window_s, &opts.slo)?;
+    let t0 = first_scheduled(&measured)?;
+    side::per_window(run, t0, opts.window_s, &mut windows)?;
+    let mut cdf = std::collections::BTreeMap::new();
+    for (name, column) in [("ttft", "ttft_us"), ("tpot", "tpot_us"), ("e2e", "e2e_us")] {
+        cdf.insert(name.to_owned(), metrics::cdf(measured.clone(), column)?);
+    }
     let mut rules = opts.rules;
     rules.queue_limit_ms = run.queue_limit_ms;
     let knee = unit
         .as_deref()
         .and_then(|u| knee::find(&steps, &side, &rules, u));
-    let t0 = first_scheduled(&measured)?;
     let mut events = event_reports(run, &measured, opts, t0)?;
     let mut overall = overall;
-    let mut steps = steps;
-    let mut windows = windows;
-    add_gaps(
+    let itl_cdf = add_gaps(
         run,
         opts,
         t0,
@@ -221,6 +227,7 @@ pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
         &mut windows,
         &mut events,
     )?;
+    cdf.insert("itl".into(), itl_cdf);
     let info = run.info.as_ref();
     let client_behind = overall
         .p("queue", "p99")
@@ -253,6 +260,7 @@ pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
         side,
         window_s: opts.window_s,
         windows,
+        cdf,
         knee,
         events,
         queue_limit_ms: run.queue_limit_ms,
@@ -260,7 +268,8 @@ pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
     })
 }
 
-/// Fills in the ITL distributions, counted in one pass over the result files.
+/// Fills in the ITL distributions, counted in one pass over the result files; returns the
+/// overall ITL CDF.
 fn add_gaps(
     run: &Run,
     opts: &Options,
@@ -269,7 +278,7 @@ fn add_gaps(
     steps: &mut [Stats],
     windows: &mut [Window],
     events: &mut [EventReport],
-) -> Result<(), ReportError> {
+) -> Result<Vec<(f64, f64)>, ReportError> {
     let window_ns = (opts.window_s * 1e9) as i64;
     let index = |w: &Window| (w.start_s / w.length_s).round() as i64;
     let mut plan = gaps::Plan {
@@ -298,7 +307,7 @@ fn add_gaps(
         e.during.latency.insert("itl".into(), d[1]);
         e.after.latency.insert("itl".into(), d[2]);
     }
-    Ok(())
+    Ok(g.cdf)
 }
 
 /// The first scheduled time of `lf`, ns (the origin of windows and event offsets).

@@ -62,6 +62,43 @@ pub const QUANTILES: [(f64, &str); 5] = [
     (0.999, "p999"),
 ];
 
+/// Probabilities at which CDFs are given: every 2%, then the tail to the maximum.
+pub const CDF_PROBS: [f64; 57] = [
+    0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.22, 0.24, 0.26, 0.28, 0.3,
+    0.32, 0.34, 0.36, 0.38, 0.4, 0.42, 0.44, 0.46, 0.48, 0.5, 0.52, 0.54, 0.56, 0.58, 0.6, 0.62,
+    0.64, 0.66, 0.68, 0.7, 0.72, 0.74, 0.76, 0.78, 0.8, 0.82, 0.84, 0.86, 0.88, 0.9, 0.92, 0.94,
+    0.96, 0.98, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999, 1.0,
+];
+
+/// The CDF of a latency column over the successful requests of `lf`: (percentile, ms) at
+/// [`CDF_PROBS`], interpolated like every other percentile. One sort of the column.
+pub fn cdf(lf: LazyFrame, column: &str) -> Result<Vec<(f64, f64)>, ReportError> {
+    let df = lf
+        .select([col(column)
+            .filter(col("ok"))
+            .drop_nulls()
+            .sort(SortOptions::default())
+            .alias("v")])
+        .collect()?;
+    let v = df.column("v")?.as_materialized_series().rechunk();
+    let v = v.f64()?;
+    let Some(sorted) = v.cont_slice().ok() else {
+        return Ok(Vec::new());
+    };
+    if sorted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let last = (sorted.len() - 1) as f64;
+    Ok(CDF_PROBS
+        .iter()
+        .map(|&q| {
+            let pos = q * last;
+            let (lo, hi) = (sorted[pos.floor() as usize], sorted[pos.ceil() as usize]);
+            (q * 100.0, (lo + (hi - lo) * (pos - pos.floor())) / 1000.0)
+        })
+        .collect())
+}
+
 /// The latency metrics, by the name used in reports and `summary.json`.
 pub const LATENCIES: [(&str, &str); 6] = [
     ("ttft", "ttft_us"),

@@ -97,3 +97,37 @@ pub fn per_step(
     }
     Ok(out)
 }
+
+/// Sets each window's mean GPU utilisation (over all GPUs) from `gpu.parquet`, windows
+/// counted from `t0` (ns) like the requests'.
+pub fn per_window(
+    run: &Run,
+    t0: i64,
+    window_s: f64,
+    windows: &mut [crate::Window],
+) -> Result<(), ReportError> {
+    let Some(gpu) = &run.gpu else {
+        return Ok(());
+    };
+    let w_ns = (window_s * 1e9) as i64;
+    let df = gpu
+        .clone()
+        .filter(col("util_pct").is_not_null())
+        .with_columns([((col("time").cast(DataType::Int64) - lit(t0)) / lit(w_ns)).alias("w")])
+        .filter(col("time").cast(DataType::Int64).gt_eq(lit(t0)))
+        .group_by([col("w")])
+        .agg([col("util_pct").cast(DataType::Float64).mean().alias("util")])
+        .collect()?;
+    let w = df.column("w")?.i64()?.clone();
+    let util = df.column("util")?.f64()?.clone();
+    let by: std::collections::HashMap<i64, f64> = w
+        .iter()
+        .zip(util.iter())
+        .filter_map(|(w, u)| Some((w?, u?)))
+        .collect();
+    for win in windows {
+        let i = (win.start_s / win.length_s).round() as i64;
+        win.gpu_util_pct = by.get(&i).copied();
+    }
+    Ok(())
+}

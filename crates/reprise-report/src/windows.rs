@@ -22,6 +22,8 @@ pub struct Window {
     pub sent_rate: f64,
     /// Stats of the requests sent in the window (throughputs per the window's length).
     pub stats: Stats,
+    /// Mean GPU utilisation over the window (all GPUs), % — when `gpu.parquet` exists.
+    pub gpu_util_pct: Option<f64>,
 }
 
 /// Splits `lf` into windows of `length_s` seconds.
@@ -88,6 +90,7 @@ pub fn windows(lf: LazyFrame, length_s: f64, slo: &Slo) -> Result<Vec<Window>, R
             target_rate: target(w) / length_s,
             sent_rate: stats.requests as f64 / length_s,
             stats,
+            gpu_util_pct: None,
         });
     }
     Ok(out)

@@ -142,7 +142,7 @@ fn percentiles_throughput_and_goodput_have_known_values() {
     reprise_report::render::write(&r, dir.path()).unwrap();
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(md.contains("## Load test report") && md.contains("### Conclusion"));
-    // The page: latency by percentile (TTFT, TPOT, ITL), E2E, throughput and TTFT over time.
+    // The page: latency CDFs (TTFT, TPOT, ITL), E2E, throughput and TTFT over time.
     let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
     assert_eq!(html.matches("<svg").count(), 4, "{html}");
     assert_eq!(html.matches("<polyline").count(), 3 + 1 + 2 + 2);
