@@ -43,6 +43,8 @@ enum Command {
     Replay(Box<cmd::replay::Args>),
     /// Run the simulated OpenAI-compatible LLM server (continuous batching, KV cache, faults).
     Sim(Box<cmd::sim::Args>),
+    /// Sample GPUs (NVML), Prometheus endpoints and this host; import nvidia-smi/DCGM logs.
+    Monitor(Box<cmd::monitor::Args>),
     /// Fit workload models to traces, generate rescaled workloads, check their fidelity.
     #[command(subcommand)]
     Synth(cmd::synth::SynthCommand),
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
         Command::Record(args) => cmd::record::run(*args),
         Command::Replay(args) => cmd::replay::run_cmd(*args),
         Command::Sim(args) => cmd::sim::run(*args),
+        Command::Monitor(args) => cmd::monitor::run(*args),
         Command::Synth(command) => cmd::synth::run(command),
         Command::Trace(command) => cmd::trace::run(command),
         Command::Analyze(args) => cmd::analyze::run("analyze", args),

@@ -179,6 +179,7 @@ fn config(target: &str, dir: &std::path::Path, http: HttpClient) -> ReplayConfig
         // The server has the other core.
         senders: 1,
         http,
+        monitor: None,
     }
 }
 

@@ -128,6 +128,8 @@ pub struct ReplayConfig {
     pub senders: usize,
     /// Which HTTP client sends.
     pub http: HttpClient,
+    /// Samplers to run beside the replay (GPU, scrapes, host), into the run directory.
+    pub monitor: Option<reprise_monitor::MonitorConfig>,
 }
 
 /// Which HTTP client sends the requests.
@@ -192,6 +194,8 @@ pub struct RunSummary {
     pub requests_file: PathBuf,
     /// Events that ran.
     pub events: Vec<events::EventRecord>,
+    /// What the samplers did (GPU, scrapes and their failures, host), when any ran.
+    pub monitor: Option<reprise_monitor::MonitorSummary>,
 }
 
 struct Job {
@@ -568,6 +572,19 @@ pub async fn run(
     };
 
     let clock = Arc::new(Clock::new(Duration::from_millis(20)));
+    // The samplers share the run's clock: their rows line up with the requests'.
+    let monitor = match &config.monitor {
+        Some(m) => {
+            let mut m = m.clone();
+            m.out_dir = config.run_dir.clone();
+            m.anchor = Some((clock.wall0_ns, clock.t0));
+            Some(
+                reprise_monitor::Monitor::start(m)
+                    .map_err(|e| ReplayError::Config(format!("monitor: {e}")))?,
+            )
+        }
+        None => None,
+    };
     let (done_tx, done_rx) = std::sync::mpsc::channel::<Done>();
     let summary = Arc::new(Mutex::new(Summarizer::default()));
     let config = Arc::new(config);
@@ -870,6 +887,7 @@ pub async fn run(
         stopped_early,
         requests_file,
         events: Vec::new(),
+        monitor: None,
     };
     // Events still waiting when the workload ended did not happen; those done are kept.
     let mut events_task = events_task;
@@ -887,8 +905,19 @@ pub async fn run(
             .map_err(|e| ReplayError::Config(e.to_string()))?;
         std::fs::write(&path, text).map_err(|e| ReplayError::Io { path, source: e })?;
     }
+    let monitor = match monitor {
+        Some(m) => match m.stop() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("monitor: {e}");
+                None
+            }
+        },
+        None => None,
+    };
     let run_summary = RunSummary {
         events: event_records,
+        monitor,
         ..run_summary
     };
     write_run_json(&config, &clock, &run_summary)?;

@@ -58,6 +58,7 @@ fn config(
         prompt_words: None,
         senders: 2,
         http: reprise_replay::HttpClient::Auto,
+        monitor: None,
     }
 }
 

@@ -54,6 +54,7 @@ async fn the_knee_of_a_ramp_against_the_sim_is_at_max_num_seqs() {
         prompt_words: None,
         senders: 1,
         http: HttpClient::Auto,
+        monitor: None,
     };
     let mut request = TraceRecord::new("x", Timestamp(0));
     request.input_tokens = Some(64);

@@ -2,6 +2,7 @@
 
 pub mod analyze;
 pub mod import;
+pub mod monitor;
 pub mod record;
 pub mod replay;
 pub mod sim;

@@ -140,6 +140,39 @@ pub struct Args {
     /// for all (https:// always does).
     #[arg(long, value_enum, default_value = "auto")]
     http_client: HttpClientArg,
+    /// Sample the GPUs of this host through NVML during the run (gpu.parquet); without
+    /// NVML, one line says so and the run goes on.
+    #[arg(long, help_heading = "Monitoring")]
+    gpu: bool,
+    /// Scrape this Prometheus endpoint during the run (server.parquet; DCGM-exporter
+    /// series also go to gpu.parquet). Repeatable. `target` scrapes every target's
+    /// /metrics (the sim's included).
+    #[arg(long, value_name = "URL", help_heading = "Monitoring")]
+    scrape: Vec<String>,
+    /// Sampling interval of GPUs, scrapes and the host.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 500,
+        help_heading = "Monitoring"
+    )]
+    monitor_interval_ms: u64,
+    /// Time limit of one scrape.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 2000,
+        help_heading = "Monitoring"
+    )]
+    scrape_timeout_ms: u64,
+    /// Do not sample this host's CPU, memory and network (sampled by default, so that a
+    /// saturated load generator shows).
+    #[arg(long, help_heading = "Monitoring")]
+    no_host_metrics: bool,
+    /// A scraped host's clock minus this one's, applied to timestamps its exposition
+    /// carries (`URL=MS`; repeatable). Estimated from `Date` headers into run.json either way.
+    #[arg(long, value_name = "URL=MS", help_heading = "Monitoring")]
+    clock_offset: Vec<String>,
     /// Replay at most this many requests.
     #[arg(long, help_heading = "Trace window")]
     limit: Option<u64>,
@@ -508,8 +541,22 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
             HttpClientArg::Auto => reprise_replay::HttpClient::Auto,
             HttpClientArg::Reqwest => reprise_replay::HttpClient::Reqwest,
         },
+        monitor: None,
     };
+    let monitor = super::monitor::config_from(
+        &config.run_dir,
+        &super::monitor::Sampling {
+            gpu: args.gpu,
+            host: !args.no_host_metrics,
+            scrape: args.scrape.clone(),
+            interval_ms: args.monitor_interval_ms,
+            scrape_timeout_ms: args.scrape_timeout_ms,
+            clock_offset: args.clock_offset.clone(),
+        },
+        &config.targets,
+    )?;
     let mut config = config;
+    config.monitor = monitor;
     let sizer = match args.tokenizer.as_str() {
         "cl100k" => None,
         "server" => Some(Sizer::Server {
