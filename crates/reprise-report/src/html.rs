@@ -375,7 +375,72 @@ pub fn charts(r: &Report) -> Vec<String> {
             ],
         )
     }));
+    if let Some(c) = &r.correlation {
+        let series = |name: &str| -> Vec<(f64, f64)> {
+            c.bins
+                .iter()
+                .filter_map(|b| Some((b.start_s, *b.values.get(name)?)))
+                .collect()
+        };
+        let waiting = series("waiting");
+        let top = waiting.iter().fold(1.0f64, |a, p| a.max(p.1)) * 1.1;
+        if waiting.len() >= 2 {
+            out.extend(chart(&Chart {
+                right: Some((
+                    "waiting requests",
+                    Series {
+                        name: "waiting (right)",
+                        color: "#8c564b",
+                        points: waiting,
+                    },
+                    top,
+                )),
+                ..Chart::new(
+                    "Server queue and TTFT over time",
+                    "s",
+                    "ms",
+                    vec![Series {
+                        name: "P99 TTFT",
+                        color: "#d62728",
+                        points: series("ttft_p99_ms"),
+                    }],
+                )
+            }));
+        }
+    }
     if let Some(unit) = &r.step_unit {
+        let batch: Vec<(f64, f64)> = r
+            .steps
+            .iter()
+            .zip(&r.side)
+            .filter_map(|(s, x)| Some((s.step_value?, x.server_running?)))
+            .collect();
+        let queue: Vec<(f64, f64)> = r
+            .steps
+            .iter()
+            .zip(&r.side)
+            .filter_map(|(s, x)| Some((s.step_value?, x.server_waiting?)))
+            .collect();
+        if batch.len() >= 2 {
+            let title = format!("Batch size and queue against {unit}");
+            out.extend(chart(&Chart::new(
+                &title,
+                unit,
+                "requests",
+                vec![
+                    Series {
+                        name: "running (batch)",
+                        color: "#17becf",
+                        points: batch,
+                    },
+                    Series {
+                        name: "waiting",
+                        color: "#8c564b",
+                        points: queue,
+                    },
+                ],
+            )));
+        }
         let per = |f: &dyn Fn(&Stats) -> Option<f64>| -> Vec<(f64, f64)> {
             r.steps
                 .iter()

@@ -12,6 +12,8 @@
 
 use serde::Serialize;
 
+use crate::correlate::Correlation;
+
 use crate::metrics::Stats;
 
 /// Thresholds of the knee search.
@@ -49,6 +51,10 @@ pub struct StepSide {
     pub server_waiting: Option<f64>,
     /// Mean of the server's KV-cache usage gauge, % (`vllm:gpu_cache_usage_perc` or alike).
     pub kv_cache_pct: Option<f64>,
+    /// Mean of the server's running-requests gauge: the achieved batch size.
+    pub server_running: Option<f64>,
+    /// Mean CPU utilisation of the load generator's host, %.
+    pub host_cpu_pct: Option<f64>,
 }
 
 /// What the search found.
@@ -75,7 +81,7 @@ pub struct Knee {
 /// One cause of the bottleneck with its evidence.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Cause {
-    /// `errors`, `client`, `server_queue`, `gpu_saturated`, `gpu_not_saturated`,
+    /// `errors`, `client`, `client_cpu`, `server_queue`, `gpu_saturated`, `gpu_not_saturated`,
     /// `kv_cache`.
     pub kind: String,
     /// The evidence, in words and numbers.
@@ -95,6 +101,37 @@ fn pct(x: f64) -> String {
 /// Finds the knee of `steps` (in load order) and diagnoses it; `None` without at least
 /// two steps or without saturation.
 pub fn find(steps: &[Stats], side: &[StepSide], rules: &Rules, unit: &str) -> Option<Knee> {
+    find_with(steps, side, rules, unit, None)
+}
+
+/// [`find`], with the time correlations of GPU and server series as further evidence.
+pub fn find_with(
+    steps: &[Stats],
+    side: &[StepSide],
+    rules: &Rules,
+    unit: &str,
+    corr: Option<&Correlation>,
+) -> Option<Knee> {
+    let together = |x: &str, y: &str, what: &str| -> String {
+        match corr.and_then(|c| c.get(x, y)) {
+            Some(c) if c.pearson >= 0.5 => format!(
+                "; {what} move together over time (Pearson r = {:.2}, Spearman {:.2}, {} bins of {} s{})",
+                c.pearson,
+                c.spearman,
+                c.n,
+                corr.map_or(0.0, |c| c.bin_s),
+                if c.best_lag_s != 0.0 && c.best_lag_r > c.pearson + 0.05 {
+                    format!(
+                        "; strongest at a lag of {:+} s, r = {:.2}",
+                        c.best_lag_s, c.best_lag_r
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+            _ => String::new(),
+        }
+    };
     if steps.len() < 2 {
         return None;
     }
@@ -209,10 +246,11 @@ pub fn find(steps: &[Stats], side: &[StepSide], rules: &Rules, unit: &str) -> Op
             causes.push(Cause {
                 kind: "server_queue".into(),
                 evidence: format!(
-                    "latency jumps with queue build-up at the server: P99 TTFT x{ttft_x:.1} from {unit} {} to {}{} — requests wait for a batch slot before prefill{waiting}",
+                    "latency jumps with queue build-up at the server: P99 TTFT x{ttft_x:.1} from {unit} {} to {}{} — requests wait for a batch slot before prefill{waiting}{}",
                     value(knee),
                     last.step_value.unwrap_or(0.0),
                     tpot.map_or(String::new(), |x| format!(" while P99 TPOT x{x:.1}")),
+                    together("waiting", "ttft_p99_ms", "the server's waiting requests and P99 TTFT"),
                 ),
             });
         }
@@ -239,11 +277,27 @@ pub fn find(steps: &[Stats], side: &[StepSide], rules: &Rules, unit: &str) -> Op
             causes.push(Cause {
                 kind: "gpu_saturated".into(),
                 evidence: format!(
-                    "GPU utilisation {util:.0}% at {unit} {}: the GPU is the limit",
-                    value(sat)
+                    "GPU utilisation {util:.0}% at {unit} {}: the GPU is the limit{}",
+                    value(sat),
+                    together(
+                        "gpu_util_pct",
+                        "throughput_rps",
+                        "GPU utilisation and throughput"
+                    )
                 ),
             });
         } else if util < 70.0 {
+            if let Some(cpu) = side.get(sat).and_then(|x| x.host_cpu_pct)
+                && cpu >= 85.0
+            {
+                causes.push(Cause {
+                    kind: "client_cpu".into(),
+                    evidence: format!(
+                        "the load generator's host CPU was {cpu:.0}% busy at {unit} {}: the client itself may be what saturates",
+                        value(sat)
+                    ),
+                });
+            }
             causes.push(Cause {
                 kind: "gpu_not_saturated".into(),
                 evidence: format!(
@@ -274,6 +328,9 @@ pub fn find(steps: &[Stats], side: &[StepSide], rules: &Rules, unit: &str) -> Op
             }
             "gpu_saturated" => {
                 "quantise (FP16/INT8), use TensorRT-LLM kernels, or add GPUs/replicas"
+            }
+            "client_cpu" => {
+                "run the load generator on a machine of its own (or more --senders on more cores) and compare"
             }
             "gpu_not_saturated" => {
                 "profile the server's CPU side (tokenisation, detokenisation, HTTP) and the network"

@@ -18,6 +18,7 @@
 //! [`analyze`] runs them all on one run.
 
 pub mod compare;
+pub mod correlate;
 pub mod export;
 pub mod gaps;
 pub mod html;
@@ -74,6 +75,8 @@ pub struct Options {
     pub rules: Rules,
     /// Seconds of context around each event.
     pub event_context_s: f64,
+    /// Bin length of the GPU/server correlation, s.
+    pub corr_bin_s: f64,
 }
 
 impl Default for Options {
@@ -83,6 +86,7 @@ impl Default for Options {
             window_s: 10.0,
             rules: Rules::default(),
             event_context_s: 30.0,
+            corr_bin_s: 2.0,
         }
     }
 }
@@ -142,6 +146,9 @@ pub struct Report {
     pub cdf: std::collections::BTreeMap<String, Vec<(f64, f64)>>,
     /// The knee and its diagnosis, for ramps.
     pub knee: Option<Knee>,
+    /// GPU and server series against the requests, when `gpu.parquet` or `server.parquet`
+    /// exist.
+    pub correlation: Option<correlate::Correlation>,
     /// Events with their surroundings.
     pub events: Vec<EventReport>,
     /// The client's queue limit, ms.
@@ -207,6 +214,11 @@ pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
     let mut windows = windows::windows(measured.clone(), opts.window_s, &opts.slo)?;
     let t0 = first_scheduled(&measured)?;
     side::per_window(run, t0, opts.window_s, &mut windows)?;
+    let correlation = if run.gpu.is_some() || run.server.is_some() {
+        Some(correlate::correlate(run, &measured, t0, opts.corr_bin_s)?)
+    } else {
+        None
+    };
     let mut cdf = std::collections::BTreeMap::new();
     for (name, column) in [("ttft", "ttft_us"), ("tpot", "tpot_us"), ("e2e", "e2e_us")] {
         cdf.insert(name.to_owned(), metrics::cdf(measured.clone(), column)?);
@@ -215,7 +227,7 @@ pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
     rules.queue_limit_ms = run.queue_limit_ms;
     let knee = unit
         .as_deref()
-        .and_then(|u| knee::find(&steps, &side, &rules, u));
+        .and_then(|u| knee::find_with(&steps, &side, &rules, u, correlation.as_ref()));
     let mut events = event_reports(run, &measured, opts, t0)?;
     let mut overall = overall;
     let itl_cdf = add_gaps(
@@ -262,6 +274,7 @@ pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
         windows,
         cdf,
         knee,
+        correlation,
         events,
         queue_limit_ms: run.queue_limit_ms,
         client_behind,

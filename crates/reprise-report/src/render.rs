@@ -289,6 +289,8 @@ pub fn markdown(r: &Report) -> String {
         }
     }
 
+    resources(&mut m, r);
+
     let _ = writeln!(m, "\n### Conclusion");
     match &r.knee {
         Some(k) => {
@@ -400,4 +402,82 @@ pub fn terminal(r: &Report, color: bool) -> String {
         let _ = writeln!(t, "{b}{yellow}{}{z}", k.conclusion);
     }
     t
+}
+
+/// GPU and server figures per step (the dynamic-batching picture), the strongest time
+/// correlations, and scrape failures.
+fn resources(m: &mut String, r: &Report) {
+    let Some(c) = &r.correlation else {
+        return;
+    };
+    let _ = writeln!(m, "\n### Resources and correlation\n");
+    let f = |v: Option<f64>, suffix: &str| v.map_or("–".into(), |x| format!("{x:.1}{suffix}"));
+    if !r.steps.is_empty() && r.side.len() == r.steps.len() {
+        let unit = r.step_unit.as_deref().unwrap_or("phase");
+        let _ = writeln!(
+            m,
+            "| {unit} | QPS | running (batch size) | waiting | KV cache | GPU util | GPU mem | client host CPU |"
+        );
+        let _ = writeln!(m, "|---|---|---|---|---|---|---|---|");
+        for (s, x) in r.steps.iter().zip(&r.side) {
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                s.step_value
+                    .filter(|_| r.step_unit.is_some())
+                    .map_or_else(|| s.label.clone(), num),
+                num(s.request_throughput),
+                f(x.server_running, ""),
+                f(x.server_waiting, ""),
+                f(x.kv_cache_pct, "%"),
+                f(x.gpu_util_pct, "%"),
+                f(x.gpu_mem_pct, "%"),
+                f(x.host_cpu_pct, "%"),
+            );
+        }
+        let _ = writeln!(m);
+    }
+    let strong: Vec<_> = c
+        .pairs
+        .iter()
+        .filter(|p| p.pearson.abs() >= 0.5)
+        .take(8)
+        .collect();
+    if strong.is_empty() {
+        let _ = writeln!(
+            m,
+            "No resource series moves with the request figures (|r| < 0.5 over {} bins of {} s).",
+            c.bins.len(),
+            c.bin_s
+        );
+    } else {
+        let _ = writeln!(m, "Strongest relations over time ({} s bins):", c.bin_s);
+        let _ = writeln!(
+            m,
+            "\n| resource | request figure | Pearson r | Spearman | bins | best lag (s, r) |"
+        );
+        let _ = writeln!(m, "|---|---|---|---|---|---|");
+        for p in strong {
+            let _ = writeln!(
+                m,
+                "| {} | {} | {:.2} | {:.2} | {} | {:+} s, {:.2} |",
+                p.x, p.y, p.pearson, p.spearman, p.n, p.best_lag_s, p.best_lag_r
+            );
+        }
+    }
+    for h in &c.sources {
+        if h.failed > 0 {
+            let errors: Vec<String> = h.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let _ = writeln!(
+                m,
+                "\n- Scrapes of {} failed {} of {} times ({}): {} gap(s) in its data, the longest {:.1} s.",
+                h.source,
+                h.failed,
+                h.scrapes,
+                errors.join(", "),
+                h.gaps,
+                h.longest_gap_s
+            );
+        }
+    }
 }

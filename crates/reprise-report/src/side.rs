@@ -91,6 +91,20 @@ pub fn per_step(
                 side.server_waiting = mean_in(server, col("value"), Some(names(&WAITING)), a, b)?;
                 side.kv_cache_pct =
                     mean_in(server, col("value"), Some(names(&KV_CACHE)), a, b)?.map(|f| f * 100.0);
+                side.server_running = mean_in(
+                    server,
+                    col("value"),
+                    Some(names(&crate::correlate::RUNNING)),
+                    a,
+                    b,
+                )?;
+                side.host_cpu_pct = mean_in(
+                    server,
+                    col("value"),
+                    Some(names(&["host_cpu_util_pct"])),
+                    a,
+                    b,
+                )?;
             }
         }
         out.push(side);

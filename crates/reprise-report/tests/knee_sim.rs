@@ -3,6 +3,10 @@
 //! throughput grows up to concurrency 8 and flattens after it while requests queue for a
 //! batch slot (TTFT rises). The analyzer must find the knee within one step of 8 and name
 //! the server's queue as the cause.
+//!
+//! The run scrapes the sim's `/metrics` (vLLM names and its simulated DCGM GPU) every
+//! 100 ms: the correlation must find waiting requests rising with TTFT and the GPU's
+//! utilisation tracking throughput.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -54,7 +58,12 @@ async fn the_knee_of_a_ramp_against_the_sim_is_at_max_num_seqs() {
         prompt_words: None,
         senders: 1,
         http: HttpClient::Auto,
-        monitor: None,
+        monitor: Some({
+            let mut m = reprise_monitor::MonitorConfig::new(dir.path());
+            m.scrape = vec![format!("{}/metrics", sim.base_url())];
+            m.interval = Duration::from_millis(100);
+            m
+        }),
     };
     let mut request = TraceRecord::new("x", Timestamp(0));
     request.input_tokens = Some(64);
@@ -74,7 +83,14 @@ async fn the_knee_of_a_ramp_against_the_sim_is_at_max_num_seqs() {
     )
     .await
     .unwrap();
-    let report = analyze(dir.path(), &Options::default()).unwrap();
+    let report = analyze(
+        dir.path(),
+        &Options {
+            corr_bin_s: 0.25,
+            ..Options::default()
+        },
+    )
+    .unwrap();
     let values: Vec<f64> = report.steps.iter().filter_map(|s| s.step_value).collect();
     assert_eq!(values, [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]);
     let table: Vec<String> = report
@@ -105,4 +121,34 @@ async fn the_knee_of_a_ramp_against_the_sim_is_at_max_num_seqs() {
         knee.causes
     );
     assert_eq!(report.warmup_excluded, 4);
+
+    // Monitoring: the sim's gauges were scraped without failure, its DCGM GPU became gpu/1.
+    assert!(dir.path().join("server.parquet").is_file());
+    assert!(dir.path().join("gpu.parquet").is_file());
+    let c = report
+        .correlation
+        .as_ref()
+        .expect("correlation with server data");
+    let health = &c.sources[0];
+    assert!(health.scrapes >= 20 && health.failed == 0, "{health:?}");
+    let waiting_ttft = c.get("waiting", "ttft_p99_ms").expect("waiting vs TTFT");
+    eprintln!("waiting~TTFT p99: {waiting_ttft:?}");
+    assert!(waiting_ttft.pearson > 0.6, "{waiting_ttft:?}");
+    // Waiting is 0 in most low-load bins (ties), so the ranks say less than the values.
+    assert!(waiting_ttft.spearman > 0.0, "{waiting_ttft:?}");
+    // The batch size (running) per step stops at max_num_seqs, the queue takes the rest.
+    let last = report.side.last().unwrap();
+    let running = last.server_running.unwrap();
+    assert!(running <= 8.5 && running > 5.0, "{last:?}");
+    assert!(last.server_waiting.unwrap() > 10.0, "{last:?}");
+    let first = &report.side[0];
+    assert!(first.server_running.unwrap() < 1.5, "{first:?}");
+    assert!(first.server_waiting.unwrap() < 0.5, "{first:?}");
+    // The diagnosis cites the correlation.
+    let queue = knee
+        .causes
+        .iter()
+        .find(|c| c.kind == "server_queue")
+        .unwrap();
+    assert!(queue.evidence.contains("Pearson r"), "{}", queue.evidence);
 }

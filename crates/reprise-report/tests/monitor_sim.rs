@@ -1,0 +1,206 @@
+//! A replay with monitoring against the simulator: an open-loop rate ramp while the monitor
+//! scrapes the sim's `/metrics` (vLLM names and its simulated DCGM GPU) and three broken
+//! endpoints — one refusing connections, one that never answers, one serving garbage. The
+//! run must complete, the broken endpoints' failures be classed with their gaps marked, the
+//! report say so, and the correlation find the simulated GPU's utilisation tracking the
+//! throughput as the rate rises.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use reprise_protocol::openai::Api;
+use reprise_replay::client::{Backend, RequestShape, Timeouts};
+use reprise_replay::prompt::PromptBuilder;
+use reprise_replay::workload::{Process, RatePlan, RateStep, Sizes};
+use reprise_replay::{HttpClient, Pacing, Progress, ReplayConfig, StopRule, run};
+use reprise_report::{Options, analyze, render};
+use reprise_sim::{Profile, SimConfig, SimServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A server that accepts and answers every request with `body` after reading its head,
+/// or never answers when `body` is `None`.
+async fn fake(body: Option<&'static str>) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            match body {
+                None => held.push(s),
+                Some(b) => {
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 4096];
+                        let _ = s.read(&mut buf).await;
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
+                            b.len()
+                        );
+                        let _ = s.write_all(resp.as_bytes()).await;
+                    });
+                }
+            }
+        }
+    });
+    format!("http://{addr}/metrics")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitoring_a_ramp_correlates_gpu_with_throughput_and_marks_broken_endpoints() {
+    let mut profile = Profile::named("llama-8b-h100").unwrap();
+    profile.model = "m".into();
+    let mut sim = SimConfig::new(profile);
+    sim.speedup = 5.0;
+    let sim = SimServer::start(sim).await.unwrap();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/metrics", l.local_addr().unwrap())
+    };
+    let slow = fake(None).await;
+    let garbage = fake(Some("this is { not prometheus\n")).await;
+    let good = format!("{}/metrics", sim.base_url());
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut monitor = reprise_monitor::MonitorConfig::new(dir.path());
+    monitor.scrape = vec![good.clone(), dead.clone(), slow.clone(), garbage.clone()];
+    monitor.interval = Duration::from_millis(100);
+    monitor.scrape_timeout = Duration::from_millis(300);
+    let config = ReplayConfig {
+        targets: vec![sim.base_url()],
+        shape: RequestShape {
+            api: Api::Chat,
+            backend: Backend::Vllm,
+            model: "m".into(),
+            stream: true,
+        },
+        headers: Vec::new(),
+        timeouts: Timeouts {
+            request: Duration::from_secs(60),
+            gap: Duration::from_secs(30),
+        },
+        max_in_flight: None,
+        warmup: 0,
+        prompts: PromptBuilder {
+            block_tokens: None,
+            salt: 1,
+        },
+        run_dir: dir.path().to_owned(),
+        run_id: "monitor".into(),
+        queue_limit_ms: 5.0,
+        stop_rule: StopRule::default(),
+        drain: Duration::from_secs(5),
+        command: vec!["test".into()],
+        events: Vec::new(),
+        prompt_words: None,
+        senders: 1,
+        http: HttpClient::Auto,
+        monitor: Some(monitor),
+    };
+    let steps = [1.0, 3.0, 9.0, 27.0]
+        .into_iter()
+        .map(|rate| RateStep {
+            rate,
+            duration: Duration::from_secs(2),
+            label: format!("rate={rate}"),
+        })
+        .collect();
+    let plan = RatePlan::new(
+        steps,
+        Process::Poisson,
+        Sizes::Fixed {
+            input: 256,
+            output: 64,
+        },
+        7,
+    )
+    .unwrap();
+    let summary = run(
+        config,
+        Pacing::Open(plan.into()),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Progress::default()),
+    )
+    .await
+    .unwrap();
+    assert!(summary.complete);
+    let m = summary.monitor.as_ref().expect("the monitor's summary");
+    let src = |u: &str| m.sources.iter().find(|s| s.source == u).unwrap();
+    assert!(
+        src(&good).ok >= 40 && src(&good).failed == 0,
+        "{:?}",
+        src(&good)
+    );
+    assert_eq!(src(&dead).errors.keys().collect::<Vec<_>>(), ["connect"]);
+    assert_eq!(src(&slow).errors.keys().collect::<Vec<_>>(), ["timeout"]);
+    assert_eq!(src(&garbage).errors.keys().collect::<Vec<_>>(), ["parse"]);
+    for u in [&dead, &slow, &garbage] {
+        assert_eq!(src(u).ok, 0);
+        assert_eq!(src(u).gaps.len(), 1, "{:?}", src(u));
+    }
+    let run_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        run_json["summary"]["monitor"]["format"],
+        "reprise.monitor/1"
+    );
+
+    let report = analyze(
+        dir.path(),
+        &Options {
+            corr_bin_s: 0.5,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let c = report.correlation.as_ref().unwrap();
+    let health = |u: &str| c.sources.iter().find(|s| s.source == u).unwrap();
+    assert_eq!(health(&good).failed, 0);
+    for (u, kind) in [(&dead, "connect"), (&slow, "timeout"), (&garbage, "parse")] {
+        let h = health(u);
+        assert!(h.failed >= 3 && h.failed == h.scrapes, "{h:?}");
+        assert_eq!(h.errors.keys().collect::<Vec<_>>(), [kind]);
+        assert_eq!(h.gaps, 1);
+        assert!(h.longest_gap_s > 3.0, "{h:?}");
+    }
+    let gpu = c
+        .get("gpu_util_pct", "output_tokens_per_s")
+        .expect("GPU vs throughput");
+    eprintln!("GPU util ~ output tok/s: {gpu:?}");
+    for p in c.pairs.iter().take(8) {
+        eprintln!(
+            "  {} ~ {}: r {:.2} rho {:.2} n {}",
+            p.x, p.y, p.pearson, p.spearman, p.n
+        );
+    }
+    // Utilisation saturates while throughput keeps rising: monotone (rank) more than
+    // linear.
+    assert!(gpu.spearman > 0.7 && gpu.pearson > 0.5, "{gpu:?}");
+    // The achieved batch (running requests) tracks throughput closely.
+    let batch = c.get("running", "throughput_rps").unwrap();
+    assert!(batch.pearson > 0.8, "{batch:?}");
+    // The host was sampled too.
+    assert!(c.bins.iter().any(|b| b.values.contains_key("host_cpu_pct")));
+    // The steps carry the GPU figures, rising with the rate.
+    let util: Vec<f64> = report
+        .side
+        .iter()
+        .map(|s| s.gpu_util_pct.unwrap())
+        .collect();
+    assert!(util[3] > util[0] + 20.0, "{util:?}");
+
+    render::write(&report, dir.path()).unwrap();
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("### Resources and correlation"), "{md}");
+    for u in [&dead, &slow, &garbage] {
+        assert!(md.contains(&format!("Scrapes of {u} failed")), "{md}");
+    }
+    assert!(
+        md.contains("| gpu_util_pct | output_tokens_per_s |"),
+        "{md}"
+    );
+}
