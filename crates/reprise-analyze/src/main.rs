@@ -145,6 +145,9 @@ struct AnalyzeArgs {
     /// Window length of the over-time table, seconds.
     #[arg(long, default_value_t = 10.0)]
     window: f64,
+    /// Bin length of the GPU/server correlation, seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    corr_bin: f64,
     /// Goodput SLO: TTFT at most this many ms.
     #[arg(long, value_name = "MS")]
     slo_ttft: Option<f64>,
@@ -176,6 +179,7 @@ fn analyze(a: AnalyzeArgs) -> Result<ExitCode> {
             e2e_ms: a.slo_e2e,
         },
         window_s: a.window,
+        corr_bin_s: a.corr_bin,
         rules: Rules {
             min_gain: a.knee_min_gain,
             p99_rise: a.knee_p99_rise,

@@ -202,6 +202,11 @@ pub fn correlate(
     t0: i64,
     bin_s: f64,
 ) -> Result<Correlation, ReportError> {
+    if !(bin_s.is_finite() && bin_s > 0.0) {
+        return Err(ReportError::Input(format!(
+            "correlation bin length must be positive, got {bin_s}"
+        )));
+    }
     let bin_ns = ((bin_s * 1e9) as i64).max(1);
     let bin_of = |c: &str| ((col(c).cast(DataType::Int64) - lit(t0)) / lit(bin_ns)).alias("b");
     let mut series: BTreeMap<String, BTreeMap<i64, f64>> = BTreeMap::new();

@@ -199,6 +199,9 @@ async fn monitoring_a_ramp_correlates_gpu_with_throughput_and_marks_broken_endpo
     for u in [&dead, &slow, &garbage] {
         assert!(md.contains(&format!("Scrapes of {u} failed")), "{md}");
     }
-    assert!(md.contains("| resource | request figure | Pearson r |"), "{md}");
+    assert!(
+        md.contains("| resource | request figure | Pearson r |"),
+        "{md}"
+    );
     assert!(md.contains("| running | throughput_rps |"), "{md}");
 }

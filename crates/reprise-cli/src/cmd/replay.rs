@@ -654,6 +654,21 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
     if !summary.complete {
         println!("run INCOMPLETE (stopped before the end)");
     }
+    if let Some(m) = &summary.monitor {
+        println!(
+            "monitoring: {} GPU rows, {} server rows, {} host samples",
+            m.gpu_rows, m.server_rows, m.host_samples
+        );
+        for src in m.sources.iter().filter(|s| s.failed > 0) {
+            println!(
+                "  scrapes of {} failed {} of {} ({})",
+                src.source,
+                src.failed,
+                src.failed + src.ok,
+                src.last_error.as_deref().unwrap_or("")
+            );
+        }
+    }
     println!(
         "run directory: {} ({} requests recorded)",
         run_dir.display(),
