@@ -29,11 +29,11 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
 use reprise_protocol::openai::Api;
 use reprise_protocol::sse::SseParser;
-use reprise_replay::client::{Backend, RequestShape, Timeouts};
+use reprise_replay::client::{Backend, RequestShape};
 use reprise_replay::pace::Pacer;
 use reprise_replay::prompt::PromptBuilder;
 use reprise_replay::workload::{Process, RatePlan, RateStep, Sizes};
-use reprise_replay::{HttpClient, Pacing, Progress, ReplayConfig, RunSummary, StopRule, run};
+use reprise_replay::{HttpClient, Pacing, Progress, ReplayConfig, RunSummary, run};
 
 const EVENT: &str = "data: {\"id\":\"cmpl-0\",\"object\":\"text_completion\",\"created\":0,\"model\":\"m\",\"choices\":[{\"index\":0,\"text\":\" the\",\"logprobs\":null,\"finish_reason\":null}]}\n\n";
 const TAIL: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":16,\"completion_tokens\":16,\"total_tokens\":32}}\n\ndata: [DONE]\n\n";
@@ -155,31 +155,17 @@ fn shape() -> RequestShape {
 
 fn config(target: &str, dir: &std::path::Path, http: HttpClient) -> ReplayConfig {
     ReplayConfig {
-        targets: vec![target.to_owned()],
         shape: shape(),
-        headers: Vec::new(),
-        timeouts: Timeouts {
-            request: Duration::from_secs(60),
-            gap: Duration::from_secs(30),
-        },
-        max_in_flight: None,
-        warmup: 0,
         prompts: PromptBuilder {
             block_tokens: None,
             salt: 0,
         },
-        run_dir: dir.to_owned(),
         run_id: "bench".into(),
-        queue_limit_ms: 1.0,
-        stop_rule: StopRule::default(),
         drain: Duration::from_secs(10),
-        command: Vec::new(),
-        events: Vec::new(),
-        prompt_words: None,
         // The server has the other core.
         senders: 1,
         http,
-        monitor: None,
+        ..ReplayConfig::new(vec![target.to_owned()], "m", dir)
     }
 }
 

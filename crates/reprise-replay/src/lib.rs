@@ -132,6 +132,45 @@ pub struct ReplayConfig {
     pub monitor: Option<reprise_monitor::MonitorConfig>,
 }
 
+impl ReplayConfig {
+    /// A configuration with the defaults of `reprise replay`: OpenAI chat, vLLM dialect,
+    /// streaming, 60 s per request and 30 s between chunks, no warm-up, queue limit 1 ms,
+    /// one sender, the automatic HTTP client, no monitoring.
+    pub fn new(targets: Vec<String>, model: &str, run_dir: impl Into<PathBuf>) -> Self {
+        ReplayConfig {
+            targets,
+            shape: RequestShape {
+                api: Api::Chat,
+                backend: client::Backend::Vllm,
+                model: model.to_owned(),
+                stream: true,
+            },
+            headers: Vec::new(),
+            timeouts: Timeouts {
+                request: Duration::from_secs(60),
+                gap: Duration::from_secs(30),
+            },
+            max_in_flight: None,
+            warmup: 0,
+            prompts: PromptBuilder {
+                block_tokens: None,
+                salt: 1,
+            },
+            run_dir: run_dir.into(),
+            run_id: "run".into(),
+            queue_limit_ms: 1.0,
+            stop_rule: StopRule::default(),
+            drain: Duration::from_secs(5),
+            command: Vec::new(),
+            events: Vec::new(),
+            prompt_words: None,
+            senders: 1,
+            http: HttpClient::Auto,
+            monitor: None,
+        }
+    }
+}
+
 /// Which HTTP client sends the requests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum HttpClient {

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use reprise_protocol::openai::Api;
-use reprise_replay::client::{Backend, RequestShape, Timeouts};
+use reprise_replay::client::Timeouts;
 use reprise_replay::prompt::PromptBuilder;
 use reprise_replay::workload::{
     LoadedTrace, Process, RateStep, Sizes, TraceWindow, rate_plan, trace_plan,
@@ -30,35 +29,20 @@ fn config(
     block_tokens: Option<usize>,
 ) -> ReplayConfig {
     ReplayConfig {
-        targets,
-        shape: RequestShape {
-            api: Api::Chat,
-            backend: Backend::Vllm,
-            model: "m".into(),
-            stream: true,
-        },
         headers: vec![("authorization".into(), "Bearer secret-token".into())],
         timeouts: Timeouts {
             request: Duration::from_secs(30),
             gap: Duration::from_secs(10),
         },
-        max_in_flight: None,
-        warmup: 0,
         prompts: PromptBuilder {
             block_tokens,
             salt: 1,
         },
-        run_dir: dir.to_owned(),
         run_id: "test".into(),
         queue_limit_ms: 5.0,
-        stop_rule: StopRule::default(),
-        drain: Duration::from_secs(5),
         command: vec!["test".into()],
-        events: Vec::new(),
-        prompt_words: None,
         senders: 2,
-        http: reprise_replay::HttpClient::Auto,
-        monitor: None,
+        ..ReplayConfig::new(targets, "m", dir)
     }
 }
 

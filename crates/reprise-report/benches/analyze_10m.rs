@@ -92,61 +92,50 @@ fn generate(dir: &Path, n: u64) {
             request.input_tokens = Some(n_in);
             request.output_tokens = Some(n_out);
             let phase = format!("rate={rate:.0}");
-            let r = if failed {
-                ResultRecord {
-                    request,
-                    run_id: "bench".into(),
-                    target: "http://127.0.0.1:8000".into(),
-                    phase,
-                    step_value: Some(rate),
-                    shard: 0,
-                    scheduled: Timestamp(scheduled),
-                    sent: Some(Timestamp(sent)),
-                    first_chunk: None,
-                    first_token: None,
-                    done: Some(Timestamp(sent + 30 * S)),
-                    queue_us: Some(queue_us as u64),
-                    ttft_us: None,
-                    e2e_us: None,
-                    ttft_sched_us: None,
-                    e2e_sched_us: None,
-                    tpot_us: None,
-                    itl_us: None,
-                    n_in_usage: None,
-                    n_out_usage: None,
-                    n_out_counted: Some(0),
-                    status: Some(0),
-                    error_kind: Some("timeout".into()),
-                    error: Some("no response within 30 s".into()),
-                }
-            } else {
-                ResultRecord {
-                    request,
-                    run_id: "bench".into(),
-                    target: "http://127.0.0.1:8000".into(),
-                    phase,
-                    step_value: Some(rate),
-                    shard: 0,
-                    scheduled: Timestamp(scheduled),
-                    sent: Some(Timestamp(sent)),
-                    first_chunk: Some(Timestamp(sent + ttft as i64 * 1000)),
-                    first_token: Some(Timestamp(sent + ttft as i64 * 1000)),
-                    done: Some(Timestamp(sent + e2e as i64 * 1000)),
-                    queue_us: Some(queue_us as u64),
-                    ttft_us: Some(ttft),
-                    e2e_us: Some(e2e),
-                    ttft_sched_us: Some(ttft + queue_us as u64),
-                    e2e_sched_us: Some(e2e + queue_us as u64),
-                    tpot_us: (n_out > 1).then(|| (e2e - ttft) / (n_out as u64 - 1)),
-                    itl_us: Some(gaps),
-                    n_in_usage: Some(n_in),
-                    n_out_usage: Some(n_out),
-                    n_out_counted: Some(n_out),
-                    status: Some(200),
-                    error_kind: None,
-                    error: None,
-                }
+            let mut r = ResultRecord {
+                request,
+                run_id: "bench".into(),
+                target: "http://127.0.0.1:8000".into(),
+                phase,
+                step_value: Some(rate),
+                shard: 0,
+                scheduled: Timestamp(scheduled),
+                sent: Some(Timestamp(sent)),
+                first_chunk: Some(Timestamp(sent + ttft as i64 * 1000)),
+                first_token: Some(Timestamp(sent + ttft as i64 * 1000)),
+                done: Some(Timestamp(sent + e2e as i64 * 1000)),
+                queue_us: Some(queue_us as u64),
+                ttft_us: Some(ttft),
+                e2e_us: Some(e2e),
+                ttft_sched_us: Some(ttft + queue_us as u64),
+                e2e_sched_us: Some(e2e + queue_us as u64),
+                tpot_us: (n_out > 1).then(|| (e2e - ttft) / (n_out as u64 - 1)),
+                itl_us: Some(gaps),
+                n_in_usage: Some(n_in),
+                n_out_usage: Some(n_out),
+                n_out_counted: Some(n_out),
+                status: Some(200),
+                error_kind: None,
+                error: None,
             };
+            if failed {
+                // A timeout after 30 s: no response at all.
+                r.first_chunk = None;
+                r.first_token = None;
+                r.done = Some(Timestamp(sent + 30 * S));
+                (
+                    r.ttft_us,
+                    r.e2e_us,
+                    r.ttft_sched_us,
+                    r.e2e_sched_us,
+                    r.tpot_us,
+                ) = (None, None, None, None, None);
+                r.itl_us = None;
+                (r.n_in_usage, r.n_out_usage, r.n_out_counted) = (None, None, Some(0));
+                r.status = Some(0);
+                r.error_kind = Some("timeout".into());
+                r.error = Some("no response within 30 s".into());
+            }
             w.write(&r).unwrap();
         }
     }

@@ -176,12 +176,13 @@ pub fn analyze(dir: &Path, opts: &Options) -> Result<Report, ReportError> {
 /// Analyses an opened run.
 pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
     // The measured requests are read once, without their gap lists (counted apart by
-    // `gaps::pass`), and every aggregation below runs on them in memory.
+    // `gaps::pass`) or target URLs (not needed here), and every aggregation below runs on
+    // them in memory.
     let measured = run
         .requests
         .clone()
         .filter(col("phase").neq(lit("warmup")))
-        .drop(by_name(["itl_us"], true, false))
+        .drop(by_name(["itl_us", "target"], true, false))
         .collect()?
         .lazy();
     let overall = metrics::overall(measured.clone(), &opts.slo)?;

@@ -12,10 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use reprise_protocol::openai::Api;
-use reprise_replay::client::{Backend, RequestShape, Timeouts};
-use reprise_replay::prompt::PromptBuilder;
-use reprise_replay::{HttpClient, Pacing, Progress, ReplayConfig, StopRule, run};
+use reprise_replay::{Pacing, Progress, ReplayConfig, run};
 use reprise_report::{Options, analyze};
 use reprise_sim::{Profile, SimConfig, SimServer};
 use reprise_trace::{Timestamp, TraceRecord};
@@ -30,40 +27,16 @@ async fn the_knee_of_a_ramp_against_the_sim_is_at_max_num_seqs() {
     let sim = SimServer::start(sim).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = ReplayConfig {
-        targets: vec![sim.base_url()],
-        shape: RequestShape {
-            api: Api::Chat,
-            backend: Backend::Vllm,
-            model: "m".into(),
-            stream: true,
-        },
-        headers: Vec::new(),
-        timeouts: Timeouts {
-            request: Duration::from_secs(60),
-            gap: Duration::from_secs(30),
-        },
-        max_in_flight: None,
         warmup: 4,
-        prompts: PromptBuilder {
-            block_tokens: None,
-            salt: 1,
-        },
-        run_dir: dir.path().to_owned(),
         run_id: "knee".into(),
-        queue_limit_ms: 1.0,
-        stop_rule: StopRule::default(),
-        drain: Duration::from_secs(5),
         command: vec!["test".into()],
-        events: Vec::new(),
-        prompt_words: None,
-        senders: 1,
-        http: HttpClient::Auto,
         monitor: Some({
             let mut m = reprise_monitor::MonitorConfig::new(dir.path());
             m.scrape = vec![format!("{}/metrics", sim.base_url())];
             m.interval = Duration::from_millis(100);
             m
         }),
+        ..ReplayConfig::new(vec![sim.base_url()], "m", dir.path())
     };
     let mut request = TraceRecord::new("x", Timestamp(0));
     request.input_tokens = Some(64);

@@ -9,11 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use reprise_protocol::openai::Api;
-use reprise_replay::client::{Backend, RequestShape, Timeouts};
-use reprise_replay::prompt::PromptBuilder;
 use reprise_replay::workload::{Process, RatePlan, RateStep, Sizes};
-use reprise_replay::{HttpClient, Pacing, Progress, ReplayConfig, StopRule, run};
+use reprise_replay::{Pacing, Progress, ReplayConfig, run};
 use reprise_report::{Options, analyze, render};
 use reprise_sim::{Profile, SimConfig, SimServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -70,35 +67,10 @@ async fn monitoring_a_ramp_correlates_gpu_with_throughput_and_marks_broken_endpo
     monitor.interval = Duration::from_millis(100);
     monitor.scrape_timeout = Duration::from_millis(300);
     let config = ReplayConfig {
-        targets: vec![sim.base_url()],
-        shape: RequestShape {
-            api: Api::Chat,
-            backend: Backend::Vllm,
-            model: "m".into(),
-            stream: true,
-        },
-        headers: Vec::new(),
-        timeouts: Timeouts {
-            request: Duration::from_secs(60),
-            gap: Duration::from_secs(30),
-        },
-        max_in_flight: None,
-        warmup: 0,
-        prompts: PromptBuilder {
-            block_tokens: None,
-            salt: 1,
-        },
-        run_dir: dir.path().to_owned(),
         run_id: "monitor".into(),
         queue_limit_ms: 5.0,
-        stop_rule: StopRule::default(),
-        drain: Duration::from_secs(5),
-        command: vec!["test".into()],
-        events: Vec::new(),
-        prompt_words: None,
-        senders: 1,
-        http: HttpClient::Auto,
         monitor: Some(monitor),
+        ..ReplayConfig::new(vec![sim.base_url()], "m", dir.path())
     };
     let steps = [1.0, 3.0, 9.0, 27.0]
         .into_iter()
