@@ -74,10 +74,17 @@ fn chart(c: &Chart) -> Option<String> {
     if c.series.iter().all(|s| finite(&s.points).count() < 2) {
         return None;
     }
+    // The x range covers the right-hand series too (its y has its own axis).
+    let right_points = c
+        .right
+        .iter()
+        .flat_map(|(_, s, _)| finite(&s.points).copied());
     let (x0, x1) = match &c.x_ticks {
         Some((_, range)) => *range,
         None => all
             .iter()
+            .copied()
+            .chain(right_points)
             .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0))),
     };
     let y1 = match &c.y_ticks {
