@@ -99,7 +99,10 @@ corr
 # traces do not).
 
 # %%
+import json
+
 with_prefix = trace.filter(pl.col("prefix_hashes").is_not_null() & (pl.col("prefix_hashes").list.len() > 0))
+hit_share = None
 if with_prefix.height == 0:
     print("this trace records no prefix hashes")
 else:
@@ -112,5 +115,7 @@ else:
                 hit += 1
             seen.add(h)
     first = with_prefix.select(pl.col("prefix_hashes").list.first().alias("h")).group_by("h").len()
-    print(f"{hit / total:.1%} of {total} prompt blocks were seen earlier in the trace")
+    hit_share = hit / total
+    print(f"{hit_share:.1%} of {total} prompt blocks were seen earlier in the trace")
     print(f"{first.height} distinct first blocks over {with_prefix.height} requests")
+print("CHECKS " + json.dumps({"requests": trace.height, "inter_arrival_cv": cv, "prefix_block_hit_share": hit_share}))

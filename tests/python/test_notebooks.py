@@ -76,7 +76,28 @@ def execute(name: str, env: dict[str, str], workdir: Path) -> dict:
 
 
 def test_explore_trace(data):
-    execute("01_explore_trace.ipynb", {"REPRISE_TRACE": str(SAMPLE)}, data["dir"])
+    checks = execute("01_explore_trace.ipynb", {"REPRISE_TRACE": str(SAMPLE)}, data["dir"])
+    rows = {r["metric"]: r for r in json.loads((data["dir"] / "check.json").read_text())["rows"]}
+    # The notebook's CV of the sample trace is synth check's "expected" one.
+    assert checks["inter_arrival_cv"] == pytest.approx(rows["inter-arrival CV"]["expected"], rel=1e-3)
+    assert checks["prefix_block_hit_share"] is None
+
+
+def test_explore_a_trace_with_prefix_hashes(data):
+    # Mooncake's hash_ids become prefix_hashes: three requests of 2, 3 and 2 blocks, the
+    # second and third sharing the first's first block and the third the second's second:
+    # 7 blocks, 3 seen before (0, 0 and 2).
+    src = data["dir"] / "mc.jsonl"
+    src.write_text(
+        '{"timestamp": 0, "input_length": 1000, "output_length": 10, "hash_ids": [0, 1]}\n'
+        '{"timestamp": 500, "input_length": 1500, "output_length": 20, "hash_ids": [0, 2, 3]}\n'
+        '{"timestamp": 900, "input_length": 1000, "output_length": 30, "hash_ids": [0, 2]}\n'
+    )
+    out = data["dir"] / "mooncake.parquet"
+    reprise("import", "mooncake", str(src), "-o", str(out), "--anchor", "2025-01-01 00:00:00")
+    checks = execute("01_explore_trace.ipynb", {"REPRISE_TRACE": str(out)}, data["dir"])
+    assert checks["requests"] == 3
+    assert checks["prefix_block_hit_share"] == pytest.approx(3 / 7)
 
 
 def test_replay_run_matches_the_analyzer(data):
