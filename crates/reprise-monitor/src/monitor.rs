@@ -139,7 +139,12 @@ struct Clock {
 
 impl Clock {
     fn now_ns(&self) -> i64 {
-        self.wall0 + self.mono0.elapsed().as_nanos() as i64
+        // The anchor may lie a little in the future (a replay starts its clock ahead).
+        let now = Instant::now();
+        match now.checked_duration_since(self.mono0) {
+            Some(d) => self.wall0 + d.as_nanos() as i64,
+            None => self.wall0 - (self.mono0 - now).as_nanos() as i64,
+        }
     }
 }
 
