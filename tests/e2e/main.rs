@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod import_inspect;
 mod llama_server;
+mod monitor;
 mod record;
 mod replay;
 mod sim;
