@@ -45,8 +45,8 @@ async fn the_knee_of_a_ramp_against_the_sim_is_at_max_num_seqs() {
     run(
         config,
         Pacing::Closed {
-            step_duration: None,
-            requests_per_step: Some(48),
+            step_duration: Some(Duration::from_millis(1500)),
+            requests_per_step: None,
             think: Duration::ZERO,
             requests: vec![request],
             users: users.clone(),
