@@ -155,6 +155,9 @@ pub struct Report {
     pub queue_limit_ms: f64,
     /// Whether the client's queue p99 exceeded its limit.
     pub client_behind: bool,
+    /// Wall time of each stage of the analysis, s (for benchmarks; not in summary.json).
+    #[serde(skip)]
+    pub timings: Vec<(&'static str, f64)>,
 }
 
 fn step_unit(label: &str) -> Option<&'static str> {
@@ -175,6 +178,14 @@ pub fn analyze(dir: &Path, opts: &Options) -> Result<Report, ReportError> {
 
 /// Analyses an opened run.
 pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
+    let started = std::time::Instant::now();
+    let mut timings: Vec<(&'static str, f64)> = Vec::new();
+    let mut last = 0.0;
+    let mut mark = |stage: &'static str| {
+        let now = started.elapsed().as_secs_f64();
+        timings.push((stage, now - last));
+        last = now;
+    };
     // The measured requests are read once, without their gap lists (counted apart by
     // `gaps::pass`) or target URLs (not needed here), and every aggregation below runs on
     // them in memory.
@@ -185,7 +196,9 @@ pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
         .drop(by_name(["itl_us", "target"], true, false))
         .collect()?
         .lazy();
+    mark("read");
     let overall = metrics::overall(measured.clone(), &opts.slo)?;
+    mark("overall");
     let warmup_excluded = run.rows.saturating_sub(overall.requests);
     if overall.requests == 0 {
         return Err(ReportError::Input(format!(
@@ -195,6 +208,7 @@ pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
         )));
     }
     let phases = metrics::by_phase(measured.clone(), &opts.slo)?;
+    mark("steps");
     let unit = phases
         .iter()
         .find_map(|s| step_unit(&s.label))
@@ -212,24 +226,30 @@ pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
         });
     }
     let side = side::per_step(run, &measured, &steps)?;
+    mark("side");
     let mut windows = windows::windows(measured.clone(), opts.window_s, &opts.slo)?;
     let t0 = first_scheduled(&measured)?;
     side::per_window(run, t0, opts.window_s, &mut windows)?;
+    mark("windows");
     let correlation = if run.gpu.is_some() || run.server.is_some() {
         Some(correlate::correlate(run, &measured, t0, opts.corr_bin_s)?)
     } else {
         None
     };
+    mark("correlation");
     let mut cdf = std::collections::BTreeMap::new();
     for (name, column) in [("ttft", "ttft_us"), ("tpot", "tpot_us"), ("e2e", "e2e_us")] {
         cdf.insert(name.to_owned(), metrics::cdf(measured.clone(), column)?);
     }
+    mark("cdf");
     let mut rules = opts.rules;
     rules.queue_limit_ms = run.queue_limit_ms;
     let knee = unit
         .as_deref()
         .and_then(|u| knee::find_with(&steps, &side, &rules, u, correlation.as_ref()));
+    mark("knee");
     let mut events = event_reports(run, &measured, opts, t0)?;
+    mark("events");
     let mut overall = overall;
     let itl_cdf = add_gaps(
         run,
@@ -241,6 +261,7 @@ pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
         &mut events,
     )?;
     cdf.insert("itl".into(), itl_cdf);
+    mark("itl gaps");
     let info = run.info.as_ref();
     let client_behind = overall
         .p("queue", "p99")
@@ -279,6 +300,7 @@ pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
         events,
         queue_limit_ms: run.queue_limit_ms,
         client_behind,
+        timings,
     })
 }
 
