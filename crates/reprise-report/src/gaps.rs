@@ -9,10 +9,11 @@
 //! [`crate::metrics`] uses (numpy's default), computed from cumulative counts.
 //!
 //! [`pass`] reads only the columns it needs (`phase`, `sent`, `status`, `error_kind`,
-//! `itl_us`) batch by batch and adds each measured successful request's gaps to its phase,
-//! its window and any event range holding its `sent`. A window's counts are turned into a
-//! [`Dist`] and freed as soon as all of its successful requests have been seen (the count
-//! comes from the window aggregation), so memory follows the windows in flight rather than
+//! `itl_us`) batch by batch and adds each measured successful request's gaps, as one run, to
+//! the counts of its (window, phase) and of any event range holding its `sent`. When all of
+//! a window's successful requests have been seen (the count comes from the window
+//! aggregation) its counts are added to their phases, turned into the window's [`Dist`] and
+//! freed, so each gap is counted once and memory follows the windows in flight rather than
 //! the run's length.
 
 use std::collections::{BTreeMap, HashMap};
