@@ -10,6 +10,11 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use reprise_report::{Options, Rules, Slo};
 
+/// polars allocates and frees large buffers all the time; mimalloc keeps them from being
+/// returned to and faulted back from the kernel each time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Analyse reprise replay runs: percentiles, steps, windows, the knee, reports.
 #[derive(Debug, Parser)]
 #[command(name = "reprise-analyze", version)]

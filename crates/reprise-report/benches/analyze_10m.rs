@@ -23,6 +23,10 @@ use reprise_trace::{
     DatasetWriter, GpuSample, Output, ResultRecord, Timestamp, TraceRecord, WriterOptions,
 };
 
+/// The allocator of the `reprise-analyze` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const S: i64 = 1_000_000_000;
 const T0: i64 = 1_800_000_000 * S;
 /// Rates of the five steps, req/s; the server saturates at about 4,000.

@@ -19,13 +19,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int64Type, UInt32Type};
+use arrow_array::types::Int64Type;
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::column::reader::{ColumnReaderImpl, get_typed_column_reader};
+use parquet::data_type::Int32Type;
+use parquet::file::reader::{FileReader, SerializedFileReader};
 
 use crate::ReportError;
 use crate::metrics::Dist;
@@ -78,9 +83,10 @@ impl Counts {
             self.dense = vec![0; DENSE as usize];
         }
         let (mut lo, mut hi, mut sum) = (u32::MAX, 0u32, 0u64);
+        let dense = &mut self.dense[..DENSE as usize];
         for &v in vs {
             if v < DENSE {
-                self.dense[v as usize] += 1;
+                dense[v as usize] += 1;
             } else {
                 *self.sparse.entry(v).or_insert(0) += 1;
             }
@@ -232,10 +238,14 @@ pub struct Plan {
     pub t0: i64,
     /// Window length, ns.
     pub window_ns: i64,
-    /// Successful measured requests per window (frees a window's counts once all are seen).
-    pub ok_per_window: HashMap<i64, u64>,
+    /// Successful measured requests per window, once known (frees a window's counts once
+    /// all are seen). The pass may start before the window aggregation has given them: until
+    /// then windows stay open.
+    pub ok_per_window: Arc<OnceLock<HashMap<i64, u64>>>,
     /// Ranges of `sent` (ns, half-open) whose gaps are wanted apart (events).
     pub ranges: Vec<(i64, i64)>,
+    /// Set when the rest of the analysis failed: the pass gives up at its next batch.
+    pub stop: Arc<AtomicBool>,
 }
 
 /// The ITL distributions of a run.
@@ -272,7 +282,32 @@ fn cast(
 struct WindowCounts {
     by_phase: Vec<(usize, Counts)>,
     seen: u64,
+    /// How many there are, once known.
+    expected: Option<u64>,
 }
+
+/// A hasher for window indices (small integers looked up once per request): a multiply
+/// instead of SipHash.
+#[derive(Default)]
+struct IndexHasher(u64);
+
+impl std::hash::Hasher for IndexHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_i64(&mut self, v: i64) {
+        self.0 = (v as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type ByWindow<V> = HashMap<i64, V, std::hash::BuildHasherDefault<IndexHasher>>;
 
 impl WindowCounts {
     fn phase(&mut self, p: usize) -> &mut Counts {
@@ -297,20 +332,165 @@ impl WindowCounts {
     }
 }
 
+/// The `itl_us` column of one result file, read record by record with parquet's column
+/// reader: the values and levels are decoded straight into reused buffers, without building
+/// arrow list arrays (about 1.6x faster on a billion gaps).
+struct ItlColumn {
+    file: PathBuf,
+    reader: SerializedFileReader<File>,
+    leaf: usize,
+    max_def: i16,
+    row_group: usize,
+    column: Option<ColumnReaderImpl<Int32Type>>,
+    def: Vec<i16>,
+    rep: Vec<i16>,
+    values: Vec<i32>,
+    /// Per record read into the buffers: (first value, value count).
+    records: Vec<(usize, usize)>,
+}
+
+impl ItlColumn {
+    fn open(file: &Path) -> Result<ItlColumn, ReportError> {
+        let f = File::open(file).map_err(|source| ReportError::Io {
+            path: file.to_owned(),
+            source,
+        })?;
+        let reader = SerializedFileReader::new(f)
+            .map_err(|e| ReportError::Input(format!("{}: {e}", file.display())))?;
+        let schema = reader.metadata().file_metadata().schema_descr_ptr();
+        let leaf = schema
+            .columns()
+            .iter()
+            .position(|c| c.path().parts().first().is_some_and(|p| p == "itl_us"))
+            .ok_or_else(|| ReportError::Input(format!("{}: no column itl_us", file.display())))?;
+        let descr = schema.column(leaf);
+        if descr.physical_type() != parquet::basic::Type::INT32 || descr.max_rep_level() != 1 {
+            return Err(ReportError::Input(format!(
+                "{}: column itl_us: expected a list of uint32, found {:?} values at repetition level {}",
+                file.display(),
+                descr.physical_type(),
+                descr.max_rep_level()
+            )));
+        }
+        Ok(ItlColumn {
+            file: file.to_owned(),
+            max_def: descr.max_def_level(),
+            reader,
+            leaf,
+            row_group: 0,
+            column: None,
+            def: Vec::new(),
+            rep: Vec::new(),
+            values: Vec::new(),
+            records: Vec::new(),
+        })
+    }
+
+    fn error(&self, e: impl std::fmt::Display) -> ReportError {
+        ReportError::Input(format!(
+            "{}: column itl_us, row group {}: {e}",
+            self.file.display(),
+            self.row_group
+        ))
+    }
+
+    /// Reads the next `n` records into the buffers (fewer only at the end of the file).
+    fn read(&mut self, n: usize) -> Result<(), ReportError> {
+        self.def.clear();
+        self.rep.clear();
+        self.values.clear();
+        self.records.clear();
+        let mut got = 0;
+        while got < n {
+            if self.column.is_none() {
+                if self.row_group >= self.reader.num_row_groups() {
+                    break;
+                }
+                let rg = self
+                    .reader
+                    .get_row_group(self.row_group)
+                    .map_err(|e| self.error(e))?;
+                let col = rg.get_column_reader(self.leaf).map_err(|e| self.error(e))?;
+                self.column = Some(get_typed_column_reader::<Int32Type>(col));
+            }
+            let column = self.column.as_mut().expect("set above");
+            let (records, _, _) = column
+                .read_records(
+                    n - got,
+                    Some(&mut self.def),
+                    Some(&mut self.rep),
+                    &mut self.values,
+                )
+                .map_err(|e| ReportError::Input(format!("{e}")))?;
+            if records == 0 {
+                self.column = None;
+                self.row_group += 1;
+            }
+            got += records;
+        }
+        // Record boundaries: a repetition level of 0 starts a record; a level at the
+        // maximum definition level carries a value. Records are long (one level per gap),
+        // so the starts are found a block at a time and each record's values counted in
+        // one (vectorised) sweep of its levels.
+        let mut value = 0usize;
+        let starts = record_starts(&self.rep);
+        for (i, &a) in starts.iter().enumerate() {
+            let b = starts.get(i + 1).copied().unwrap_or(self.rep.len());
+            let max_def = self.max_def;
+            let n = self.def[a..b].iter().filter(|&&d| d == max_def).count();
+            self.records.push((value, n));
+            value += n;
+        }
+        if self.records.len() != got || value != self.values.len() {
+            return Err(self.error(format!(
+                "{} records and {} values decoded, {} records and {} values expected",
+                self.records.len(),
+                value,
+                got,
+                self.values.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The gaps of record `i` of the last [`ItlColumn::read`].
+    fn gaps(&self, i: usize) -> &[u32] {
+        let (first, n) = self.records[i];
+        // INT32 is the physical type of the uint32 values: the same bits.
+        bytemuck::cast_slice(&self.values[first..first + n])
+    }
+}
+
+/// The positions of the zeros of `rep` (where records start), scanning 32 levels at a time.
+fn record_starts(rep: &[i16]) -> Vec<usize> {
+    let mut out = Vec::with_capacity(rep.len() / 64 + 1);
+    let mut base = 0;
+    for block in rep.chunks(32) {
+        if block.iter().fold(false, |any, &r| any | (r == 0)) {
+            out.extend(
+                block
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| **r == 0)
+                    .map(|(i, _)| base + i),
+            );
+        }
+        base += block.len();
+    }
+    out
+}
+
 /// Counts the gaps of the measured successful requests of `files` (a run's result parts).
 pub fn pass(files: &[PathBuf], plan: &Plan) -> Result<Gaps, ReportError> {
     // Each gap is counted once, in its (window, phase) counts; a window's counts go to its
     // phases when it closes.
     let mut phase_index: HashMap<String, usize> = HashMap::new();
     let mut phases: Vec<Counts> = Vec::new();
-    let mut open: HashMap<i64, WindowCounts> = HashMap::new();
+    let mut open: ByWindow<WindowCounts> = ByWindow::default();
     let mut windows: HashMap<i64, Dist> = HashMap::new();
     let mut ranges: Vec<Counts> = vec![Counts::default(); plan.ranges.len()];
-    let list_u32 = DataType::List(std::sync::Arc::new(arrow_schema::Field::new(
-        "item",
-        DataType::UInt32,
-        true,
-    )));
+    let mut counts_known = false;
+    let mut last_phase: Option<(String, usize)> = None;
     for file in files {
         let io = |e: parquet::errors::ParquetError| {
             ReportError::Input(format!("{}: {e}", file.display()))
@@ -320,7 +500,7 @@ pub fn pass(files: &[PathBuf], plan: &Plan) -> Result<Gaps, ReportError> {
             source,
         })?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(io)?;
-        let wanted = ["phase", "sent", "status", "error_kind", "itl_us"];
+        let wanted = ["phase", "sent", "status", "error_kind"];
         let mut roots = Vec::with_capacity(wanted.len());
         for name in wanted {
             let i = builder
@@ -332,9 +512,10 @@ pub fn pass(files: &[PathBuf], plan: &Plan) -> Result<Gaps, ReportError> {
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
         let reader = builder
             .with_projection(mask)
-            .with_batch_size(64 * 1024)
+            .with_batch_size(4 * 1024)
             .build()
             .map_err(io)?;
+        let mut itl = ItlColumn::open(file)?;
         for batch in reader {
             let batch =
                 batch.map_err(|e| ReportError::Input(format!("{}: {e}", file.display())))?;
@@ -345,12 +526,33 @@ pub fn pass(files: &[PathBuf], plan: &Plan) -> Result<Gaps, ReportError> {
             let status = cast(file, &batch, "status", &DataType::Int64)?;
             let status = status.as_primitive::<Int64Type>();
             let error_kind = batch.column_by_name("error_kind").expect("projected");
-            let itl = cast(file, &batch, "itl_us", &list_u32)?;
-            let itl = itl.as_list::<i32>();
-            let values = itl.values().as_primitive::<UInt32Type>();
-            let offsets = itl.value_offsets();
+            if plan.stop.load(Ordering::Relaxed) {
+                return Ok(Gaps::default());
+            }
+            itl.read(batch.num_rows())?;
+            let ok_per_window = plan.ok_per_window.get();
+            if !counts_known && let Some(expected) = ok_per_window {
+                // The window counts have just arrived: close what is already complete.
+                counts_known = true;
+                for (w, c) in open.iter_mut() {
+                    c.expected = expected.get(w).copied();
+                }
+                let done: Vec<i64> = open
+                    .iter()
+                    .filter(|(_, c)| c.expected.is_some_and(|n| c.seen >= n))
+                    .map(|(w, _)| *w)
+                    .collect();
+                for w in done {
+                    let c = open.remove(&w).expect("open");
+                    windows.insert(w, c.close(&mut phases));
+                }
+            }
             for row in 0..batch.num_rows() {
-                if phase.is_null(row) || phase.value(row) == "warmup" {
+                if phase.is_null(row) {
+                    continue;
+                }
+                let name = phase.value(row);
+                if name == "warmup" {
                     continue;
                 }
                 let ok = status.is_valid(row)
@@ -359,27 +561,31 @@ pub fn pass(files: &[PathBuf], plan: &Plan) -> Result<Gaps, ReportError> {
                 if !ok || sent.is_null(row) {
                     continue;
                 }
-                let name = phase.value(row);
-                let p = match phase_index.get(name) {
-                    Some(&i) => i,
-                    None => {
-                        phase_index.insert(name.to_owned(), phases.len());
-                        phases.push(Counts::default());
-                        phases.len() - 1
+                let p = match &last_phase {
+                    Some((n, i)) if n == name => *i,
+                    _ => {
+                        let i = match phase_index.get(name) {
+                            Some(&i) => i,
+                            None => {
+                                phase_index.insert(name.to_owned(), phases.len());
+                                phases.push(Counts::default());
+                                phases.len() - 1
+                            }
+                        };
+                        last_phase = Some((name.to_owned(), i));
+                        i
                     }
                 };
                 let s = sent.value(row);
-                let (a, b) = (offsets[row] as usize, offsets[row + 1] as usize);
-                let gaps = if itl.is_null(row) {
-                    &[][..]
-                } else {
-                    &values.values()[a..b]
-                };
+                let gaps = itl.gaps(row);
                 let w = (s - plan.t0).div_euclid(plan.window_ns.max(1));
-                let wc = open.entry(w).or_default();
+                let wc = open.entry(w).or_insert_with(|| WindowCounts {
+                    expected: ok_per_window.and_then(|m| m.get(&w).copied()),
+                    ..WindowCounts::default()
+                });
                 wc.phase(p).add_all(gaps);
                 wc.seen += 1;
-                if plan.ok_per_window.get(&w).is_some_and(|&n| wc.seen >= n) {
+                if wc.expected.is_some_and(|n| wc.seen >= n) {
                     let done = open.remove(&w).expect("open");
                     windows.insert(w, done.close(&mut phases));
                 }

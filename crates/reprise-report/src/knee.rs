@@ -233,16 +233,19 @@ pub fn find_with(
             _ => None,
         };
         let ttft_x = if t0 > 0.0 { t1 / t0 } else { 1.0 };
-        if ttft_x >= 2.0 && tpot.is_none_or(|x| ttft_x >= 2.0 * x) {
-            let waiting = match (side.get(knee), side.last()) {
-                (Some(a), Some(b)) => match (a.server_waiting, b.server_waiting) {
-                    (Some(wa), Some(wb)) => {
-                        format!("; the server's waiting requests {wa:.1} → {wb:.1} on average")
-                    }
-                    _ => String::new(),
-                },
-                _ => String::new(),
-            };
+        let queue = match (side.get(knee), side.last()) {
+            (Some(a), Some(b)) => a.server_waiting.zip(b.server_waiting),
+            _ => None,
+        };
+        // Where the server says how many requests wait, a queue that keeps growing past
+        // the knee is evidence enough (the knee step may already hold part of the jump).
+        let queue_grows = queue.is_some_and(|(wa, wb)| wb >= 1.0 && wb >= 1.5 * wa.max(0.5));
+        if (ttft_x >= 2.0 && tpot.is_none_or(|x| ttft_x >= 2.0 * x))
+            || (queue_grows && ttft_x >= 1.3)
+        {
+            let waiting = queue.map_or(String::new(), |(wa, wb)| {
+                format!("; the server's waiting requests {wa:.1} → {wb:.1} on average")
+            });
             causes.push(Cause {
                 kind: "server_queue".into(),
                 evidence: format!(
@@ -453,6 +456,33 @@ mod tests {
         assert_eq!(kinds[0], "errors");
         assert!(kinds.contains(&"gpu_saturated"), "{kinds:?}");
         assert!(k.causes[0].evidence.contains("timeout 15.0%"));
+    }
+
+    #[test]
+    fn a_growing_server_queue_names_the_cause_even_when_the_knee_holds_part_of_the_jump() {
+        // The knee step already queues: P99 TTFT only x1.8 to the last step, but the
+        // server's waiting requests triple.
+        let steps = vec![
+            step(4.0, 80.0, 10.0, 5.0, 0.0),
+            step(8.0, 115.0, 28.0, 6.0, 0.0),
+            step(16.0, 158.0, 94.0, 6.0, 0.0),
+            step(32.0, 165.0, 170.0, 6.0, 0.0),
+        ];
+        let waiting = |w: f64| StepSide {
+            server_waiting: Some(w),
+            ..StepSide::default()
+        };
+        let side = vec![waiting(0.0), waiting(0.5), waiting(8.0), waiting(24.0)];
+        let k = find(&steps, &side, &Rules::default(), "concurrency").unwrap();
+        assert_eq!(k.knee_value, 16.0);
+        let queue = k.causes.iter().find(|c| c.kind == "server_queue");
+        assert!(
+            queue.is_some_and(|c| c.evidence.contains("8.0 → 24.0")),
+            "{k:?}"
+        );
+        // Without the server's word, x1.8 is not enough.
+        let k = find(&steps, &[], &Rules::default(), "concurrency").unwrap();
+        assert!(k.causes.iter().all(|c| c.kind != "server_queue"), "{k:?}");
     }
 
     #[test]

@@ -177,6 +177,10 @@ pub fn analyze(dir: &Path, opts: &Options) -> Result<Report, ReportError> {
 }
 
 /// Analyses an opened run.
+///
+/// The gaps (ITL) are counted by [`gaps::pass`] on a thread of its own, started as soon as
+/// the windows' origin is known, while polars reads the other columns and aggregates them;
+/// the window aggregation hands it the per-window counts that let it free finished windows.
 pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
     let started = std::time::Instant::now();
     let mut timings: Vec<(&'static str, f64)> = Vec::new();
@@ -186,17 +190,72 @@ pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
         timings.push((stage, now - last));
         last = now;
     };
-    // The measured requests are read once, without their gap lists (counted apart by
-    // `gaps::pass`) or target URLs (not needed here), and every aggregation below runs on
-    // them in memory.
+    let measured_rows = run.requests.clone().filter(col("phase").neq(lit("warmup")));
+    let t0 = first_scheduled(&measured_rows)?;
+    let mut plan = gaps::Plan {
+        t0,
+        window_ns: (opts.window_s * 1e9) as i64,
+        ..gaps::Plan::default()
+    };
+    for e in &run.events {
+        plan.ranges.extend(event_ranges(e, opts));
+    }
+    let window_counts = plan.ok_per_window.clone();
+    let stop = plan.stop.clone();
+    mark("origin");
+    let (report, gaps) = std::thread::scope(|scope| {
+        let pass = std::thread::Builder::new()
+            .name("reprise-itl".into())
+            .spawn_scoped(scope, || {
+                let started = std::time::Instant::now();
+                gaps::pass(&run.files, &plan).map(|g| (g, started.elapsed().as_secs_f64()))
+            })
+            .map_err(|e| ReportError::Input(format!("cannot start the ITL pass: {e}")))?;
+        let polars_part = polars_stages(run, opts, t0, &window_counts, &mut mark);
+        if polars_part.is_err() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let gaps = pass
+            .join()
+            .map_err(|_| ReportError::Input("the ITL pass panicked".into()))?;
+        Ok::<_, ReportError>((polars_part?, gaps?))
+    })?;
+    mark("itl gaps (wait)");
+    let (gaps, pass_s) = gaps;
+    timings.push(("itl pass (own thread, overlapped)", pass_s));
+    let mut report = report;
+    apply_gaps(&gaps, &mut report);
+    report.timings = timings;
+    Ok(report)
+}
+
+/// Everything but the gaps: one read of the measured requests (without their gap lists or
+/// target URLs), then every aggregation on them in memory.
+fn polars_stages(
+    run: &Run,
+    opts: &Options,
+    t0: i64,
+    window_counts: &std::sync::OnceLock<std::collections::HashMap<i64, u64>>,
+    mark: &mut impl FnMut(&'static str),
+) -> Result<Report, ReportError> {
     let measured = run
         .requests
         .clone()
         .filter(col("phase").neq(lit("warmup")))
         .drop(by_name(["itl_us", "target"], true, false))
+        .with_columns(metrics::mask_failed())
         .collect()?
         .lazy();
     mark("read");
+    let mut windows = windows::windows(measured.clone(), opts.window_s, &opts.slo)?;
+    let _ = window_counts.set(
+        windows
+            .iter()
+            .map(|w| (window_index(w), w.stats.ok))
+            .collect(),
+    );
+    side::per_window(run, t0, opts.window_s, &mut windows)?;
+    mark("windows");
     let overall = metrics::overall(measured.clone(), &opts.slo)?;
     mark("overall");
     let warmup_excluded = run.rows.saturating_sub(overall.requests);
@@ -227,10 +286,6 @@ pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
     }
     let side = side::per_step(run, &measured, &steps)?;
     mark("side");
-    let mut windows = windows::windows(measured.clone(), opts.window_s, &opts.slo)?;
-    let t0 = first_scheduled(&measured)?;
-    side::per_window(run, t0, opts.window_s, &mut windows)?;
-    mark("windows");
     let correlation = if run.gpu.is_some() || run.server.is_some() {
         Some(correlate::correlate(run, &measured, t0, opts.corr_bin_s)?)
     } else {
@@ -248,20 +303,8 @@ pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
         .as_deref()
         .and_then(|u| knee::find_with(&steps, &side, &rules, u, correlation.as_ref()));
     mark("knee");
-    let mut events = event_reports(run, &measured, opts, t0)?;
+    let events = event_reports(run, &measured, opts, t0)?;
     mark("events");
-    let mut overall = overall;
-    let itl_cdf = add_gaps(
-        run,
-        opts,
-        t0,
-        &mut overall,
-        &mut steps,
-        &mut windows,
-        &mut events,
-    )?;
-    cdf.insert("itl".into(), itl_cdf);
-    mark("itl gaps");
     let info = run.info.as_ref();
     let client_behind = overall
         .p("queue", "p99")
@@ -300,50 +343,34 @@ pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
         events,
         queue_limit_ms: run.queue_limit_ms,
         client_behind,
-        timings,
+        timings: Vec::new(),
     })
 }
 
-/// Fills in the ITL distributions, counted in one pass over the result files; returns the
-/// overall ITL CDF.
-fn add_gaps(
-    run: &Run,
-    opts: &Options,
-    t0: i64,
-    overall: &mut Stats,
-    steps: &mut [Stats],
-    windows: &mut [Window],
-    events: &mut [EventReport],
-) -> Result<Vec<(f64, f64)>, ReportError> {
-    let window_ns = (opts.window_s * 1e9) as i64;
-    let index = |w: &Window| (w.start_s / w.length_s).round() as i64;
-    let mut plan = gaps::Plan {
-        t0,
-        window_ns,
-        ok_per_window: windows.iter().map(|w| (index(w), w.stats.ok)).collect(),
-        ranges: Vec::new(),
-    };
-    for e in &run.events {
-        plan.ranges.extend(event_ranges(e, opts));
-    }
-    let g = gaps::pass(&run.files, &plan)?;
-    overall.latency.insert("itl".into(), g.overall);
-    for s in steps.iter_mut() {
+/// The index of a window (its start over its length), as [`gaps::pass`] numbers them.
+fn window_index(w: &Window) -> i64 {
+    (w.start_s / w.length_s).round() as i64
+}
+
+/// Fills in the ITL distributions counted by [`gaps::pass`].
+fn apply_gaps(g: &gaps::Gaps, report: &mut Report) {
+    report.overall.latency.insert("itl".into(), g.overall);
+    for s in report.steps.iter_mut() {
         s.latency.insert(
             "itl".into(),
             g.phases.get(&s.label).copied().unwrap_or_default(),
         );
     }
-    for w in windows.iter_mut() {
-        let d = g.windows.get(&index(w)).copied().unwrap_or_default();
+    for w in report.windows.iter_mut() {
+        let d = g.windows.get(&window_index(w)).copied().unwrap_or_default();
         w.stats.latency.insert("itl".into(), d);
     }
-    for (e, d) in events.iter_mut().zip(g.ranges.chunks(3)) {
+    for (e, d) in report.events.iter_mut().zip(g.ranges.chunks(3)) {
         e.before.latency.insert("itl".into(), d[0]);
         e.during.latency.insert("itl".into(), d[1]);
         e.after.latency.insert("itl".into(), d[2]);
     }
-    Ok(g.cdf)
+    report.cdf.insert("itl".into(), g.cdf.clone());
 }
 
 /// The first scheduled time of `lf`, ns (the origin of windows and event offsets).

@@ -175,44 +175,187 @@ impl Stats {
 }
 
 fn dist_exprs(name: &str, values: Expr) -> Vec<Expr> {
-    let mut v = vec![
+    // The percentiles are not polars quantiles: five of them per column and group would
+    // sort each column five times. [`fill_percentiles`] selects them in one pass per column.
+    vec![
         values.clone().count().alias(format!("{name}__count")),
         values.clone().mean().alias(format!("{name}__mean")),
         values.clone().min().alias(format!("{name}__min")),
-        values.clone().max().alias(format!("{name}__max")),
-    ];
-    for (q, suffix) in QUANTILES {
-        v.push(
-            values
-                .clone()
-                .quantile(lit(q), QuantileMethod::Linear)
-                .alias(format!("{name}__{suffix}")),
-        );
+        values.max().alias(format!("{name}__max")),
+    ]
+}
+
+/// Marks a row that belongs to no group in [`fill_percentiles`].
+pub const NO_GROUP: u32 = u32::MAX;
+
+/// The values of `values` at the 0-based ranks `ranks` (ascending) as they would be
+/// in sorted order, by repeated selection on the shrinking unsorted rest: about two passes
+/// over the values for the five reported percentiles, instead of a sort.
+fn select_ranks(values: &mut [f64], ranks: &[usize]) -> Vec<f64> {
+    let mut out = Vec::with_capacity(ranks.len());
+    let mut from = 0usize;
+    let mut last = f64::NAN;
+    for &r in ranks {
+        if r < from {
+            out.push(last);
+            continue;
+        }
+        let (_, v, _) = values[from..].select_nth_unstable_by(r - from, f64::total_cmp);
+        last = *v;
+        out.push(last);
+        from = r + 1;
     }
-    v
+    out
+}
+
+/// The [`QUANTILES`] of `values` by linear interpolation between order statistics
+/// (numpy's default, as polars' `Linear`); NaN when empty. Reorders `values`.
+pub fn quantiles_of(values: &mut [f64]) -> [f64; 5] {
+    let n = values.len();
+    if n == 0 {
+        return [f64::NAN; 5];
+    }
+    let pos = QUANTILES.map(|(q, _)| q * (n - 1) as f64);
+    let mut ranks: Vec<usize> = pos
+        .iter()
+        .flat_map(|p| [p.floor() as usize, (p.ceil() as usize).min(n - 1)])
+        .collect();
+    ranks.sort_unstable();
+    ranks.dedup();
+    let at = select_ranks(values, &ranks);
+    let value = |r: usize| at[ranks.partition_point(|&x| x < r)];
+    pos.map(|p| {
+        let (lo, hi) = (
+            value(p.floor() as usize),
+            value((p.ceil() as usize).min(n - 1)),
+        );
+        lo + (hi - lo) * (p - p.floor())
+    })
+}
+
+/// Fills the percentiles of every latency of `stats` (one per group) from `df`, whose rows
+/// belong to the groups `ids` ([`NO_GROUP`] for none): each column's values are split by
+/// group once, then each group's five percentiles are selected together. `df` needs `ok`
+/// and the columns of [`LATENCIES`].
+pub fn fill_percentiles(
+    df: &DataFrame,
+    ids: &[u32],
+    stats: &mut [Stats],
+) -> Result<(), ReportError> {
+    if df.height() != ids.len() {
+        return Err(ReportError::Polars(format!(
+            "{} group ids for {} rows",
+            ids.len(),
+            df.height()
+        )));
+    }
+    let groups = stats.len();
+    // Which rows count: `ok` for the latencies of successful requests, every row for
+    // `queue` — resolved once into group ids per row.
+    let ok = df.column("ok")?.bool()?.clone();
+    let ok_ids: Vec<u32> = ids
+        .iter()
+        .zip(ok.iter())
+        .map(|(&id, ok)| if ok == Some(true) { id } else { NO_GROUP })
+        .collect();
+    let mut offsets = vec![0usize; groups + 1];
+    let mut values_of_groups: Vec<f64> = Vec::new();
+    for (name, column) in LATENCIES {
+        let row_ids = if name == "queue" { ids } else { &ok_ids[..] };
+        let values = df.column(column)?.cast(&DataType::Float64)?;
+        let values = values.f64()?.rechunk();
+        let values = values.downcast_as_array();
+        let validity = values.validity().filter(|b| b.unset_bits() > 0);
+        let valid = |row: usize| validity.is_none_or(|b| b.get_bit(row));
+        // Counting sort by group: sizes, offsets, then each value in its group's slot.
+        offsets.iter_mut().for_each(|o| *o = 0);
+        for (row, &id) in row_ids.iter().enumerate() {
+            if (id as usize) < groups && valid(row) {
+                offsets[id as usize + 1] += 1;
+            }
+        }
+        for g in 0..groups {
+            offsets[g + 1] += offsets[g];
+        }
+        values_of_groups.clear();
+        values_of_groups.resize(offsets[groups], 0.0);
+        let mut next = offsets.clone();
+        for (row, (&id, &v)) in row_ids.iter().zip(values.values().iter()).enumerate() {
+            if (id as usize) < groups && valid(row) {
+                values_of_groups[next[id as usize]] = v / 1000.0;
+                next[id as usize] += 1;
+            }
+        }
+        for (g, s) in stats.iter_mut().enumerate() {
+            let [p50, p90, p95, p99, p999] =
+                quantiles_of(&mut values_of_groups[offsets[g]..offsets[g + 1]]);
+            let d = s.latency.entry(name.to_owned()).or_default();
+            (d.p50, d.p90, d.p95, d.p99, d.p999) = (p50, p90, p95, p99, p999);
+        }
+    }
+    Ok(())
+}
+
+/// The group of each row of the string column `key`: the index of its value in `labels`
+/// ([`NO_GROUP`] when absent or null).
+pub fn ids_by_label(key: &StringChunked, labels: &[String]) -> Vec<u32> {
+    let index: std::collections::HashMap<&str, u32> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.as_str(), i as u32))
+        .collect();
+    let mut last: Option<(&str, u32)> = None;
+    key.iter()
+        .map(|k| match k {
+            None => NO_GROUP,
+            Some(k) => match last {
+                Some((l, id)) if l == k => id,
+                _ => {
+                    let id = index.get(k).copied().unwrap_or(NO_GROUP);
+                    last = Some((k, id));
+                    id
+                }
+            },
+        })
+        .collect()
+}
+
+/// The latency columns of failed requests set to null, so that they count only
+/// successful requests (`queue` counts every request that was sent and is kept). Applied
+/// once when the measured requests are read; [`agg_exprs`] expects it.
+pub fn mask_failed() -> Vec<Expr> {
+    LATENCIES
+        .iter()
+        .filter(|(name, _)| *name != "queue")
+        .map(|(_, column)| {
+            when(col("ok"))
+                .then(col(*column))
+                .otherwise(lit(NULL))
+                .alias(*column)
+        })
+        .collect()
 }
 
 /// The aggregation expressions of [`Stats`] (error counts and ITL, which [`crate::gaps`]
-/// counts in one pass over the files, are computed apart).
+/// counts in one pass over the files, are computed apart), over requests whose latencies
+/// were masked by [`mask_failed`].
 pub fn agg_exprs(slo: &Slo) -> Vec<Expr> {
     let ok = col("ok");
+    // Token counts of successful requests only, as null elsewhere: an elementwise mask
+    // keeps polars' fast grouped aggregations (a `filter` inside `agg` makes a list per
+    // group).
+    let if_ok = |e: Expr| when(ok.clone()).then(e).otherwise(lit(NULL));
     let mut v = vec![
         len().alias("requests"),
         ok.clone().cast(DataType::UInt64).sum().alias("ok_n"),
         (col("done").max() - col("sent").min()).alias("span_ns"),
-        col("n_out").filter(ok.clone()).sum().alias("out_tokens"),
-        (col("n_out").fill_null(lit(0.0)) + col("n_in").fill_null(lit(0.0)))
-            .filter(ok.clone())
+        if_ok(col("n_out")).sum().alias("out_tokens"),
+        if_ok(col("n_out").fill_null(lit(0.0)) + col("n_in").fill_null(lit(0.0)))
             .sum()
             .alias("all_tokens"),
     ];
     for (name, column) in LATENCIES {
-        let values = if name == "queue" {
-            col(column)
-        } else {
-            col(column).filter(ok.clone())
-        };
-        v.extend(dist_exprs(name, values / lit(1000.0)));
+        v.extend(dist_exprs(name, col(column) / lit(1000.0)));
     }
     if slo.is_set() {
         let mut good = ok.clone();
@@ -329,10 +472,23 @@ pub fn overall(lf: LazyFrame, slo: &Slo) -> Result<Stats, ReportError> {
     let df = lf.clone().select(agg_exprs(slo)).collect()?;
     let mut s = stats_from_row(&df, 0, slo);
     s.label = "all".into();
+    let values = lf.clone().select(latency_columns()).collect()?;
+    fill_percentiles(
+        &values,
+        &vec![0; values.height()],
+        std::slice::from_mut(&mut s),
+    )?;
     for (_, kind, n) in errors_by(lf, None)? {
         s.errors.insert(kind, n);
     }
     Ok(s)
+}
+
+/// `ok` and the latency columns, as [`fill_percentiles`] reads them.
+pub fn latency_columns() -> Vec<Expr> {
+    std::iter::once(col("ok"))
+        .chain(LATENCIES.iter().map(|(_, c)| col(*c)))
+        .collect()
 }
 
 /// The stats of each phase of `lf`, in the order the phases first appear (by `sent`).
@@ -354,10 +510,51 @@ pub fn by_phase(lf: LazyFrame, slo: &Slo) -> Result<Vec<Stats>, ReportError> {
         s.step_value = get_f64(&df, "step_value", i);
         out.push(s);
     }
+    let mut columns = latency_columns();
+    columns.push(col("phase"));
+    let values = lf.clone().select(columns).collect()?;
+    let labels: Vec<String> = out.iter().map(|s| s.label.clone()).collect();
+    let ids = ids_by_label(values.column("phase")?.str()?, &labels);
+    fill_percentiles(&values, &ids, &mut out)?;
     for (phase, kind, n) in errors_by(lf, Some("phase"))? {
         if let Some(s) = out.iter_mut().find(|s| s.label == phase) {
             s.errors.insert(kind, n);
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn by_sorting(values: &[f64], q: f64) -> f64 {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let pos = q * (v.len() - 1) as f64;
+        let (lo, hi) = (v[pos.floor() as usize], v[pos.ceil() as usize]);
+        lo + (hi - lo) * (pos - pos.floor())
+    }
+
+    #[test]
+    fn selected_percentiles_equal_sorted_ones_for_every_size_and_ties() {
+        let mut x = 12345u64;
+        for n in (1..60).chain([99, 100, 101, 999, 1000, 1001, 4321]) {
+            for spread in [3u64, 1_000_000] {
+                let values: Vec<f64> = (0..n)
+                    .map(|_| {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        ((x >> 33) % spread) as f64 / 7.0
+                    })
+                    .collect();
+                let mut work = values.clone();
+                let got = quantiles_of(&mut work);
+                for ((q, _), g) in QUANTILES.iter().zip(got) {
+                    let want = by_sorting(&values, *q);
+                    assert!((g - want).abs() < 1e-12, "n {n} q {q}: {g} vs {want}");
+                }
+            }
+        }
+        assert!(quantiles_of(&mut []).iter().all(|v| v.is_nan()));
+    }
 }

@@ -7,7 +7,9 @@ use polars::prelude::*;
 use serde::Serialize;
 
 use crate::ReportError;
-use crate::metrics::{Slo, Stats, agg_exprs, stats_from_row};
+use crate::metrics::{
+    NO_GROUP, Slo, Stats, agg_exprs, fill_percentiles, latency_columns, stats_from_row,
+};
 
 /// One window.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -53,6 +55,7 @@ pub fn windows(lf: LazyFrame, length_s: f64, slo: &Slo) -> Result<Vec<Window>, R
         .sort(["w"], SortMultipleOptions::default())
         .collect()?;
     let scheduled = lf
+        .clone()
         .with_columns([idx("scheduled")])
         .group_by([col("w")])
         .agg([len().alias("n")])
@@ -92,6 +95,29 @@ pub fn windows(lf: LazyFrame, length_s: f64, slo: &Slo) -> Result<Vec<Window>, R
             stats,
             gpu_util_pct: None,
         });
+    }
+    // Percentiles: each row's window by `sent`, as in the aggregation above.
+    let mut columns = latency_columns();
+    columns.push(col("sent"));
+    let values = lf.select(columns).collect()?;
+    let position: std::collections::HashMap<i64, u32> = ws
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| Some((w?, i as u32)))
+        .collect();
+    let ids: Vec<u32> = values
+        .column("sent")?
+        .i64()?
+        .iter()
+        .map(|s| {
+            s.and_then(|s| position.get(&(s - t0).div_euclid(w_ns.max(1))).copied())
+                .unwrap_or(NO_GROUP)
+        })
+        .collect();
+    let mut stats: Vec<Stats> = out.iter().map(|w| w.stats.clone()).collect();
+    fill_percentiles(&values, &ids, &mut stats)?;
+    for (w, s) in out.iter_mut().zip(stats) {
+        w.stats.latency = s.latency;
     }
     Ok(out)
 }

@@ -314,3 +314,115 @@ fn gaps_are_counted_per_step_and_window_from_successful_measured_requests_only()
     let w0 = r.windows.iter().find(|w| w.start_s == 0.0).unwrap();
     assert_eq!(w0.stats.dist("itl").unwrap().count, 4);
 }
+
+/// A small deterministic generator (no dependency needed for test data).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[test]
+fn many_parts_row_groups_and_uneven_gap_lists_give_the_exact_distributions() {
+    // 3,000 requests over 5 parts of 128-row groups: gap lists null, empty, one value and
+    // long (crossing pages), failures and warm-up between them; every window's and step's
+    // percentiles against numpy's on the same values.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Lcg(42);
+    let mut rows = Vec::new();
+    for i in 0..3000usize {
+        let phase = match i {
+            0..100 => "warmup",
+            100..1500 => "rate=1",
+            _ => "rate=2",
+        };
+        let mut r = ok(i, phase, i as f64 * 0.02, 1 + rng.next(400), 1);
+        r.ttft_us = Some(1000 + rng.next(900_000));
+        r.itl_us = match rng.next(10) {
+            0 => None,
+            1 => Some(Vec::new()),
+            2 => Some(vec![rng.next(200_000) as u32]),
+            3 => Some((0..800).map(|_| rng.next(90_000) as u32).collect()),
+            _ => Some(
+                (0..rng.next(60))
+                    .map(|_| 5_000 + rng.next(40_000) as u32)
+                    .collect(),
+            ),
+        };
+        if i % 97 == 0 {
+            r = failed(i, phase, i as f64 * 0.02, "timeout");
+            r.itl_us = Some(vec![7_777_777]);
+        }
+        rows.push(r);
+    }
+    let out = dir.path().join("requests.parquet");
+    let mut w = DatasetWriter::<ResultRecord>::create(
+        Output::Dir(out.clone()),
+        WriterOptions {
+            row_group_rows: 128,
+            batch_rows: 64,
+            part_max_rows: Some(600),
+            ..WriterOptions::default()
+        },
+    )
+    .unwrap();
+    for r in &rows {
+        w.write(r).unwrap();
+    }
+    w.close().unwrap();
+    assert!(std::fs::read_dir(&out).unwrap().count() >= 5);
+
+    let r = analyze(dir.path(), &Options::default()).unwrap();
+    let counted = |r: &&ResultRecord| r.phase != "warmup" && r.error_kind.is_none();
+    let gaps_of = |pred: &dyn Fn(&ResultRecord) -> bool| -> Vec<f64> {
+        rows.iter()
+            .filter(counted)
+            .filter(|r| pred(r))
+            .flat_map(|r| r.itl_us.clone().unwrap_or_default())
+            .map(|g| g as f64 / 1000.0)
+            .collect()
+    };
+    let check = |got: &reprise_report::Dist, want: &[f64], what: &str| {
+        assert_eq!(got.count, want.len() as u64, "{what}: count");
+        for (q, v) in [(0.5, got.p50), (0.99, got.p99), (0.999, got.p999)] {
+            let w = np_percentile(want, q);
+            assert!((v - w).abs() < 1e-9, "{what} q{q}: {v} vs {w}");
+        }
+    };
+    check(
+        r.overall.dist("itl").unwrap(),
+        &gaps_of(&|_| true),
+        "overall itl",
+    );
+    for step in &r.steps {
+        let want = gaps_of(&|x| x.phase == step.label);
+        check(step.dist("itl").unwrap(), &want, &step.label);
+    }
+    let t0 = rows
+        .iter()
+        .filter(|r| r.phase != "warmup")
+        .map(|r| r.scheduled.0)
+        .min()
+        .unwrap();
+    assert!(r.windows.len() >= 6);
+    for w in &r.windows {
+        let in_window = |x: &ResultRecord| {
+            ((x.sent.unwrap().0 - t0) as f64 / 1e9 / w.length_s).floor() * w.length_s == w.start_s
+        };
+        let want = gaps_of(&in_window);
+        check(w.stats.dist("itl").unwrap(), &want, &w.stats.label);
+        let ttft: Vec<f64> = rows
+            .iter()
+            .filter(counted)
+            .filter(|x| in_window(x))
+            .map(|x| x.ttft_us.unwrap() as f64 / 1000.0)
+            .collect();
+        check(w.stats.dist("ttft").unwrap(), &ttft, "window ttft");
+    }
+}
