@@ -231,6 +231,10 @@ impl Counts {
     }
 }
 
+/// Windows held open before their counts are known (at most 512 KiB each per phase, so
+/// about 256 MiB); past this, [`pass`] waits for them.
+const MAX_OPEN_BLIND: usize = 512;
+
 /// What [`pass`] needs to know about the run.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
@@ -261,6 +265,9 @@ pub struct Gaps {
     pub ranges: Vec<Dist>,
     /// The overall CDF: (percentile, ms) at [`crate::metrics::CDF_PROBS`].
     pub cdf: Vec<(f64, f64)>,
+    /// Whether the pass had to wait for the window counts (more than [`MAX_OPEN_BLIND`]
+    /// windows were open without them).
+    pub waited: bool,
 }
 
 fn cast(
@@ -490,6 +497,7 @@ pub fn pass(files: &[PathBuf], plan: &Plan) -> Result<Gaps, ReportError> {
     let mut windows: HashMap<i64, Dist> = HashMap::new();
     let mut ranges: Vec<Counts> = vec![Counts::default(); plan.ranges.len()];
     let mut counts_known = false;
+    let mut waited = false;
     let mut last_phase: Option<(String, usize)> = None;
     for file in files {
         let io = |e: parquet::errors::ParquetError| {
@@ -530,6 +538,15 @@ pub fn pass(files: &[PathBuf], plan: &Plan) -> Result<Gaps, ReportError> {
                 return Ok(Gaps::default());
             }
             itl.read(batch.num_rows())?;
+            if !counts_known && open.len() >= MAX_OPEN_BLIND {
+                // Many windows and their counts still unknown (a long run, a short window):
+                // wait for the window aggregation rather than hold them all.
+                plan.ok_per_window.wait();
+                waited = true;
+                if plan.stop.load(Ordering::Relaxed) {
+                    return Ok(Gaps::default());
+                }
+            }
             let ok_per_window = plan.ok_per_window.get();
             if !counts_known && let Some(expected) = ok_per_window {
                 // The window counts have just arrived: close what is already complete.
@@ -618,6 +635,7 @@ pub fn pass(files: &[PathBuf], plan: &Plan) -> Result<Gaps, ReportError> {
             .collect(),
         windows,
         ranges: ranges.iter().map(Counts::dist).collect(),
+        waited,
     })
 }
 
@@ -676,6 +694,90 @@ mod tests {
             one.quantiles(&[0.0, 0.3, 1.0]),
             all.quantiles(&[0.0, 0.3, 1.0])
         );
+    }
+
+    fn result(i: usize, sent_ns: i64, gaps: Vec<u32>) -> reprise_trace::ResultRecord {
+        use reprise_trace::{ResultRecord, Timestamp, TraceRecord};
+        ResultRecord {
+            request: TraceRecord::new(format!("r{i}"), Timestamp(0)),
+            run_id: "t".into(),
+            target: "http://x".into(),
+            phase: "measure".into(),
+            step_value: None,
+            shard: 0,
+            scheduled: Timestamp(sent_ns),
+            sent: Some(Timestamp(sent_ns)),
+            first_chunk: None,
+            first_token: None,
+            done: Some(Timestamp(sent_ns + 1)),
+            queue_us: None,
+            ttft_us: None,
+            e2e_us: None,
+            ttft_sched_us: None,
+            e2e_sched_us: None,
+            tpot_us: None,
+            itl_us: Some(gaps),
+            n_in_usage: None,
+            n_out_usage: None,
+            n_out_counted: None,
+            status: Some(200),
+            error_kind: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn the_pass_waits_for_window_counts_past_its_open_limit_and_stops_when_told() {
+        use reprise_trace::{DatasetWriter, Output, ResultRecord, WriterOptions};
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("requests.parquet");
+        let mut w = DatasetWriter::<ResultRecord>::create(
+            Output::File(file.clone()),
+            WriterOptions::default(),
+        )
+        .unwrap();
+        // 16 requests per 1-s window: two batches read (4,096 rows each) open as many
+        // windows as the limit, the third must wait.
+        let windows = 3 * MAX_OPEN_BLIND as i64;
+        for i in 0..windows * 16 {
+            let (window, k) = (i / 16, i % 16);
+            let sent = window * 1_000_000_000 + k * 1_000_000;
+            w.write(&result(i as usize, sent, vec![1000 + window as u32, 5]))
+                .unwrap();
+        }
+        w.close().unwrap();
+        let plan = Plan {
+            window_ns: 1_000_000_000,
+            ..Plan::default()
+        };
+        let files = vec![file];
+        std::thread::scope(|scope| {
+            let pass = scope.spawn(|| pass(&files, &plan));
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            assert!(!pass.is_finished(), "the pass should wait for the counts");
+            plan.ok_per_window
+                .set((0..windows).map(|w| (w, 16)).collect())
+                .unwrap();
+            let g = pass.join().unwrap().unwrap();
+            assert!(g.waited);
+            assert_eq!(g.windows.len(), windows as usize);
+            assert_eq!(g.windows[&300].count, 32);
+            assert_eq!(g.windows[&300].max, 1.3);
+            assert_eq!(g.overall.count, 32 * windows as u64);
+        });
+        // Told to stop (the rest of the analysis failed): it gives up instead of waiting.
+        let plan = Plan {
+            window_ns: 1_000_000_000,
+            ..Plan::default()
+        };
+        std::thread::scope(|scope| {
+            let pass = scope.spawn(|| pass(&files, &plan));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            plan.stop.store(true, Ordering::Relaxed);
+            let _ = plan.ok_per_window.set(HashMap::new());
+            let g = pass.join().unwrap().unwrap();
+            assert_eq!(g.overall.count, 0);
+        });
     }
 
     #[test]

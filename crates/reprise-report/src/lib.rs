@@ -211,7 +211,15 @@ pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
                 gaps::pass(&run.files, &plan).map(|g| (g, started.elapsed().as_secs_f64()))
             })
             .map_err(|e| ReportError::Input(format!("cannot start the ITL pass: {e}")))?;
-        let polars_part = polars_stages(run, opts, t0, &window_counts, &mut mark);
+        let polars_part = {
+            // However the polars part ends (an error, a panic), the pass must not wait for
+            // window counts that will never come.
+            let _release = Release {
+                counts: &window_counts,
+                stop: &stop,
+            };
+            polars_stages(run, opts, t0, &window_counts, &mut mark)
+        };
         if polars_part.is_err() {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -227,6 +235,22 @@ pub fn analyze_run(run: &Run, opts: &Options) -> Result<Report, ReportError> {
     apply_gaps(&gaps, &mut report);
     report.timings = timings;
     Ok(report)
+}
+
+/// Releases a waiting [`gaps::pass`] when dropped before the window counts were given: it
+/// is told to stop and handed an empty map.
+struct Release<'a> {
+    counts: &'a std::sync::OnceLock<std::collections::HashMap<i64, u64>>,
+    stop: &'a std::sync::atomic::AtomicBool,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        if self.counts.get().is_none() {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = self.counts.set(std::collections::HashMap::new());
+        }
+    }
 }
 
 /// Everything but the gaps: one read of the measured requests (without their gap lists or
