@@ -41,7 +41,11 @@ pub const DENSE: u32 = 1 << 16;
 /// An exact distribution of whole-µs values.
 #[derive(Debug, Clone, Default)]
 pub struct Counts {
-    dense: Vec<u64>,
+    /// Counts of the values below [`DENSE`], as u32 while no count can overflow one (half
+    /// the cache footprint of u64: the table stays in a core's L2 while a window fills).
+    dense: Vec<u32>,
+    /// The same as u64, once the total could pass `u32::MAX` (then `dense` is empty).
+    wide: Vec<u64>,
     sparse: BTreeMap<u32, u64>,
     count: u64,
     sum: u128,
@@ -51,25 +55,20 @@ pub struct Counts {
 
 impl Counts {
     /// Adds one value.
-    #[inline]
     pub fn add(&mut self, v: u32) {
-        if v < DENSE {
-            if self.dense.is_empty() {
-                self.dense = vec![0; DENSE as usize];
-            }
-            self.dense[v as usize] += 1;
-        } else {
-            *self.sparse.entry(v).or_insert(0) += 1;
+        self.add_all(&[v]);
+    }
+
+    /// Moves the dense counts to u64 (allocating them if there were none).
+    fn widen(&mut self) {
+        if self.wide.is_empty() {
+            self.wide = if self.dense.is_empty() {
+                vec![0; DENSE as usize]
+            } else {
+                self.dense.iter().map(|&n| n as u64).collect()
+            };
+            self.dense = Vec::new();
         }
-        if self.count == 0 {
-            self.min = v;
-            self.max = v;
-        } else {
-            self.min = self.min.min(v);
-            self.max = self.max.max(v);
-        }
-        self.count += 1;
-        self.sum += v as u128;
     }
 
     /// Adds a run of values (one request's gaps): the bounds and sum per run, the counts
@@ -79,20 +78,35 @@ impl Counts {
         if vs.is_empty() {
             return;
         }
-        if self.dense.is_empty() {
-            self.dense = vec![0; DENSE as usize];
-        }
         let (mut lo, mut hi, mut sum) = (u32::MAX, 0u32, 0u64);
-        let dense = &mut self.dense[..DENSE as usize];
-        for &v in vs {
-            if v < DENSE {
-                dense[v as usize] += 1;
-            } else {
-                *self.sparse.entry(v).or_insert(0) += 1;
+        if self.wide.is_empty() && self.count + vs.len() as u64 <= u32::MAX as u64 {
+            if self.dense.is_empty() {
+                self.dense = vec![0; DENSE as usize];
             }
-            lo = lo.min(v);
-            hi = hi.max(v);
-            sum += v as u64;
+            let dense = &mut self.dense[..DENSE as usize];
+            for &v in vs {
+                if v < DENSE {
+                    dense[v as usize] += 1;
+                } else {
+                    *self.sparse.entry(v).or_insert(0) += 1;
+                }
+                lo = lo.min(v);
+                hi = hi.max(v);
+                sum += v as u64;
+            }
+        } else {
+            self.widen();
+            let wide = &mut self.wide[..DENSE as usize];
+            for &v in vs {
+                if v < DENSE {
+                    wide[v as usize] += 1;
+                } else {
+                    *self.sparse.entry(v).or_insert(0) += 1;
+                }
+                lo = lo.min(v);
+                hi = hi.max(v);
+                sum += v as u64;
+            }
         }
         if self.count == 0 {
             (self.min, self.max) = (lo, hi);
@@ -104,18 +118,40 @@ impl Counts {
         self.sum += sum as u128;
     }
 
+    /// The nonzero dense counts in ascending order of value.
+    fn dense_counts(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        let narrow = self.dense.iter().map(|&n| n as u64);
+        let wide = self.wide.iter().copied();
+        // At most one of the two holds counts.
+        narrow
+            .enumerate()
+            .chain(wide.enumerate())
+            .filter(|(_, n)| *n > 0)
+            .map(|(v, n)| (v as u32, n))
+    }
+
     /// Adds every value of `other`.
     pub fn merge(&mut self, other: &Counts) {
         if other.count == 0 {
             return;
         }
-        if !other.dense.is_empty() {
-            if self.dense.is_empty() {
-                self.dense = other.dense.clone();
-            } else {
-                for (a, b) in self.dense.iter_mut().zip(&other.dense) {
-                    *a += b;
+        let narrow = self.wide.is_empty()
+            && other.wide.is_empty()
+            && self.count + other.count <= u32::MAX as u64;
+        if narrow {
+            if !other.dense.is_empty() {
+                if self.dense.is_empty() {
+                    self.dense = other.dense.clone();
+                } else {
+                    for (a, b) in self.dense.iter_mut().zip(&other.dense) {
+                        *a += b;
+                    }
                 }
+            }
+        } else {
+            self.widen();
+            for (v, n) in other.dense_counts() {
+                self.wide[v as usize] += n;
             }
         }
         for (&v, &n) in &other.sparse {
@@ -138,11 +174,7 @@ impl Counts {
 
     /// The values in ascending order with their counts.
     fn ascending(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
-        self.dense
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| **n > 0)
-            .map(|(v, &n)| (v as u32, n))
+        self.dense_counts()
             .chain(self.sparse.iter().map(|(&v, &n)| (v, n)))
     }
 
@@ -778,6 +810,30 @@ mod tests {
             let g = pass.join().unwrap().unwrap();
             assert_eq!(g.overall.count, 0);
         });
+    }
+
+    #[test]
+    fn counts_widen_before_a_u32_could_overflow() {
+        let mut a = Counts::default();
+        a.add_all(&[5, 5, 70_000]);
+        let mut b = a.clone();
+        // As if four billion values had been counted: the next run must not overflow.
+        b.count = u32::MAX as u64 - 1;
+        b.add_all(&[5, 6]);
+        assert!(b.dense.is_empty() && b.wide[5] == 3 && b.wide[6] == 1);
+        let mut c = Counts::default();
+        c.count = u32::MAX as u64;
+        c.dense = vec![0; DENSE as usize];
+        c.dense[7] = 2;
+        let mut d = a.clone();
+        d.merge(&c);
+        assert!(d.dense.is_empty());
+        assert_eq!((d.wide[5], d.wide[7]), (2, 2));
+        assert_eq!(d.sparse[&70_000], 1);
+        let narrow: Vec<(u32, u64)> = a.ascending().collect();
+        assert_eq!(narrow, vec![(5, 2), (70_000, 1)]);
+        let wide: Vec<(u32, u64)> = b.ascending().collect();
+        assert_eq!(wide, vec![(5, 3), (6, 1), (70_000, 1)]);
     }
 
     #[test]
