@@ -821,9 +821,11 @@ mod tests {
         b.count = u32::MAX as u64 - 1;
         b.add_all(&[5, 6]);
         assert!(b.dense.is_empty() && b.wide[5] == 3 && b.wide[6] == 1);
-        let mut c = Counts::default();
-        c.count = u32::MAX as u64;
-        c.dense = vec![0; DENSE as usize];
+        let mut c = Counts {
+            count: u32::MAX as u64,
+            dense: vec![0; DENSE as usize],
+            ..Counts::default()
+        };
         c.dense[7] = 2;
         let mut d = a.clone();
         d.merge(&c);
