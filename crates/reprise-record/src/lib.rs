@@ -31,6 +31,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
 use rand::RngExt;
 use reprise_protocol::openai::{Usage, chunk_facts, content_of, error_body};
 use reprise_protocol::sse::SseParser;
@@ -200,9 +201,64 @@ pub struct RecordSummary {
     pub files: Vec<PathBuf>,
 }
 
+/// The client to the upstream: hyper's own for `http://` (no layer between the proxy and
+/// the connection pool), reqwest for `https://` (rustls).
+enum UpstreamClient {
+    Plain(hyper_util::client::legacy::Client<HttpConnector, http_body_util::Full<Bytes>>),
+    Tls(reqwest::Client),
+}
+
+/// An upstream response body, from either client.
+enum UpstreamBody {
+    Plain(Incoming),
+    Tls(reqwest::Body),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = String;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, String>>> {
+        // Errors become their messages (the tap classes them as a broken stream).
+        match self.get_mut() {
+            UpstreamBody::Plain(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|e| e.to_string()))),
+            UpstreamBody::Tls(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|e| e.to_string()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Plain(b) => b.is_end_stream(),
+            UpstreamBody::Tls(b) => b.is_end_stream(),
+        }
+    }
+}
+
+/// An error's message with its sources.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let next = c.to_string();
+        if !msg.contains(&next) {
+            msg.push_str(": ");
+            msg.push_str(&next);
+        }
+        src = c.source();
+    }
+    msg
+}
+
 struct Shared {
     config: RecordConfig,
-    client: reqwest::Client,
+    client: UpstreamClient,
     upstream: reqwest::Url,
     counters: Arc<Counters>,
     obs_tx: Mutex<Option<std_mpsc::SyncSender<Exchange>>>,
@@ -407,27 +463,48 @@ async fn handle(shared: Arc<SharedHandle>, req: Request<Incoming>) -> Response<P
             headers.append(k.clone(), v.clone());
         }
     }
-    let request = s
-        .client
-        .request(parts.method.clone(), url)
-        .headers(headers)
-        .body(body);
-    let response = match tokio::time::timeout(s.config.upstream_timeout, request.send()).await {
+    let sent = match &s.client {
+        UpstreamClient::Plain(client) => {
+            let mut request = Request::builder()
+                .method(parts.method.clone())
+                .uri(url.as_str())
+                .body(http_body_util::Full::new(body));
+            if let Ok(r) = request.as_mut() {
+                *r.headers_mut() = headers;
+            }
+            match request {
+                Ok(request) => {
+                    tokio::time::timeout(s.config.upstream_timeout, client.request(request))
+                        .await
+                        .map(|r| {
+                            r.map(|r| r.map(UpstreamBody::Plain))
+                                .map_err(|e| (false, chain(&e)))
+                        })
+                }
+                Err(e) => Ok(Err((false, e.to_string()))),
+            }
+        }
+        UpstreamClient::Tls(client) => {
+            let request = client
+                .request(parts.method.clone(), url)
+                .headers(headers)
+                .body(body);
+            tokio::time::timeout(s.config.upstream_timeout, request.send())
+                .await
+                .map(|r| {
+                    r.map(|r| hyper::Response::<reqwest::Body>::from(r).map(UpstreamBody::Tls))
+                        .map_err(|e| (e.is_timeout(), chain(&e)))
+                })
+        }
+    };
+    let response = match sent {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            let timeout = e.is_timeout();
+        Ok(Err((timeout, msg))) => {
             let (status, class) = if timeout {
                 (StatusCode::GATEWAY_TIMEOUT, "timeout")
             } else {
                 (StatusCode::BAD_GATEWAY, "connect")
             };
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(c) = src {
-                msg.push_str(": ");
-                msg.push_str(&c.to_string());
-                src = c.source();
-            }
             return fail(
                 &shared,
                 x,
@@ -467,7 +544,7 @@ async fn handle(shared: Arc<SharedHandle>, req: Request<Incoming>) -> Response<P
             }
         }
     }
-    let upstream_body = hyper::Response::<reqwest::Body>::from(response).into_body();
+    let upstream_body = response.into_body();
     let tap = Tap {
         shared: shared.clone(),
         inner: upstream_body,
@@ -511,7 +588,7 @@ fn fail(
 /// exchange is submitted when the body ends, fails, or is dropped by a departed client.
 pub(crate) struct Tap {
     shared: Arc<SharedHandle>,
-    inner: reqwest::Body,
+    inner: UpstreamBody,
     x: Option<Exchange>,
     record: bool,
     started: Instant,
@@ -626,7 +703,7 @@ impl http_body::Body for Tap {
             }
             Poll::Ready(Some(Err(e))) => {
                 self.finish(Some("broken_stream"));
-                Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
+                Poll::Ready(Some(Err(std::io::Error::other(e))))
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -828,12 +905,26 @@ impl Recorder {
             Some(a) => Some(bind(a).await?),
             None => None,
         };
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(3))
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| RecordError::Config(format!("HTTP client: {e}")))?;
+        let client = if upstream.scheme() == "http" {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            connector.set_connect_timeout(Some(Duration::from_secs(10)));
+            UpstreamClient::Plain(
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .pool_timer(hyper_util::rt::TokioTimer::new())
+                    .pool_idle_timeout(Duration::from_secs(3))
+                    .build(connector),
+            )
+        } else {
+            UpstreamClient::Tls(
+                reqwest::Client::builder()
+                    .tcp_nodelay(true)
+                    .pool_idle_timeout(Duration::from_secs(3))
+                    .connect_timeout(Duration::from_secs(10))
+                    .build()
+                    .map_err(|e| RecordError::Config(format!("HTTP client: {e}")))?,
+            )
+        };
         let counters = Arc::new(Counters::default());
         let (obs_tx, obs_rx) = std_mpsc::sync_channel::<Exchange>(config.queue.max(1));
         let (row_tx, row_rx) = std_mpsc::sync_channel::<TraceRecord>(65_536);
