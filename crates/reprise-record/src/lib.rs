@@ -204,7 +204,7 @@ pub struct RecordSummary {
 /// The client to the upstream: hyper's own for `http://` (no layer between the proxy and
 /// the connection pool), reqwest for `https://` (rustls).
 enum UpstreamClient {
-    Plain(hyper_util::client::legacy::Client<HttpConnector, http_body_util::Full<Bytes>>),
+    Plain(Box<hyper_util::client::legacy::Client<HttpConnector, http_body_util::Full<Bytes>>>),
     Tls(reqwest::Client),
 }
 
