@@ -909,12 +909,12 @@ impl Recorder {
             let mut connector = HttpConnector::new();
             connector.set_nodelay(true);
             connector.set_connect_timeout(Some(Duration::from_secs(10)));
-            UpstreamClient::Plain(
+            UpstreamClient::Plain(Box::new(
                 hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                     .pool_timer(hyper_util::rt::TokioTimer::new())
                     .pool_idle_timeout(Duration::from_secs(3))
                     .build(connector),
-            )
+            ))
         } else {
             UpstreamClient::Tls(
                 reqwest::Client::builder()
