@@ -38,6 +38,29 @@ use crate::metrics::Dist;
 /// Values below this many µs are counted in a dense array (1 s: ITLs are tens of ms).
 pub const DENSE: u32 = 1 << 16;
 
+/// Counts `vs` into `table` (the values below [`DENSE`]) and `sparse` (the rest); returns
+/// their minimum, maximum and sum.
+#[inline]
+fn count_run<T: Copy + std::ops::AddAssign + From<u8>>(
+    table: &mut [T],
+    sparse: &mut BTreeMap<u32, u64>,
+    vs: &[u32],
+) -> (u32, u32, u64) {
+    let table = &mut table[..DENSE as usize];
+    let (mut lo, mut hi, mut sum) = (u32::MAX, 0u32, 0u64);
+    for &v in vs {
+        if v < DENSE {
+            table[v as usize] += T::from(1);
+        } else {
+            *sparse.entry(v).or_insert(0) += 1;
+        }
+        lo = lo.min(v);
+        hi = hi.max(v);
+        sum += v as u64;
+    }
+    (lo, hi, sum)
+}
+
 /// An exact distribution of whole-µs values.
 #[derive(Debug, Clone, Default)]
 pub struct Counts {
@@ -78,36 +101,16 @@ impl Counts {
         if vs.is_empty() {
             return;
         }
-        let (mut lo, mut hi, mut sum) = (u32::MAX, 0u32, 0u64);
-        if self.wide.is_empty() && self.count + vs.len() as u64 <= u32::MAX as u64 {
-            if self.dense.is_empty() {
-                self.dense = vec![0; DENSE as usize];
-            }
-            let dense = &mut self.dense[..DENSE as usize];
-            for &v in vs {
-                if v < DENSE {
-                    dense[v as usize] += 1;
-                } else {
-                    *self.sparse.entry(v).or_insert(0) += 1;
+        let (lo, hi, sum) =
+            if self.wide.is_empty() && self.count + vs.len() as u64 <= u32::MAX as u64 {
+                if self.dense.is_empty() {
+                    self.dense = vec![0; DENSE as usize];
                 }
-                lo = lo.min(v);
-                hi = hi.max(v);
-                sum += v as u64;
-            }
-        } else {
-            self.widen();
-            let wide = &mut self.wide[..DENSE as usize];
-            for &v in vs {
-                if v < DENSE {
-                    wide[v as usize] += 1;
-                } else {
-                    *self.sparse.entry(v).or_insert(0) += 1;
-                }
-                lo = lo.min(v);
-                hi = hi.max(v);
-                sum += v as u64;
-            }
-        }
+                count_run(&mut self.dense, &mut self.sparse, vs)
+            } else {
+                self.widen();
+                count_run(&mut self.wide, &mut self.sparse, vs)
+            };
         if self.count == 0 {
             (self.min, self.max) = (lo, hi);
         } else {
@@ -210,26 +213,11 @@ impl Counts {
         if n == 0 {
             return vec![f64::NAN; probs.len()];
         }
-        let pos: Vec<f64> = probs
+        let (pos, ranks) = crate::metrics::rank_plan(n, probs);
+        let at: Vec<f64> = self.at_ranks(&ranks).iter().map(|&v| v as f64).collect();
+        crate::metrics::interpolate(n, &pos, &ranks, &at)
             .iter()
-            .map(|q| q.clamp(0.0, 1.0) * (n - 1) as f64)
-            .collect();
-        let mut ranks: Vec<u64> = pos
-            .iter()
-            .flat_map(|p| [p.floor() as u64, (p.ceil() as u64).min(n - 1)])
-            .collect();
-        ranks.sort_unstable();
-        ranks.dedup();
-        let values = self.at_ranks(&ranks);
-        let value_at = |r: u64| values[ranks.partition_point(|&x| x < r)] as f64;
-        pos.iter()
-            .map(|p| {
-                let (lo, hi) = (
-                    value_at(p.floor() as u64),
-                    value_at((p.ceil() as u64).min(n - 1)),
-                );
-                (lo + (hi - lo) * (p - p.floor())) / 1000.0
-            })
+            .map(|v| v / 1000.0)
             .collect()
     }
 

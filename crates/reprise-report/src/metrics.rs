@@ -188,21 +188,45 @@ fn dist_exprs(name: &str, values: Expr) -> Vec<Expr> {
 /// Marks a row that belongs to no group in [`fill_percentiles`].
 pub const NO_GROUP: u32 = u32::MAX;
 
-/// The values of `values` at the 0-based ranks `ranks` (ascending) as they would be
-/// in sorted order, by repeated selection on the shrinking unsorted rest: about two passes
+/// Linear interpolation between order statistics (numpy's default) over `n` values (n > 0):
+/// the position of each probability, and the distinct 0-based ranks (the floor and ceiling
+/// of each position) whose values it needs, ascending.
+pub(crate) fn rank_plan(n: u64, probs: &[f64]) -> (Vec<f64>, Vec<u64>) {
+    let pos: Vec<f64> = probs
+        .iter()
+        .map(|q| q.clamp(0.0, 1.0) * (n - 1) as f64)
+        .collect();
+    let mut ranks: Vec<u64> = pos
+        .iter()
+        .flat_map(|p| [p.floor() as u64, (p.ceil() as u64).min(n - 1)])
+        .collect();
+    ranks.sort_unstable();
+    ranks.dedup();
+    (pos, ranks)
+}
+
+/// The interpolated value at each position of a [`rank_plan`], given the values `at` its
+/// ranks.
+pub(crate) fn interpolate(n: u64, pos: &[f64], ranks: &[u64], at: &[f64]) -> Vec<f64> {
+    let value = |r: u64| at[ranks.partition_point(|&x| x < r)];
+    pos.iter()
+        .map(|p| {
+            let (lo, hi) = (value(p.floor() as u64), value((p.ceil() as u64).min(n - 1)));
+            lo + (hi - lo) * (p - p.floor())
+        })
+        .collect()
+}
+
+/// The values of `values` at the 0-based ranks `ranks` (ascending) as they would be in
+/// sorted order, by repeated selection on the shrinking unsorted rest: about two passes
 /// over the values for the five reported percentiles, instead of a sort.
-fn select_ranks(values: &mut [f64], ranks: &[usize]) -> Vec<f64> {
+fn select_ranks(values: &mut [f64], ranks: &[u64]) -> Vec<f64> {
     let mut out = Vec::with_capacity(ranks.len());
     let mut from = 0usize;
-    let mut last = f64::NAN;
     for &r in ranks {
-        if r < from {
-            out.push(last);
-            continue;
-        }
+        let r = r as usize;
         let (_, v, _) = values[from..].select_nth_unstable_by(r - from, f64::total_cmp);
-        last = *v;
-        out.push(last);
+        out.push(*v);
         from = r + 1;
     }
     out
@@ -211,26 +235,14 @@ fn select_ranks(values: &mut [f64], ranks: &[usize]) -> Vec<f64> {
 /// The [`QUANTILES`] of `values` by linear interpolation between order statistics
 /// (numpy's default, as polars' `Linear`); NaN when empty. Reorders `values`.
 pub fn quantiles_of(values: &mut [f64]) -> [f64; 5] {
-    let n = values.len();
+    let n = values.len() as u64;
     if n == 0 {
         return [f64::NAN; 5];
     }
-    let pos = QUANTILES.map(|(q, _)| q * (n - 1) as f64);
-    let mut ranks: Vec<usize> = pos
-        .iter()
-        .flat_map(|p| [p.floor() as usize, (p.ceil() as usize).min(n - 1)])
-        .collect();
-    ranks.sort_unstable();
-    ranks.dedup();
+    let (pos, ranks) = rank_plan(n, &QUANTILES.map(|(q, _)| q));
     let at = select_ranks(values, &ranks);
-    let value = |r: usize| at[ranks.partition_point(|&x| x < r)];
-    pos.map(|p| {
-        let (lo, hi) = (
-            value(p.floor() as usize),
-            value((p.ceil() as usize).min(n - 1)),
-        );
-        lo + (hi - lo) * (p - p.floor())
-    })
+    let q = interpolate(n, &pos, &ranks, &at);
+    [q[0], q[1], q[2], q[3], q[4]]
 }
 
 /// Fills the percentiles of every latency of `stats` (one per group) from `df`, whose rows
