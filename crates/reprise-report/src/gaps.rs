@@ -38,29 +38,6 @@ use crate::metrics::Dist;
 /// Values below this many µs are counted in a dense array (1 s: ITLs are tens of ms).
 pub const DENSE: u32 = 1 << 16;
 
-/// Counts `vs` into `table` (the values below [`DENSE`]) and `sparse` (the rest); returns
-/// their minimum, maximum and sum.
-#[inline]
-fn count_run<T: Copy + std::ops::AddAssign + From<u8>>(
-    table: &mut [T],
-    sparse: &mut BTreeMap<u32, u64>,
-    vs: &[u32],
-) -> (u32, u32, u64) {
-    let table = &mut table[..DENSE as usize];
-    let (mut lo, mut hi, mut sum) = (u32::MAX, 0u32, 0u64);
-    for &v in vs {
-        if v < DENSE {
-            table[v as usize] += T::from(1);
-        } else {
-            *sparse.entry(v).or_insert(0) += 1;
-        }
-        lo = lo.min(v);
-        hi = hi.max(v);
-        sum += v as u64;
-    }
-    (lo, hi, sum)
-}
-
 /// An exact distribution of whole-µs values.
 #[derive(Debug, Clone, Default)]
 pub struct Counts {
@@ -101,16 +78,38 @@ impl Counts {
         if vs.is_empty() {
             return;
         }
-        let (lo, hi, sum) =
-            if self.wide.is_empty() && self.count + vs.len() as u64 <= u32::MAX as u64 {
-                if self.dense.is_empty() {
-                    self.dense = vec![0; DENSE as usize];
+        // Two copies of the loop, one per count width: the hot loop of the ITL pass (a
+        // billion values in the 10M benchmark), where a generic helper measured ~1 s slower.
+        let (mut lo, mut hi, mut sum) = (u32::MAX, 0u32, 0u64);
+        if self.wide.is_empty() && self.count + vs.len() as u64 <= u32::MAX as u64 {
+            if self.dense.is_empty() {
+                self.dense = vec![0; DENSE as usize];
+            }
+            let dense = &mut self.dense[..DENSE as usize];
+            for &v in vs {
+                if v < DENSE {
+                    dense[v as usize] += 1;
+                } else {
+                    *self.sparse.entry(v).or_insert(0) += 1;
                 }
-                count_run(&mut self.dense, &mut self.sparse, vs)
-            } else {
-                self.widen();
-                count_run(&mut self.wide, &mut self.sparse, vs)
-            };
+                lo = lo.min(v);
+                hi = hi.max(v);
+                sum += v as u64;
+            }
+        } else {
+            self.widen();
+            let wide = &mut self.wide[..DENSE as usize];
+            for &v in vs {
+                if v < DENSE {
+                    wide[v as usize] += 1;
+                } else {
+                    *self.sparse.entry(v).or_insert(0) += 1;
+                }
+                lo = lo.min(v);
+                hi = hi.max(v);
+                sum += v as u64;
+            }
+        }
         if self.count == 0 {
             (self.min, self.max) = (lo, hi);
         } else {
