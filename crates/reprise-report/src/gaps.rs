@@ -440,14 +440,13 @@ impl ItlColumn {
                 self.column = Some(get_typed_column_reader::<Int32Type>(col));
             }
             let column = self.column.as_mut().expect("set above");
-            let (records, _, _) = column
-                .read_records(
-                    n - got,
-                    Some(&mut self.def),
-                    Some(&mut self.rep),
-                    &mut self.values,
-                )
-                .map_err(|e| ReportError::Input(format!("{e}")))?;
+            let read = column.read_records(
+                n - got,
+                Some(&mut self.def),
+                Some(&mut self.rep),
+                &mut self.values,
+            );
+            let (records, _, _) = read.map_err(|e| self.error(e))?;
             if records == 0 {
                 self.column = None;
                 self.row_group += 1;

@@ -271,7 +271,7 @@ fn polars_stages(
         .collect()?
         .lazy();
     mark("read");
-    let mut windows = windows::windows(measured.clone(), opts.window_s, &opts.slo)?;
+    let mut windows = windows::windows(measured.clone(), t0, opts.window_s, &opts.slo)?;
     let _ = window_counts.set(
         windows
             .iter()

@@ -28,20 +28,19 @@ pub struct Window {
     pub gpu_util_pct: Option<f64>,
 }
 
-/// Splits `lf` into windows of `length_s` seconds.
-pub fn windows(lf: LazyFrame, length_s: f64, slo: &Slo) -> Result<Vec<Window>, ReportError> {
+/// Splits `lf` into windows of `length_s` seconds from `t0` (ns, its first scheduled
+/// request).
+pub fn windows(
+    lf: LazyFrame,
+    t0: i64,
+    length_s: f64,
+    slo: &Slo,
+) -> Result<Vec<Window>, ReportError> {
     if !(length_s.is_finite() && length_s > 0.0) {
         return Err(ReportError::Input(format!(
             "window length must be positive, got {length_s}"
         )));
     }
-    let t0 = lf
-        .clone()
-        .select([col("scheduled").min().alias("t0")])
-        .collect()?;
-    let Some(t0) = t0.column("t0")?.i64()?.get(0) else {
-        return Ok(Vec::new());
-    };
     let w_ns = (length_s * 1e9) as i64;
     let idx = |c: &str| ((col(c) - lit(t0)) / lit(w_ns)).alias("w");
     let mut exprs = agg_exprs(slo);
