@@ -13,7 +13,7 @@
 # reprise analyze runs/ramp
 # ```
 #
-# Metric definitions: `shared/spec/metrics.md`; columns: `docs/formats.md`.
+# Metric definitions: `docs/metrics.md`; columns: `docs/formats.md`.
 
 # %%
 # Paths: point this at your own run (or set REPRISE_RUN).

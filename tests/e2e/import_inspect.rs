@@ -16,7 +16,7 @@ fn close(v: &Value, want: f64, tol: f64) {
 
 #[test]
 fn shipped_sample_trace_has_the_published_figures() {
-    // Figures from shared/data/README.md for the Azure 2023 conv trace.
+    // Figures from tests/data/README.md for the Azure 2023 conv trace.
     let j = inspect_json("traces/azure-conv-2023.parquet");
     assert_eq!(j["rows"], 19_366);
     assert_eq!(j["format"], "trace/1");
@@ -53,7 +53,7 @@ fn shipped_sample_trace_has_the_published_figures() {
 fn importing_the_azure_csv_reproduces_the_shipped_sample() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("azure.parquet");
-    let csv = shared_data("AzureLLMInferenceTrace_conv.csv");
+    let csv = public_data("AzureLLMInferenceTrace_conv.csv");
     let stdout = ok(&reprise(&["import", "azure", s(&csv), "-o", s(&out)]));
     assert!(stdout.starts_with("imported 19,366 rows from "), "{stdout}");
     let fresh = DatasetReader::<TraceRecord>::open(&out)
@@ -72,7 +72,7 @@ fn importing_the_azure_csv_reproduces_the_shipped_sample() {
 fn importing_mooncake_keeps_hash_ids_and_finds_poisson_arrivals() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("mc");
-    let jsonl = shared_data("synthetic_trace.jsonl");
+    let jsonl = public_data("synthetic_trace.jsonl");
     ok(&reprise(&[
         "import",
         "mooncake",

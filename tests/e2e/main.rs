@@ -1,5 +1,5 @@
 //! End-to-end tests: drive the real `reprise` binary on real data (the shipped sample trace,
-//! the public traces in `../shared/data`, and small fixtures).
+//! the public traces in `tests/data`, and small fixtures).
 
 mod support;
 

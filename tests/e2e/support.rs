@@ -13,18 +13,10 @@ pub fn fixture(name: &str) -> PathBuf {
     repo().join("tests/fixtures").join(name)
 }
 
-/// The shared public traces (`../shared/data` beside the checkout, or `$REPRISE_SHARED_DATA`).
-/// The test run must have them: CI lays them beside every clone.
-pub fn shared_data(name: &str) -> PathBuf {
-    let dir = std::env::var_os("REPRISE_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared/data"));
-    let p = dir.join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: set REPRISE_SHARED_DATA to the shared data folder",
-        p.display()
-    );
+/// A public trace carried in `tests/data` (attribution and licences in its README).
+pub fn public_data(name: &str) -> PathBuf {
+    let p = repo().join("tests/data").join(name);
+    assert!(p.is_file(), "{} is missing from the repository", p.display());
     p
 }
 

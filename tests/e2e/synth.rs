@@ -24,7 +24,7 @@ fn idc(check: &str, window: &str, generated: bool) -> f64 {
 /// Imports a shared public trace into `dir/<kind>.parquet`.
 fn import(dir: &std::path::Path, kind: &str, file: &str, extra: &[&str]) -> std::path::PathBuf {
     let trace = dir.join(format!("{kind}.parquet"));
-    let data = shared_data(file);
+    let data = public_data(file);
     let mut args = vec!["import", kind, s(&data), "-o", s(&trace)];
     args.extend_from_slice(extra);
     ok(&reprise(&args));

@@ -9,7 +9,7 @@
 //!   network chunks as they arrive and yields complete events, and the framing helpers
 //!   that write events exactly as vLLM does (`data: {...}\n\n`, `data: [DONE]\n\n`);
 //! - [`openai::content_of`]: what counts as content in a streamed chunk (per
-//!   `shared/spec/metrics.md`: `delta.content`, `delta.reasoning_content`, `text`).
+//!   `docs/metrics.md`: `delta.content`, `delta.reasoning_content`, `text`).
 //!
 //! This crate depends on no other reprise crate.
 

@@ -1,4 +1,4 @@
-//! Sending one request and measuring it per `shared/spec/metrics.md`: every SSE event is
+//! Sending one request and measuring it per `docs/metrics.md`: every SSE event is
 //! stamped on the arrival of the network chunk that completed it; `first_chunk` (first event
 //! with `choices`), `first_token` (first non-empty content), every content event, `done`
 //! (last content event, or the end of a non-streamed body), usage, and the error class.

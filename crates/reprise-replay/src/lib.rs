@@ -5,7 +5,7 @@
 //!   closed-loop users and concurrency ramps are [`Pacing::Closed`].
 //! - [`prompt::PromptBuilder`]: prompts with exactly `input_tokens` tokens, equal prefixes
 //!   for equal `prefix_hashes`.
-//! - [`client`]: one request, measured per `shared/spec/metrics.md` (SSE events stamped on
+//! - [`client`]: one request, measured per `docs/metrics.md` (SSE events stamped on
 //!   arrival; errors classified; a failure is a row).
 //! - [`run`]: the executor. Open-loop requests are released by a pacer thread at absolute
 //!   deadlines `t0 + offset` (a precise OS sleep, then a short spin: tokio's timer is 1 ms

@@ -1,5 +1,5 @@
 //! Run summary from HDR histograms (3 significant digits): the metrics of
-//! `shared/spec/metrics.md` for the measured phase, plus a row per step of a ramp. Exact
+//! `docs/metrics.md` for the measured phase, plus a row per step of a ramp. Exact
 //! percentiles over the stored values are the analyzer's job; these are for the terminal.
 
 use std::collections::BTreeMap;

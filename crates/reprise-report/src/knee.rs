@@ -1,4 +1,4 @@
-//! The knee of a ramp and the diagnosis of its bottleneck, in the seed's terms.
+//! The knee of a ramp and the diagnosis of its bottleneck, in the terms of load-testing practice.
 //!
 //! Steps are taken in order of load (concurrency or rate). The **saturation step** is the
 //! first whose throughput grew by less than [`Rules::min_gain`] over the step before while
@@ -72,7 +72,7 @@ pub struct Knee {
     pub trigger: String,
     /// The causes found, most telling first, each with its numbers.
     pub causes: Vec<Cause>,
-    /// One paragraph, like the seed template's conclusion.
+    /// One paragraph, like a load-test report's conclusion.
     pub conclusion: String,
     /// What to try, from the causes.
     pub advice: Vec<String>,

@@ -3,7 +3,7 @@
 //! `gpu/1` and `server/1` beside them when recorded.
 //!
 //! - [`load`] opens and checks a run directory and normalises its columns;
-//! - [`metrics`] computes the metrics of `shared/spec/metrics.md` exactly (percentiles by
+//! - [`metrics`] computes the metrics of `docs/metrics.md` exactly (percentiles by
 //!   linear interpolation), overall and per phase or step;
 //! - [`windows`] cuts the run into time windows (achieved against target rate);
 //! - [`knee`] finds a ramp's saturation point and diagnoses the bottleneck;
@@ -12,7 +12,7 @@
 //!   N runs into a scaling table;
 //! - [`export`] writes tidy Parquet tables for notebooks;
 //! - [`html`] draws the self-contained `report.html` (inline SVG charts);
-//! - [`render`] writes `report.md` (the seed's template), `summary.json` and the terminal
+//! - [`render`] writes `report.md` (the load-test report template, see docs/analyze.md), `summary.json` and the terminal
 //!   summary.
 //!
 //! [`analyze`] runs them all on one run.

@@ -1,4 +1,4 @@
-//! The metrics of `shared/spec/metrics.md`, computed exactly (linear interpolation between
+//! The metrics of `docs/metrics.md`, computed exactly (linear interpolation between
 //! order statistics, as numpy's default) by one lazy polars aggregation per grouping: the
 //! whole measured run, each phase or step, each time window.
 //!

@@ -1,4 +1,4 @@
-//! Writing a [`Report`]: `report.html` (see [`crate::html`]), `report.md` in the shape of the seed's template (target, parameters,
+//! Writing a [`Report`]: `report.html` (see [`crate::html`]), `report.md` in the shape of the load-test report template (target, parameters,
 //! key metrics per step, conclusion), `summary.json` (the report itself, stable keys) and
 //! a terminal summary.
 

@@ -1,7 +1,7 @@
 //! The four formats of the data contract: trace/1, result/1, gpu/1, server/1.
 //!
 //! Each struct is one row; field order is column order. See `docs/formats.md` for the full
-//! schema with meanings, and `shared/spec/trace-format.md` for the contract.
+//! schema with meanings: it is the contract.
 
 use crate::column::Timestamp;
 use crate::record;

@@ -218,7 +218,7 @@ pub struct Args {
     /// Output tokens of synthetic requests (without a trace).
     #[arg(long, default_value_t = 128, help_heading = "Synthetic load")]
     output_tokens: u32,
-    /// A named scenario from the seed: baseline, load, stress, soak.
+    /// A named load-test scenario (presets over the flags): baseline, load, stress, soak.
     #[arg(long, value_enum)]
     scenario: Option<Scenario>,
     /// Stop a ramp after a step whose error rate exceeds this (0..1).
