@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod contract;
 mod import_inspect;
 mod llama_server;
 mod monitor;

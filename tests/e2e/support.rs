@@ -45,11 +45,12 @@ pub fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Standard error of a run that must fail with exit code 1, checked to be one line and no panic.
+/// Standard error of a command that could not run (exit status 2), checked to be one line
+/// and no panic.
 pub fn fails(out: &Output) -> String {
     assert_eq!(
         out.status.code(),
-        Some(1),
+        Some(2),
         "stdout: {}",
         String::from_utf8_lossy(&out.stdout)
     );
@@ -66,4 +67,59 @@ pub fn fails(out: &Output) -> String {
 /// A path as a `&str` for arguments.
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// A `reprise sim` process on a free loopback port, stopped when dropped.
+pub struct SimProcess {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl SimProcess {
+    /// Starts `reprise sim --listen 127.0.0.1:0` with more arguments and waits for its banner.
+    pub fn start(args: &[&str]) -> SimProcess {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_reprise"))
+            .args(["sim", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("reprise sim starts");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let banner = lines
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("reprise sim printed no banner"));
+        let addr = banner
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{banner}"));
+        // Keep reading so that the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        SimProcess {
+            url: format!("http://{addr}"),
+            child,
+        }
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The exit status, stdout and stderr of a run, for assertion messages.
+pub fn show(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

@@ -16,8 +16,14 @@ use clap::{Parser, Subcommand};
 /// reprise is one pipeline over one Parquet format (trace/1): import public traces, inspect
 /// them, record production traffic with a capture proxy, replay traces (or synthetic load)
 /// against a server or the built-in simulator, fit workload models and generate rescaled
-/// workloads from them, and — as the pipeline grows — analyze runs. Run `reprise <command>
-/// --help` for each command.
+/// workloads from them, and analyze and compare runs (with the separate `reprise-analyze`
+/// binary). Run `reprise <command> --help` for each command.
+///
+/// Exit status, for every command: 0 it did what was asked; 1 it ran but failed a gate
+/// (a replay whose measured requests all failed or that broke --max-error-rate or
+/// --max-queue-p99-ms, `trace validate` finding errors, `synth check` out of tolerance,
+/// `compare --fail-on`, a recorder that lost rows); 2 it could not run (bad arguments,
+/// unreadable input, an unusable target).
 #[derive(Debug, Parser)]
 #[command(
     name = "reprise",
@@ -103,7 +109,9 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            // Could not run (bad arguments, unreadable input, unusable target): 2, as
+            // clap's own usage errors. 1 is kept for runs that failed a gate.
+            ExitCode::from(2)
         }
     }
 }

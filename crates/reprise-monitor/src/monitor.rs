@@ -105,12 +105,31 @@ pub struct MonitorSummary {
     pub nvml: Option<String>,
     /// gpu/1 rows written.
     pub gpu_rows: u64,
-    /// server/1 rows written.
+    /// server/1 rows written (this host's metrics and the scraped endpoints' together).
     pub server_rows: u64,
+    /// Of `server_rows`, the rows of this host's own metrics (source `host`).
+    pub host_rows: u64,
     /// Host samples taken.
     pub host_samples: u64,
     /// Each scraped endpoint.
     pub sources: Vec<SourceSummary>,
+}
+
+impl MonitorSummary {
+    /// One line for people: what went where, this host (the load generator) apart from
+    /// the scraped servers.
+    pub fn describe(&self) -> String {
+        let scraped = self.server_rows - self.host_rows.min(self.server_rows);
+        format!(
+            "{} GPU rows; {} rows from {} scraped endpoint{}; {} samples of this host (the load generator, {} rows)",
+            self.gpu_rows,
+            scraped,
+            self.sources.len(),
+            if self.sources.len() == 1 { "" } else { "s" },
+            self.host_samples,
+            self.host_rows
+        )
+    }
 }
 
 enum Msg {
@@ -448,6 +467,7 @@ fn write_loop(
             }
             Msg::Server(rows) => {
                 summary.server_rows += rows.len() as u64;
+                summary.host_rows += rows.len() as u64;
                 keep(write_all(w.server(), &rows));
             }
             Msg::Scrape(s) => {

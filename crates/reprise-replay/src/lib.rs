@@ -15,11 +15,13 @@
 
 pub mod client;
 pub mod events;
+pub mod gate;
 pub mod h1;
 pub mod pace;
 pub mod prompt;
 pub mod sizing;
 pub mod summary;
+pub mod target;
 pub mod workload;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +38,11 @@ use crate::client::{Measured, RequestShape, Timeouts};
 use crate::prompt::PromptBuilder;
 use crate::summary::{PhaseSummary, Sample, Summarizer};
 use crate::workload::Planned;
+
+/// Requests per second that one open-loop sender holds with a client queue p99 under 1 ms
+/// (the lean HTTP/1.1 client, 2-core machine, server sharing it; docs/replay.md has the
+/// measurement). `--help` and docs/replay.md state this figure; a test keeps them equal.
+pub const SENDER_HOLDS_REQ_PER_S: u32 = 10_000;
 
 /// A replay error (configuration, data or output; a failed request is a row, not an error).
 #[derive(Debug, thiserror::Error)]
@@ -124,12 +131,23 @@ pub struct ReplayConfig {
     /// tokenizer ([`sizing`]); otherwise a prompt has `input_tokens` words (cl100k tokens).
     pub prompt_words: Option<Arc<sizing::PromptSizing>>,
     /// Open-loop sender threads, each pacing and sending every n-th request on a runtime of
-    /// its own (0: one per CPU). One holds about 5,000 req/s with sub-millisecond queues.
+    /// its own (0: one per CPU). One holds about [`SENDER_HOLDS_REQ_PER_S`] with
+    /// sub-millisecond queues.
     pub senders: usize,
     /// Which HTTP client sends.
     pub http: HttpClient,
     /// Samplers to run beside the replay (GPU, scrapes, host), into the run directory.
     pub monitor: Option<reprise_monitor::MonitorConfig>,
+    /// Stop the run at the first request answered 404 or refused a connection while no
+    /// request has succeeded yet: the target is wrong, not overloaded
+    /// ([`RunSummary::aborted`] says why).
+    pub fail_fast: bool,
+    /// What the targets are, as the user named them (`sim:PROFILE` or the URL), for the
+    /// summary and run.json; `targets` is used when empty.
+    pub target_names: Vec<String>,
+    /// How long the workload was meant to last ([`workload::OpenPlan::intended_duration`]),
+    /// for throughput over the intended duration beside the measured span.
+    pub intended: Option<Duration>,
 }
 
 impl ReplayConfig {
@@ -167,6 +185,18 @@ impl ReplayConfig {
             senders: 1,
             http: HttpClient::Auto,
             monitor: None,
+            fail_fast: false,
+            target_names: Vec::new(),
+            intended: None,
+        }
+    }
+
+    /// The targets as named for people: `target_names`, else the base URLs.
+    pub fn target_labels(&self) -> &[String] {
+        if self.target_names.is_empty() {
+            &self.targets
+        } else {
+            &self.target_names
         }
     }
 }
@@ -235,6 +265,30 @@ pub struct RunSummary {
     pub events: Vec<events::EventRecord>,
     /// What the samplers did (GPU, scrapes and their failures, host), when any ran.
     pub monitor: Option<reprise_monitor::MonitorSummary>,
+    /// Why the run was stopped before any request succeeded (with
+    /// [`ReplayConfig::fail_fast`]): the target refused connections or answered 404.
+    pub aborted: Option<String>,
+    /// The targets, as named (`sim:PROFILE` or URLs).
+    pub targets: Vec<String>,
+    /// How long the workload was meant to last, seconds.
+    pub intended_s: Option<f64>,
+    /// Successful measured requests per second of the intended duration.
+    pub intended_throughput: Option<f64>,
+}
+
+/// Why a failed request means the target is wrong rather than busy: a 404 on the API path
+/// or a refused connection. `None` for any other outcome.
+fn wrong_target(m: &Measured, target: &str, api_path: &str) -> Option<String> {
+    if m.status == Some(404) {
+        return Some(format!(
+            "target {target} answered 404 Not Found on {api_path} before any request succeeded: \
+             check the base URL (requests go to {target}{api_path}) or --api"
+        ));
+    }
+    let error = m.error.as_deref().unwrap_or_default();
+    (m.error_kind == Some("connect") && error.to_ascii_lowercase().contains("refused")).then(|| {
+        format!("target {target} refused the connection before any request succeeded: {error}")
+    })
 }
 
 struct Job {
@@ -626,21 +680,39 @@ pub async fn run(
     };
     let (done_tx, done_rx) = std::sync::mpsc::channel::<Done>();
     let summary = Arc::new(Mutex::new(Summarizer::default()));
+    let aborted: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let config = Arc::new(config);
 
     // The writer thread: result rows to Parquet, samples to the summary.
     let writer_thread = {
-        let (clock, config, summary, progress) = (
+        let (clock, config, summary, progress, stop, aborted) = (
             clock.clone(),
             config.clone(),
             summary.clone(),
             progress.clone(),
+            stop.clone(),
+            aborted.clone(),
         );
         std::thread::spawn(move || -> Result<u64, ReplayError> {
             let mut rows = 0u64;
             let mut last_flush = Instant::now();
+            let mut any_ok = false;
             for done in done_rx {
                 let (record, sample) = finish(&done, &clock, &config);
+                any_ok |= sample.ok;
+                if config.fail_fast && !any_ok {
+                    let mut aborted = aborted.lock().unwrap_or_else(|e| e.into_inner());
+                    if aborted.is_none()
+                        && let Some(why) = wrong_target(
+                            &done.measured,
+                            &config.target_labels()[done.job.target],
+                            config.shape.api.path(),
+                        )
+                    {
+                        *aborted = Some(why);
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
                 if !sample.ok {
                     progress.failed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -917,11 +989,19 @@ pub async fn run(
         .join()
         .map_err(|_| ReplayError::Config("the result writer panicked".into()))??;
     let summary = summary.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let overall = summary.overall();
+    let intended_s = config.intended.map(|d| d.as_secs_f64());
     let run_summary = RunSummary {
         run_id: config.run_id.clone(),
         complete,
         recorded,
-        overall: summary.overall(),
+        aborted: aborted.lock().unwrap_or_else(|e| e.into_inner()).take(),
+        targets: config.target_labels().to_vec(),
+        intended_s,
+        intended_throughput: intended_s
+            .filter(|s| *s > 0.0)
+            .map(|s| overall.ok as f64 / s),
+        overall,
         phases: summary.phases(),
         stopped_early,
         requests_file,
@@ -985,6 +1065,7 @@ fn write_run_json(
         },
         "config": {
             "targets": config.targets,
+            "target_names": config.target_labels(),
             "api": match config.shape.api { Api::Chat => "chat", Api::Completions => "completions" },
             "backend": format!("{:?}", config.shape.backend).to_lowercase(),
             "model": config.shape.model,

@@ -342,7 +342,15 @@ fn fmt_ms(l: &Option<Latency>, f: impl Fn(&Latency) -> f64) -> String {
 }
 
 /// The terminal table of a summary.
-pub fn render(overall: &PhaseSummary, phases: &[PhaseSummary], queue_limit_ms: f64) -> String {
+///
+/// `intended_s` is how long the workload was meant to last: throughput is given over it
+/// beside the measured span (first send to last response), both labelled.
+pub fn render(
+    overall: &PhaseSummary,
+    phases: &[PhaseSummary],
+    queue_limit_ms: f64,
+    intended_s: Option<f64>,
+) -> String {
     let mut out = String::new();
     let o = overall;
     out.push_str(&format!(
@@ -356,10 +364,25 @@ pub fn render(overall: &PhaseSummary, phases: &[PhaseSummary], queue_limit_ms: f
             format!(": {:?}", o.errors)
         }
     ));
-    out.push_str(&format!(
-        "duration {:.1} s   throughput {:.2} req/s, {:.0} output tok/s, {:.0} total tok/s\n",
-        o.duration_s, o.request_throughput, o.output_tokens_per_s, o.total_tokens_per_s
-    ));
+    match intended_s.filter(|s| *s > 0.0) {
+        Some(intended) => {
+            out.push_str(&format!(
+                "duration {:.1} s measured (first send to last response), {intended:.1} s intended\n",
+                o.duration_s
+            ));
+            out.push_str(&format!(
+                "throughput {:.2} req/s measured, {:.2} req/s intended; {:.0} output tok/s, {:.0} total tok/s measured\n",
+                o.request_throughput,
+                o.ok as f64 / intended,
+                o.output_tokens_per_s,
+                o.total_tokens_per_s
+            ));
+        }
+        None => out.push_str(&format!(
+            "duration {:.1} s measured (first send to last response)   throughput {:.2} req/s, {:.0} output tok/s, {:.0} total tok/s\n",
+            o.duration_s, o.request_throughput, o.output_tokens_per_s, o.total_tokens_per_s
+        )),
+    }
     out.push_str("metric (ms)          p50       p90       p99     p99.9      mean       max\n");
     let rows: [(&str, &Option<Latency>); 7] = [
         ("TTFT", &o.ttft_ms),
@@ -447,7 +470,18 @@ mod tests {
         assert!((o.output_tokens_per_s - 5.0).abs() < 1e-9);
         assert_eq!(o.ttft_ms.as_ref().unwrap().p50, 1.0);
         assert_eq!(s.phases().len(), 2);
-        let text = render(&o, &s.phases(), 1.0);
+        let text = render(&o, &s.phases(), 1.0, Some(4.0));
         assert!(text.contains("requests 2 ok, 1 failed"), "{text}");
+        // Both throughputs, labelled: 2 ok over the 2 s measured span and the 4 s intended.
+        assert!(
+            text.contains("duration 2.0 s measured (first send to last response), 4.0 s intended\n")
+                && text.contains("throughput 1.00 req/s measured, 0.50 req/s intended;"),
+            "{text}"
+        );
+        let without = render(&o, &s.phases(), 1.0, None);
+        assert!(
+            without.contains("duration 2.0 s measured (first send to last response)   throughput 1.00 req/s"),
+            "{without}"
+        );
     }
 }

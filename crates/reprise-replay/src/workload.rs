@@ -215,6 +215,8 @@ pub struct RatePlan {
     process: Process,
     sizes: Arc<Sizes>,
     seed: u64,
+    /// At most this many requests (`--requests N` at a rate).
+    limit: Option<u64>,
 }
 
 impl RatePlan {
@@ -243,7 +245,48 @@ impl RatePlan {
             process,
             sizes: Arc::new(sizes),
             seed,
+            limit: None,
         })
+    }
+
+    /// A single step at `rate` that ends after exactly `requests` requests (vLLM's
+    /// `--num-prompts` at `--request-rate`).
+    pub fn counted(
+        rate: f64,
+        requests: u64,
+        process: Process,
+        sizes: Sizes,
+        seed: u64,
+    ) -> Result<RatePlan, ReplayError> {
+        let step = RateStep {
+            rate,
+            // Long enough for any count: the count ends the step.
+            duration: Duration::from_secs(u64::from(u32::MAX)),
+            label: "measure".into(),
+        };
+        RatePlan::new(vec![step], process, sizes, seed)?.limited(requests)
+    }
+
+    /// The same plan ending after at most `requests` requests (whichever comes first: the
+    /// count or the end of the last step).
+    pub fn limited(mut self, requests: u64) -> Result<RatePlan, ReplayError> {
+        if requests == 0 {
+            return Err(ReplayError::Config(
+                "the number of requests must be positive".into(),
+            ));
+        }
+        self.limit = Some(requests);
+        Ok(self)
+    }
+
+    /// How long the load is meant to last: the steps' durations, or, for a single step
+    /// with a count, the count over the rate when that comes first.
+    pub fn intended_duration(&self) -> Duration {
+        let steps: Duration = self.steps.iter().map(|s| s.duration).sum();
+        match (self.limit, &*self.steps) {
+            (Some(n), [step]) => steps.min(Duration::from_secs_f64(n as f64 / step.rate)),
+            _ => steps,
+        }
     }
 
     /// The requests, in order (the same ones on every call).
@@ -261,10 +304,12 @@ impl RatePlan {
 
     /// Requests expected (exact for evenly spaced arrivals, the mean for random ones).
     pub fn expected_len(&self) -> u64 {
-        self.steps
+        let by_time: u64 = self
+            .steps
             .iter()
             .map(|s| (s.rate * s.duration.as_secs_f64()).ceil() as u64)
-            .sum()
+            .sum();
+        self.limit.map_or(by_time, |n| n.min(by_time))
     }
 }
 
@@ -287,6 +332,9 @@ impl Iterator for RateIter {
     type Item = Planned;
 
     fn next(&mut self) -> Option<Planned> {
+        if self.plan.limit.is_some_and(|n| self.i >= n) {
+            return None;
+        }
         loop {
             let step = self.plan.steps.get(self.step)?;
             let end = self.step_start + step.duration.as_secs_f64();
@@ -358,6 +406,15 @@ impl OpenPlan {
         match self {
             OpenPlan::Listed(v) => v.len() as u64,
             OpenPlan::Rates(p) => p.expected_len(),
+        }
+    }
+
+    /// How long the load is meant to last: a trace window's last offset (its span at the
+    /// replay's speed), or the rate plan's [`RatePlan::intended_duration`].
+    pub fn intended_duration(&self) -> Duration {
+        match self {
+            OpenPlan::Listed(v) => v.last().map_or(Duration::ZERO, |p| p.offset),
+            OpenPlan::Rates(p) => p.intended_duration(),
         }
     }
 
@@ -578,5 +635,56 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn counted_plans_send_exactly_n_at_the_rate() {
+        for process in [Process::Fixed, Process::Poisson, Process::Gamma { cv: 2.0 }] {
+            let plan =
+                RatePlan::counted(100.0, 250, process, Sizes::FromTrace(vec![(5, 1)]), 3).unwrap();
+            assert_eq!(plan.expected_len(), 250);
+            assert_eq!(plan.intended_duration(), Duration::from_millis(2500));
+            let listed: Vec<Planned> = plan.iter().collect();
+            assert_eq!(listed.len(), 250, "{process:?}");
+            assert!(listed.iter().all(|p| p.phase == "measure"));
+            let shares = OpenPlan::from(plan).deal(2);
+            assert_eq!(shares.into_iter().map(Iterator::count).sum::<usize>(), 250);
+        }
+        let fixed = RatePlan::counted(10.0, 3, Process::Fixed, Sizes::FromTrace(vec![]), 0)
+            .unwrap()
+            .iter()
+            .map(|p| p.offset)
+            .collect::<Vec<_>>();
+        assert_eq!(
+            fixed,
+            [0, 100, 200].map(Duration::from_millis).to_vec()
+        );
+        assert!(RatePlan::counted(10.0, 0, Process::Fixed, Sizes::FromTrace(vec![]), 0).is_err());
+        assert!(RatePlan::counted(0.0, 5, Process::Fixed, Sizes::FromTrace(vec![]), 0).is_err());
+    }
+
+    #[test]
+    fn intended_durations_of_plans() {
+        let t = trace(&[0.0, 4.0, 10.0]);
+        let window = TraceWindow {
+            speed: 2.0,
+            ..TraceWindow::default()
+        };
+        let listed = OpenPlan::from(trace_plan(&t, &window).unwrap());
+        assert_eq!(listed.intended_duration(), Duration::from_secs(5));
+        let steps = vec![
+            RateStep {
+                rate: 1.0,
+                duration: Duration::from_secs(3),
+                label: "a".into(),
+            },
+            RateStep {
+                rate: 2.0,
+                duration: Duration::from_secs(4),
+                label: "b".into(),
+            },
+        ];
+        let rates = RatePlan::new(steps, Process::Fixed, Sizes::FromTrace(vec![]), 0).unwrap();
+        assert_eq!(rates.intended_duration(), Duration::from_secs(7));
     }
 }

@@ -201,10 +201,7 @@ fn live(a: LiveArgs) -> Result<ExitCode> {
     if let Some(n) = s.nvml.as_ref().filter(|n| !n.starts_with("NVML")) {
         eprintln!("GPU: {n}");
     }
-    eprintln!(
-        "{} GPU rows, {} server rows, {} host samples",
-        s.gpu_rows, s.server_rows, s.host_samples
-    );
+    eprintln!("{}", s.describe());
     for src in &s.sources {
         eprintln!(
             "{}: {} scrapes ok, {} failed{}",
