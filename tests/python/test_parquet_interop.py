@@ -70,6 +70,10 @@ def test_pyarrow_reads_schema_and_metadata():
     meta = pq.read_metadata(SAMPLE).metadata
     assert meta[b"reprise.format"] == b"trace/1"
     assert meta[b"reprise.source"] == b"azure"
+    # The same tags in the Arrow schema, where pyarrow and pandas users look.
+    assert schema.metadata[b"reprise.format"] == b"trace/1"
+    assert schema.metadata[b"reprise.source"] == b"azure"
+    assert b"reprise.version" in schema.metadata
 
 
 def test_pandas_reads_timestamps_as_utc():
@@ -128,3 +132,6 @@ def test_replay_results_read_with_the_documented_dtypes(replay_run):
     assert run["summary"]["overall"]["ok"] == df.filter(pl.col("phase") == "measure").height
     pdf = pd.read_parquet(replay_run / "requests.parquet")
     assert str(pdf["scheduled"].dtype) == "datetime64[ns, UTC]"
+    schema_meta = pq.read_table(replay_run / "requests.parquet").schema.metadata
+    assert schema_meta[b"reprise.format"] == b"result/1"
+    assert schema_meta[b"reprise.run_id"] == run["run_id"].encode()

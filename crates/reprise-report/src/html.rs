@@ -282,11 +282,45 @@ fn fmt(v: f64) -> String {
     }
 }
 
+/// Which part of the report a chart illustrates (it is drawn beside that part's tables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// The key metrics per step (ramps).
+    Steps,
+    /// The latency table.
+    Latency,
+    /// The windows over time.
+    OverTime,
+    /// Resources and correlation.
+    Resources,
+}
+
+impl Place {
+    /// The `###` section of report.md it belongs to (matched by the heading's start).
+    fn heading(self) -> &'static str {
+        match self {
+            Place::Steps => "Key metrics",
+            Place::Latency => "Latency",
+            Place::OverTime => "Over time",
+            Place::Resources => "Resources and correlation",
+        }
+    }
+}
+
 /// The charts of a report, in page order.
 pub fn charts(r: &Report) -> Vec<String> {
-    let mut out = Vec::new();
+    placed_charts(r).into_iter().map(|(_, c)| c).collect()
+}
+
+fn place(p: Place, chart: Option<String>) -> Option<(Place, String)> {
+    chart.map(|c| (p, c))
+}
+
+/// The charts of a report with the part each illustrates, in page order.
+pub fn placed_charts(r: &Report) -> Vec<(Place, String)> {
+    let mut out: Vec<(Place, String)> = Vec::new();
     let cdf = |name: &str| r.cdf.get(name).cloned().unwrap_or_default();
-    out.extend(cdf_chart(
+    out.extend(place(Place::Latency, cdf_chart(
         "Latency CDF (TTFT, TPOT, ITL)",
         vec![
             Series {
@@ -305,15 +339,15 @@ pub fn charts(r: &Report) -> Vec<String> {
                 points: cdf("itl"),
             },
         ],
-    ));
-    out.extend(cdf_chart(
+    )));
+    out.extend(place(Place::Latency, cdf_chart(
         "End-to-end latency CDF",
         vec![Series {
             name: "E2E",
             color: "#d62728",
             points: cdf("e2e"),
         }],
-    ));
+    )));
     let t = |f: &dyn Fn(&Stats) -> Option<f64>| -> Vec<(f64, f64)> {
         r.windows
             .iter()
@@ -338,7 +372,7 @@ pub fn charts(r: &Report) -> Vec<String> {
             )
         })
     };
-    out.extend(chart(&Chart {
+    out.extend(place(Place::OverTime, chart(&Chart {
         right: gpu_overlay(),
         ..Chart::new(
             "Throughput over time",
@@ -361,8 +395,8 @@ pub fn charts(r: &Report) -> Vec<String> {
                 },
             ],
         )
-    }));
-    out.extend(chart(&Chart {
+    })));
+    out.extend(place(Place::OverTime, chart(&Chart {
         right: gpu_overlay(),
         ..Chart::new(
             "TTFT over time",
@@ -381,7 +415,7 @@ pub fn charts(r: &Report) -> Vec<String> {
                 },
             ],
         )
-    }));
+    })));
     if let Some(c) = &r.correlation {
         let series = |name: &str| -> Vec<(f64, f64)> {
             c.bins
@@ -392,7 +426,7 @@ pub fn charts(r: &Report) -> Vec<String> {
         let waiting = series("waiting");
         let top = waiting.iter().fold(1.0f64, |a, p| a.max(p.1)) * 1.1;
         if waiting.len() >= 2 {
-            out.extend(chart(&Chart {
+            out.extend(place(Place::Resources, chart(&Chart {
                 right: Some((
                     "waiting requests",
                     Series {
@@ -412,7 +446,7 @@ pub fn charts(r: &Report) -> Vec<String> {
                         points: series("ttft_p99_ms"),
                     }],
                 )
-            }));
+            })));
         }
     }
     if let Some(unit) = &r.step_unit {
@@ -430,7 +464,7 @@ pub fn charts(r: &Report) -> Vec<String> {
             .collect();
         if batch.len() >= 2 {
             let title = format!("Batch size and queue against {unit}");
-            out.extend(chart(&Chart::new(
+            out.extend(place(Place::Steps, chart(&Chart::new(
                 &title,
                 unit,
                 "requests",
@@ -446,7 +480,7 @@ pub fn charts(r: &Report) -> Vec<String> {
                         points: queue,
                     },
                 ],
-            )));
+            ))));
         }
         let per = |f: &dyn Fn(&Stats) -> Option<f64>| -> Vec<(f64, f64)> {
             r.steps
@@ -461,7 +495,7 @@ pub fn charts(r: &Report) -> Vec<String> {
             .filter_map(|(s, g)| Some((s.step_value?, g.gpu_util_pct?)))
             .collect();
         let title = format!("Throughput against {unit}");
-        out.extend(chart(&Chart {
+        out.extend(place(Place::Steps, chart(&Chart {
             right: (gpu_steps.len() >= 2).then_some({
                 (
                     "GPU util %",
@@ -483,9 +517,9 @@ pub fn charts(r: &Report) -> Vec<String> {
                     points: per(&|s| Some(s.request_throughput)),
                 }],
             )
-        }));
+        })));
         let title = format!("P99 TTFT against {unit}");
-        out.extend(chart(&Chart::new(
+        out.extend(place(Place::Steps, chart(&Chart::new(
             &title,
             unit,
             "ms",
@@ -494,24 +528,258 @@ pub fn charts(r: &Report) -> Vec<String> {
                 color: "#d62728",
                 points: per(&|s| s.p("ttft", "p99")),
             }],
-        )));
+        ))));
     }
     out
 }
 
-/// `report.html`: the Markdown report's tables as preformatted text beside the charts.
+/// Inline Markdown of the report (`**bold**`, `` `code` ``) as HTML, escaped.
+fn inline(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(['`', '*']) {
+        out.push_str(&esc(&rest[..i]));
+        let tail = &rest[i..];
+        let (marker, tag) = if tail.starts_with("**") {
+            ("**", "strong")
+        } else if tail.starts_with('`') {
+            ("`", "code")
+        } else {
+            out.push('*');
+            rest = &tail[1..];
+            continue;
+        };
+        match tail[marker.len()..].find(marker) {
+            Some(end) => {
+                let inner = &tail[marker.len()..marker.len() + end];
+                let _ = write!(out, "<{tag}>{}</{tag}>", esc(inner));
+                rest = &tail[2 * marker.len() + end..];
+            }
+            None => {
+                out.push_str(&esc(marker));
+                rest = &tail[marker.len()..];
+            }
+        }
+    }
+    out.push_str(&esc(rest));
+    out
+}
+
+/// The cells of a Markdown table row.
+fn cells(line: &str) -> Vec<&str> {
+    let inner = line.trim().trim_start_matches('|').trim_end_matches('|');
+    inner.split('|').map(str::trim).collect()
+}
+
+/// The Markdown that `render::markdown` writes (headings, paragraphs, lists, pipe tables)
+/// as HTML: real tables, numbers right-aligned where the separator row says so.
+pub fn markdown_to_html(md: &str) -> String {
+    let lines: Vec<&str> = md.lines().collect();
+    let mut h = String::new();
+    let mut para: Vec<&str> = Vec::new();
+    let mut in_list = false;
+    let flush = |h: &mut String, para: &mut Vec<&str>, in_list: &mut bool| {
+        if !para.is_empty() {
+            let _ = writeln!(h, "<p>{}</p>", inline(&para.join(" ")));
+            para.clear();
+        }
+        if *in_list {
+            h.push_str("</ul>\n");
+            *in_list = false;
+        }
+    };
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i].trim_end();
+        let is_table = line.trim_start().starts_with('|')
+            && lines
+                .get(i + 1)
+                .is_some_and(|l| l.trim_start().starts_with("|-") || l.contains("|---"));
+        if is_table {
+            flush(&mut h, &mut para, &mut in_list);
+            let header = cells(line);
+            let right: Vec<bool> = cells(lines[i + 1])
+                .iter()
+                .map(|c| c.ends_with(':'))
+                .collect();
+            h.push_str("<table><thead><tr>");
+            for c in &header {
+                let _ = write!(h, "<th>{}</th>", inline(c));
+            }
+            h.push_str("</tr></thead><tbody>\n");
+            i += 2;
+            while let Some(row) = lines.get(i).filter(|l| l.trim_start().starts_with('|')) {
+                h.push_str("<tr>");
+                for (k, c) in cells(row).iter().enumerate() {
+                    let numeric = k > 0
+                        && c.starts_with(|ch: char| ch.is_ascii_digit() || ch == '–' || ch == '-');
+                    let class = if numeric || right.get(k).copied().unwrap_or(false) {
+                        " class=\"num\""
+                    } else {
+                        ""
+                    };
+                    let _ = write!(h, "<td{class}>{}</td>", inline(c));
+                }
+                h.push_str("</tr>\n");
+                i += 1;
+            }
+            h.push_str("</tbody></table>\n");
+            continue;
+        }
+        if let Some(level) = (1..=6).find(|&n| {
+            line.starts_with(&"#".repeat(n)) && line[n..].starts_with(' ')
+        }) {
+            flush(&mut h, &mut para, &mut in_list);
+            let _ = writeln!(h, "<h{level}>{}</h{level}>", inline(line[level..].trim()));
+        } else if let Some(item) = line.strip_prefix("- ") {
+            if !para.is_empty() {
+                let _ = writeln!(h, "<p>{}</p>", inline(&para.join(" ")));
+                para.clear();
+            }
+            if !in_list {
+                h.push_str("<ul>\n");
+                in_list = true;
+            }
+            let _ = writeln!(h, "<li>{}</li>", inline(item));
+        } else if line.trim().is_empty() {
+            flush(&mut h, &mut para, &mut in_list);
+        } else {
+            if in_list {
+                h.push_str("</ul>\n");
+                in_list = false;
+            }
+            para.push(line.trim());
+        }
+        i += 1;
+    }
+    flush(&mut h, &mut para, &mut in_list);
+    h
+}
+
+/// The headline figures: what a reader wants before anything else.
+fn headline(r: &Report) -> String {
+    let o = &r.overall;
+    let ms = |name: &str, which: &str| {
+        o.p(name, which)
+            .map_or_else(|| "–".to_owned(), |v| format!("{} ms", fmt(v)))
+    };
+    let mut figures: Vec<(&str, String)> = vec![
+        ("requests", format!("{} ok of {}", o.ok, o.requests)),
+        (
+            "errors",
+            format!("{} ({:.2}%)", o.requests - o.ok, o.error_rate * 100.0),
+        ),
+        ("throughput", format!("{:.2} req/s", o.request_throughput)),
+        ("output tokens", format!("{:.0} tok/s", o.output_tokens_per_s)),
+        ("TTFT P50", ms("ttft", "p50")),
+        ("TTFT P99", ms("ttft", "p99")),
+        ("E2E P50", ms("e2e", "p50")),
+        ("E2E P99", ms("e2e", "p99")),
+    ];
+    if let (Some(k), Some(unit)) = (&r.knee, &r.step_unit) {
+        let causes: Vec<&str> = k.causes.iter().map(|c| c.kind.as_str()).collect();
+        figures.push(("knee", format!("{unit} {}", fmt(k.knee_value))));
+        figures.push((
+            "bottleneck",
+            if causes.is_empty() {
+                "not identified".to_owned()
+            } else {
+                causes.join(", ")
+            },
+        ));
+    }
+    let mut h = String::from("<div class=\"headline\">");
+    for (name, value) in figures {
+        let _ = write!(
+            h,
+            "<div class=\"figure\"><div class=\"value\">{}</div><div class=\"name\">{}</div></div>",
+            esc(&value),
+            esc(name)
+        );
+    }
+    h.push_str("</div>\n");
+    if r.complete == Some(false) {
+        h.push_str("<p class=\"warn\"><strong>Incomplete run</strong>: stopped before its end.</p>\n");
+    }
+    if r.client_behind {
+        h.push_str("<p class=\"warn\"><strong>The client could not keep up</strong>: the `*_sched` figures include its queue.</p>\n");
+    }
+    if let Some(k) = &r.knee {
+        let _ = writeln!(h, "<p class=\"conclusion\">{}</p>", inline(&k.conclusion));
+    }
+    h
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;max-width:1500px;color:#222}\
+h1{margin-bottom:.3em}\
+.headline{display:flex;flex-wrap:wrap;gap:.8em;margin:1em 0}\
+.figure{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;min-width:8em}\
+.figure .value{font-size:1.4em;font-weight:600}.figure .name{color:#666;font-size:.85em}\
+.warn{background:#fff3cd;padding:.5em 1em}.conclusion{max-width:70em}\
+section{margin-top:1.5em;border-top:1px solid #eee}\
+.row{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}\
+.text{flex:1 1 32em;min-width:0;overflow-x:auto}.charts{display:flex;flex-direction:column;gap:1em}\
+table{border-collapse:collapse;font-size:13px;margin:.5em 0}\
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;white-space:nowrap}\
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}\
+code{background:#f6f6f6;padding:0 3px}";
+
+/// `report.html`: the headline figures first, then each part of the report as HTML (real
+/// tables) with the charts that illustrate it beside it; one self-contained page.
 pub fn page(r: &Report, markdown: &str) -> String {
     let mut h = String::new();
     let _ = write!(
         h,
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>reprise report {}</title><style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}}.charts{{display:flex;flex-wrap:wrap;gap:1em}}pre{{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}}</style></head><body><h1>Load test report — {}</h1><div class=\"charts\">",
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>reprise report {}</title><style>{STYLE}</style></head><body><h1>Load test report — {}</h1>\n",
         esc(&r.run_id),
         esc(&r.run_id)
     );
-    for c in charts(r) {
-        h.push_str(&c);
+    h.push_str(&headline(r));
+    let mut charts = placed_charts(r);
+    // The report's `###` parts, each with the charts placed beside it; the `##` title is
+    // the page's own.
+    let mut parts: Vec<(String, String)> = Vec::new();
+    for line in markdown.lines() {
+        if let Some(title) = line.strip_prefix("### ") {
+            parts.push((title.to_owned(), String::new()));
+        } else if line.starts_with("## ") && parts.is_empty() {
+            continue;
+        } else if let Some((_, body)) = parts.last_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
     }
-    let _ = writeln!(h, "</div><pre>{}</pre></body></html>", esc(markdown));
+    for (title, body) in &parts {
+        let mine: Vec<String> = {
+            let (here, rest): (Vec<_>, Vec<_>) = charts
+                .into_iter()
+                .partition(|(p, _)| title.starts_with(p.heading()));
+            charts = rest;
+            here.into_iter().map(|(_, c)| c).collect()
+        };
+        let _ = write!(
+            h,
+            "<section><h2>{}</h2><div class=\"row\"><div class=\"text\">{}</div>",
+            inline(title),
+            markdown_to_html(body)
+        );
+        if !mine.is_empty() {
+            h.push_str("<div class=\"charts\">");
+            for c in mine {
+                h.push_str(&c);
+            }
+            h.push_str("</div>");
+        }
+        h.push_str("</div></section>\n");
+    }
+    if !charts.is_empty() {
+        h.push_str("<section><h2>Charts</h2><div class=\"row\"><div class=\"charts\">");
+        for (_, c) in charts {
+            h.push_str(&c);
+        }
+        h.push_str("</div></div></section>\n");
+    }
+    h.push_str("</body></html>\n");
     h
 }
 
@@ -548,5 +816,23 @@ mod tests {
         assert!(svg.contains("a &lt;b&gt;") && svg.contains("s&amp;t"));
         assert_eq!(svg.matches("<polyline").count(), 1);
         assert!(!svg.contains("NaN"));
+    }
+
+    #[test]
+    fn markdown_tables_lists_and_inline_marks_become_html() {
+        let md = "## Title\n\n### Part\n- a **b** `c<d>`\n- e\n\nsome text\nmore text\n\n| step | QPS |\n|---|---:|\n| rate=1 | 0.98 |\n| rate=2 | 1.9 |\n\n**Bold** end*";
+        let h = markdown_to_html(md);
+        assert!(h.contains("<h2>Title</h2>") && h.contains("<h3>Part</h3>"), "{h}");
+        assert!(
+            h.contains("<ul>\n<li>a <strong>b</strong> <code>c&lt;d&gt;</code></li>\n<li>e</li>\n</ul>"),
+            "{h}"
+        );
+        assert!(h.contains("<p>some text more text</p>"), "{h}");
+        assert!(
+            h.contains("<table><thead><tr><th>step</th><th>QPS</th></tr></thead><tbody>\n<tr><td>rate=1</td><td class=\"num\">0.98</td></tr>\n<tr><td>rate=2</td><td class=\"num\">1.9</td></tr>\n</tbody></table>"),
+            "{h}"
+        );
+        assert!(h.contains("<p><strong>Bold</strong> end*</p>"), "{h}");
+        assert!(!h.contains('|'), "no Markdown table syntax left: {h}");
     }
 }

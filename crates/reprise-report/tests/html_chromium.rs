@@ -159,9 +159,24 @@ for (const svg of document.querySelectorAll('svg.chart')) {
   });
   charts.push({ title: svg.querySelector('title').textContent, w: box.width, h: box.height, lines });
 }
+const tables = [...document.querySelectorAll('table')].map(t => {
+  const box = t.getBoundingClientRect();
+  const row = t.querySelector('tbody tr');
+  const tops = row ? [...row.children].map(c => Math.round(c.getBoundingClientRect().top)) : [];
+  return { display: getComputedStyle(t).display, w: box.width, h: box.height, top: box.top,
+           rows: t.querySelectorAll('tr').length, cols: tops.length,
+           one_line: tops.every(v => v === tops[0]), text: t.textContent.slice(0, 60) };
+});
+const headline = document.querySelector('.headline');
+const order = {
+  headline_top: headline ? headline.getBoundingClientRect().top : -1,
+  headline_text: headline ? headline.textContent : '',
+  first_chart_top: Math.min(...[...document.querySelectorAll('svg.chart')].map(s => s.getBoundingClientRect().top)),
+  pipes_in_text: [...document.querySelectorAll('.text')].some(e => e.innerText.includes('|---')),
+};
 const pre = document.createElement('pre');
 pre.id = 'probe';
-pre.textContent = 'PROBE' + JSON.stringify(charts) + 'EBORP';
+pre.textContent = 'PROBE' + JSON.stringify({ charts, tables, order }) + 'EBORP';
 document.body.appendChild(pre);
 </script>"#;
 
@@ -207,8 +222,41 @@ fn the_report_page_renders_its_charts_in_headless_chromium() {
                 .replace("&gt;", ">")
         })
         .unwrap_or_else(|| panic!("no probe output in the DOM: {}", &dom[..dom.len().min(500)]));
-    let charts: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let charts = charts.as_array().unwrap();
+    let probed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    // The headline figures come first, then tables laid out as tables (cells of a row side
+    // by side), no Markdown table syntax left.
+    let order = &probed["order"];
+    let first_table_top = probed["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["top"].as_f64().unwrap())
+        .fold(f64::INFINITY, f64::min);
+    assert!(
+        order["headline_top"].as_f64().unwrap() >= 0.0
+            && order["headline_top"].as_f64().unwrap() < first_table_top
+            && order["headline_top"].as_f64().unwrap() < order["first_chart_top"].as_f64().unwrap(),
+        "{order}"
+    );
+    let headline = order["headline_text"].as_str().unwrap();
+    for figure in ["requests", "TTFT P99", "E2E P99", "throughput", "knee", "bottleneck"] {
+        assert!(headline.contains(figure), "{headline}");
+    }
+    assert_eq!(order["pipes_in_text"], false, "{order}");
+    let tables = probed["tables"].as_array().unwrap();
+    // Key metrics per step, latency, over time (at least).
+    assert!(tables.len() >= 3, "{json}");
+    for t in tables {
+        assert_eq!(t["display"], "table", "{t}");
+        assert!(t["w"].as_f64().unwrap() > 100.0 && t["h"].as_f64().unwrap() > 20.0, "{t}");
+        assert!(t["cols"].as_u64().unwrap() >= 2 && t["one_line"] == true, "{t}");
+    }
+    let steps = tables
+        .iter()
+        .find(|t| t["text"].as_str().unwrap().starts_with("rateQPS"))
+        .unwrap_or_else(|| panic!("no step table: {json}"));
+    assert_eq!(steps["rows"], 5, "a header and the four steps: {steps}");
+    let charts = probed["charts"].as_array().unwrap();
     assert_eq!(charts.len(), expected, "{json}");
     let mut lines_total = 0;
     for c in charts {
@@ -243,7 +291,7 @@ fn the_report_page_renders_its_charts_in_headless_chromium() {
         &profile,
         &[
             format!("--screenshot={}", shot.display()),
-            "--window-size=1400,1000".into(),
+            "--window-size=1400,4000".into(),
             format!("file://{}", out.join("report.html").display()),
         ],
     );

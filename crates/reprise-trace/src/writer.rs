@@ -119,6 +119,9 @@ pub struct DatasetWriter<R: Row> {
     output: Output,
     options: WriterOptions,
     props: WriterProperties,
+    /// The row's schema carrying the same key-value metadata, so that readers that show
+    /// the Arrow schema (pyarrow, pandas) see the format, version and source too.
+    schema: std::sync::Arc<arrow_schema::Schema>,
     builders: R::Builders,
     pending: usize,
     part: Option<OpenPart>,
@@ -171,6 +174,11 @@ impl<R: Row> DatasetWriter<R> {
                 kv.push(KeyValue::new(k.clone(), v.clone()));
             }
         }
+        let schema = std::sync::Arc::new(R::schema().as_ref().clone().with_metadata(
+            kv.iter()
+                .map(|e| (e.key.clone(), e.value.clone().unwrap_or_default()))
+                .collect::<std::collections::HashMap<String, String>>(),
+        ));
         let level = ZstdLevel::try_new(options.zstd_level)
             .map_err(|e| TraceError::parquet(output.path(), e))?;
         let props = WriterProperties::builder()
@@ -183,6 +191,7 @@ impl<R: Row> DatasetWriter<R> {
             output,
             options,
             props,
+            schema,
             pending: 0,
             part: None,
             next_part,
@@ -298,7 +307,7 @@ impl<R: Row> DatasetWriter<R> {
         let columns = R::finish(&mut self.builders);
         let rows = self.pending;
         self.pending = 0;
-        let batch = RecordBatch::try_new(R::schema(), columns)
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(|e| TraceError::parquet(self.output.path(), e))?;
         if self.part.is_none() {
             self.open_part()?;
@@ -348,7 +357,7 @@ impl<R: Row> DatasetWriter<R> {
         let file = File::create(&tmp).map_err(|e| self.fail(TraceError::io(&tmp, e)))?;
         let writer = ArrowWriter::try_new(
             BufWriter::with_capacity(1 << 20, file),
-            R::schema(),
+            self.schema.clone(),
             Some(self.props.clone()),
         )
         .map_err(|e| TraceError::parquet(&tmp, e))?;
