@@ -676,17 +676,24 @@ fn headline(r: &Report) -> String {
         ("E2E P50", ms("e2e", "p50")),
         ("E2E P99", ms("e2e", "p99")),
     ];
-    if let (Some(k), Some(unit)) = (&r.knee, &r.step_unit) {
-        let causes: Vec<&str> = k.causes.iter().map(|c| c.kind.as_str()).collect();
-        figures.push(("knee", format!("{unit} {}", fmt(k.knee_value))));
-        figures.push((
-            "bottleneck",
-            if causes.is_empty() {
-                "not identified".to_owned()
-            } else {
-                causes.join(", ")
-            },
-        ));
+    match (&r.knee, &r.step_unit) {
+        (Some(k), Some(unit)) => {
+            let causes: Vec<&str> = k.causes.iter().map(|c| c.kind.as_str()).collect();
+            figures.push(("knee", format!("{unit} {}", fmt(k.knee_value))));
+            figures.push((
+                "bottleneck",
+                if causes.is_empty() {
+                    "not identified".to_owned()
+                } else {
+                    causes.join(", ")
+                },
+            ));
+        }
+        (None, Some(_)) => {
+            figures.push(("knee", "not reached".to_owned()));
+            figures.push(("bottleneck", "none found".to_owned()));
+        }
+        _ => {}
     }
     let mut h = String::from("<div class=\"headline\">");
     for (name, value) in figures {
@@ -718,7 +725,7 @@ h1{margin-bottom:.3em}\
 .warn{background:#fff3cd;padding:.5em 1em}.conclusion{max-width:70em}\
 section{margin-top:1.5em;border-top:1px solid #eee}\
 .row{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}\
-.text{flex:1 1 32em;min-width:0;overflow-x:auto}.charts{display:flex;flex-direction:column;gap:1em}\
+.text{flex:1 1 44em;min-width:0;overflow-x:auto}.charts{display:flex;flex-wrap:wrap;gap:1em}\
 table{border-collapse:collapse;font-size:13px;margin:.5em 0}\
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;white-space:nowrap}\
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}\
