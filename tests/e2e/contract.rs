@@ -39,7 +39,10 @@ fn a_target_that_refuses_connections_cannot_run() {
         )) && err.contains("refused"),
         "{err}"
     );
-    assert!(!out.exists(), "nothing is written for a run that could not start");
+    assert!(
+        !out.exists(),
+        "nothing is written for a run that could not start"
+    );
 }
 
 #[test]
@@ -88,7 +91,11 @@ fn a_target_that_answers_404_stops_at_once_with_the_fix() {
         )),
         "{err}"
     );
-    assert!(started.elapsed().as_secs_f64() < 4.0, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed().as_secs_f64() < 4.0,
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(run_json(&run)["complete"], false);
 }
 
@@ -196,14 +203,7 @@ fn every_request_failing_is_exit_1_but_errors_on_a_stress_ramp_are_not() {
     );
     // A ramp whose later steps meet errors found the limit: that is success by default,
     // and a failed gate when asked for.
-    let flaky = SimProcess::start(&[
-        "--profile",
-        "instant",
-        "--error-rate",
-        "0.5",
-        "--seed",
-        "3",
-    ]);
+    let flaky = SimProcess::start(&["--profile", "instant", "--error-rate", "0.5", "--seed", "3"]);
     let ramp = [
         "replay",
         "--target",
@@ -221,12 +221,7 @@ fn every_request_failing_is_exit_1_but_errors_on_a_stress_ramp_are_not() {
     let out = reprise(
         &[
             &ramp[..],
-            &[
-                "--out",
-                s(&dir.path().join("c")),
-                "--max-error-rate",
-                "0.1",
-            ],
+            &["--out", s(&dir.path().join("c")), "--max-error-rate", "0.1"],
         ]
         .concat(),
     );
@@ -260,7 +255,9 @@ fn the_queue_gate_fails_a_run_the_client_could_not_keep() {
     let err = stderr(&out);
     assert!(
         err.starts_with("FAILED (--max-queue-p99-ms): client could not keep up: queue p99 ")
-            && err.trim_end().ends_with("ms above the limit of 0.000001 ms"),
+            && err
+                .trim_end()
+                .ends_with("ms above the limit of 0.000001 ms"),
         "{err}"
     );
 }
@@ -330,7 +327,9 @@ fn run_lengths_and_rates_mean_what_they_say() {
         ),
     ];
     for (args, want) in cases {
-        let err = fails(&reprise(&[&["replay", "--target", "sim:instant"], args].concat()));
+        let err = fails(&reprise(
+            &[&["replay", "--target", "sim:instant"], args].concat(),
+        ));
         assert_eq!(err, want, "{args:?}");
     }
 }
@@ -384,7 +383,10 @@ fn an_existing_run_is_not_overwritten_without_force() {
         "--force",
     ]));
     assert!(err.contains("is not empty and holds no run"), "{err}");
-    assert_eq!(std::fs::read_to_string(other.join("notes.txt")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(other.join("notes.txt")).unwrap(),
+        "mine"
+    );
 }
 
 #[test]

@@ -166,7 +166,10 @@ fn bad_targets_and_dead_servers() {
         "--out",
         s(&out),
     ]));
-    assert!(err.contains("cannot connect") && err.contains("refused"), "{err}");
+    assert!(
+        err.contains("cannot connect") && err.contains("refused"),
+        "{err}"
+    );
     assert!(!out.exists());
 }
 

@@ -16,7 +16,11 @@ pub fn fixture(name: &str) -> PathBuf {
 /// A public trace carried in `tests/data` (attribution and licences in its README).
 pub fn public_data(name: &str) -> PathBuf {
     let p = repo().join("tests/data").join(name);
-    assert!(p.is_file(), "{} is missing from the repository", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing from the repository",
+        p.display()
+    );
     p
 }
 

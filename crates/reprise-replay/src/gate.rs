@@ -49,31 +49,40 @@ pub fn judge(overall: &PhaseSummary, gates: &Gates) -> Vec<Failure> {
             .iter()
             .map(|(k, n)| format!("{k} {n}"))
             .collect();
-        fail(Gate::AllFailed, format!(
-            "every measured request failed ({} of {}: {})",
-            overall.requests,
-            overall.requests,
-            classes.join(", ")
-        ));
+        fail(
+            Gate::AllFailed,
+            format!(
+                "every measured request failed ({} of {}: {})",
+                overall.requests,
+                overall.requests,
+                classes.join(", ")
+            ),
+        );
     }
     if let Some(max) = gates.max_error_rate
         && overall.requests > 0
         && overall.error_rate > max
     {
-        fail(Gate::ErrorRate, format!(
-            "error rate {:.2}% above the limit of {:.2}%",
-            overall.error_rate * 100.0,
-            max * 100.0
-        ));
+        fail(
+            Gate::ErrorRate,
+            format!(
+                "error rate {:.2}% above the limit of {:.2}%",
+                overall.error_rate * 100.0,
+                max * 100.0
+            ),
+        );
     }
     if let Some(max) = gates.max_queue_p99_ms
         && let Some(q) = &overall.queue_ms
         && q.p99 > max
     {
-        fail(Gate::QueueP99, format!(
-            "client could not keep up: queue p99 {:.2} ms above the limit of {max} ms",
-            q.p99
-        ));
+        fail(
+            Gate::QueueP99,
+            format!(
+                "client could not keep up: queue p99 {:.2} ms above the limit of {max} ms",
+                q.p99
+            ),
+        );
     }
     failed
 }

@@ -474,13 +474,16 @@ mod tests {
         assert!(text.contains("requests 2 ok, 1 failed"), "{text}");
         // Both throughputs, labelled: 2 ok over the 2 s measured span and the 4 s intended.
         assert!(
-            text.contains("duration 2.0 s measured (first send to last response), 4.0 s intended\n")
-                && text.contains("throughput 1.00 req/s measured, 0.50 req/s intended;"),
+            text.contains(
+                "duration 2.0 s measured (first send to last response), 4.0 s intended\n"
+            ) && text.contains("throughput 1.00 req/s measured, 0.50 req/s intended;"),
             "{text}"
         );
         let without = render(&o, &s.phases(), 1.0, None);
         assert!(
-            without.contains("duration 2.0 s measured (first send to last response)   throughput 1.00 req/s"),
+            without.contains(
+                "duration 2.0 s measured (first send to last response)   throughput 1.00 req/s"
+            ),
             "{without}"
         );
     }

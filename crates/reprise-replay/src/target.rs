@@ -141,9 +141,7 @@ pub fn parse_target(text: &str) -> Result<ParsedTarget, TargetError> {
                 "target {text}: base URL {base}, API {} (from the URL)",
                 api.path()
             ),
-            None => format!(
-                "target {text}: base URL {base} (requests go to {base}/v1/...)"
-            ),
+            None => format!("target {text}: base URL {base} (requests go to {base}/v1/...)"),
         })
     };
     Ok(ParsedTarget {
@@ -279,7 +277,9 @@ mod tests {
         let open = Target::Url {
             base: format!("http://127.0.0.1:{port}"),
         };
-        check_reachable(&open, Duration::from_secs(2)).await.unwrap();
+        check_reachable(&open, Duration::from_secs(2))
+            .await
+            .unwrap();
         drop(listener);
         let e = check_reachable(&open, Duration::from_secs(2))
             .await

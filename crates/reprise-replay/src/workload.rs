@@ -655,10 +655,7 @@ mod tests {
             .iter()
             .map(|p| p.offset)
             .collect::<Vec<_>>();
-        assert_eq!(
-            fixed,
-            [0, 100, 200].map(Duration::from_millis).to_vec()
-        );
+        assert_eq!(fixed, [0, 100, 200].map(Duration::from_millis).to_vec());
         assert!(RatePlan::counted(10.0, 0, Process::Fixed, Sizes::FromTrace(vec![]), 0).is_err());
         assert!(RatePlan::counted(0.0, 5, Process::Fixed, Sizes::FromTrace(vec![]), 0).is_err());
     }

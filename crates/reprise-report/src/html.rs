@@ -320,34 +320,40 @@ fn place(p: Place, chart: Option<String>) -> Option<(Place, String)> {
 pub fn placed_charts(r: &Report) -> Vec<(Place, String)> {
     let mut out: Vec<(Place, String)> = Vec::new();
     let cdf = |name: &str| r.cdf.get(name).cloned().unwrap_or_default();
-    out.extend(place(Place::Latency, cdf_chart(
-        "Latency CDF (TTFT, TPOT, ITL)",
-        vec![
-            Series {
-                name: "TTFT",
-                color: "#1f77b4",
-                points: cdf("ttft"),
-            },
-            Series {
-                name: "TPOT",
-                color: "#2ca02c",
-                points: cdf("tpot"),
-            },
-            Series {
-                name: "ITL",
-                color: "#9467bd",
-                points: cdf("itl"),
-            },
-        ],
-    )));
-    out.extend(place(Place::Latency, cdf_chart(
-        "End-to-end latency CDF",
-        vec![Series {
-            name: "E2E",
-            color: "#d62728",
-            points: cdf("e2e"),
-        }],
-    )));
+    out.extend(place(
+        Place::Latency,
+        cdf_chart(
+            "Latency CDF (TTFT, TPOT, ITL)",
+            vec![
+                Series {
+                    name: "TTFT",
+                    color: "#1f77b4",
+                    points: cdf("ttft"),
+                },
+                Series {
+                    name: "TPOT",
+                    color: "#2ca02c",
+                    points: cdf("tpot"),
+                },
+                Series {
+                    name: "ITL",
+                    color: "#9467bd",
+                    points: cdf("itl"),
+                },
+            ],
+        ),
+    ));
+    out.extend(place(
+        Place::Latency,
+        cdf_chart(
+            "End-to-end latency CDF",
+            vec![Series {
+                name: "E2E",
+                color: "#d62728",
+                points: cdf("e2e"),
+            }],
+        ),
+    ));
     let t = |f: &dyn Fn(&Stats) -> Option<f64>| -> Vec<(f64, f64)> {
         r.windows
             .iter()
@@ -372,50 +378,56 @@ pub fn placed_charts(r: &Report) -> Vec<(Place, String)> {
             )
         })
     };
-    out.extend(place(Place::OverTime, chart(&Chart {
-        right: gpu_overlay(),
-        ..Chart::new(
-            "Throughput over time",
-            "s",
-            "req/s",
-            vec![
-                Series {
-                    name: "completed",
-                    color: "#1f77b4",
-                    points: t(&|s| Some(s.request_throughput)),
-                },
-                Series {
-                    name: "target",
-                    color: "#999999",
-                    points: r
-                        .windows
-                        .iter()
-                        .map(|w| (w.start_s, w.target_rate))
-                        .collect(),
-                },
-            ],
-        )
-    })));
-    out.extend(place(Place::OverTime, chart(&Chart {
-        right: gpu_overlay(),
-        ..Chart::new(
-            "TTFT over time",
-            "s",
-            "ms",
-            vec![
-                Series {
-                    name: "P50",
-                    color: "#2ca02c",
-                    points: t(&|s| s.p("ttft", "p50")),
-                },
-                Series {
-                    name: "P99",
-                    color: "#d62728",
-                    points: t(&|s| s.p("ttft", "p99")),
-                },
-            ],
-        )
-    })));
+    out.extend(place(
+        Place::OverTime,
+        chart(&Chart {
+            right: gpu_overlay(),
+            ..Chart::new(
+                "Throughput over time",
+                "s",
+                "req/s",
+                vec![
+                    Series {
+                        name: "completed",
+                        color: "#1f77b4",
+                        points: t(&|s| Some(s.request_throughput)),
+                    },
+                    Series {
+                        name: "target",
+                        color: "#999999",
+                        points: r
+                            .windows
+                            .iter()
+                            .map(|w| (w.start_s, w.target_rate))
+                            .collect(),
+                    },
+                ],
+            )
+        }),
+    ));
+    out.extend(place(
+        Place::OverTime,
+        chart(&Chart {
+            right: gpu_overlay(),
+            ..Chart::new(
+                "TTFT over time",
+                "s",
+                "ms",
+                vec![
+                    Series {
+                        name: "P50",
+                        color: "#2ca02c",
+                        points: t(&|s| s.p("ttft", "p50")),
+                    },
+                    Series {
+                        name: "P99",
+                        color: "#d62728",
+                        points: t(&|s| s.p("ttft", "p99")),
+                    },
+                ],
+            )
+        }),
+    ));
     if let Some(c) = &r.correlation {
         let series = |name: &str| -> Vec<(f64, f64)> {
             c.bins
@@ -426,27 +438,30 @@ pub fn placed_charts(r: &Report) -> Vec<(Place, String)> {
         let waiting = series("waiting");
         let top = waiting.iter().fold(1.0f64, |a, p| a.max(p.1)) * 1.1;
         if waiting.len() >= 2 {
-            out.extend(place(Place::Resources, chart(&Chart {
-                right: Some((
-                    "waiting requests",
-                    Series {
-                        name: "waiting (right)",
-                        color: "#8c564b",
-                        points: waiting,
-                    },
-                    top,
-                )),
-                ..Chart::new(
-                    "Server queue and TTFT over time",
-                    "s",
-                    "ms",
-                    vec![Series {
-                        name: "P99 TTFT",
-                        color: "#d62728",
-                        points: series("ttft_p99_ms"),
-                    }],
-                )
-            })));
+            out.extend(place(
+                Place::Resources,
+                chart(&Chart {
+                    right: Some((
+                        "waiting requests",
+                        Series {
+                            name: "waiting (right)",
+                            color: "#8c564b",
+                            points: waiting,
+                        },
+                        top,
+                    )),
+                    ..Chart::new(
+                        "Server queue and TTFT over time",
+                        "s",
+                        "ms",
+                        vec![Series {
+                            name: "P99 TTFT",
+                            color: "#d62728",
+                            points: series("ttft_p99_ms"),
+                        }],
+                    )
+                }),
+            ));
         }
     }
     if let Some(unit) = &r.step_unit {
@@ -464,23 +479,26 @@ pub fn placed_charts(r: &Report) -> Vec<(Place, String)> {
             .collect();
         if batch.len() >= 2 {
             let title = format!("Batch size and queue against {unit}");
-            out.extend(place(Place::Steps, chart(&Chart::new(
-                &title,
-                unit,
-                "requests",
-                vec![
-                    Series {
-                        name: "running (batch)",
-                        color: "#17becf",
-                        points: batch,
-                    },
-                    Series {
-                        name: "waiting",
-                        color: "#8c564b",
-                        points: queue,
-                    },
-                ],
-            ))));
+            out.extend(place(
+                Place::Steps,
+                chart(&Chart::new(
+                    &title,
+                    unit,
+                    "requests",
+                    vec![
+                        Series {
+                            name: "running (batch)",
+                            color: "#17becf",
+                            points: batch,
+                        },
+                        Series {
+                            name: "waiting",
+                            color: "#8c564b",
+                            points: queue,
+                        },
+                    ],
+                )),
+            ));
         }
         let per = |f: &dyn Fn(&Stats) -> Option<f64>| -> Vec<(f64, f64)> {
             r.steps
@@ -495,40 +513,46 @@ pub fn placed_charts(r: &Report) -> Vec<(Place, String)> {
             .filter_map(|(s, g)| Some((s.step_value?, g.gpu_util_pct?)))
             .collect();
         let title = format!("Throughput against {unit}");
-        out.extend(place(Place::Steps, chart(&Chart {
-            right: (gpu_steps.len() >= 2).then_some({
-                (
-                    "GPU util %",
-                    Series {
-                        name: "GPU util (right)",
-                        color: "#ff7f0e",
-                        points: gpu_steps,
-                    },
-                    100.0,
+        out.extend(place(
+            Place::Steps,
+            chart(&Chart {
+                right: (gpu_steps.len() >= 2).then_some({
+                    (
+                        "GPU util %",
+                        Series {
+                            name: "GPU util (right)",
+                            color: "#ff7f0e",
+                            points: gpu_steps,
+                        },
+                        100.0,
+                    )
+                }),
+                ..Chart::new(
+                    &title,
+                    unit,
+                    "req/s",
+                    vec![Series {
+                        name: "req/s",
+                        color: "#1f77b4",
+                        points: per(&|s| Some(s.request_throughput)),
+                    }],
                 )
             }),
-            ..Chart::new(
+        ));
+        let title = format!("P99 TTFT against {unit}");
+        out.extend(place(
+            Place::Steps,
+            chart(&Chart::new(
                 &title,
                 unit,
-                "req/s",
+                "ms",
                 vec![Series {
-                    name: "req/s",
-                    color: "#1f77b4",
-                    points: per(&|s| Some(s.request_throughput)),
+                    name: "P99 TTFT",
+                    color: "#d62728",
+                    points: per(&|s| s.p("ttft", "p99")),
                 }],
-            )
-        })));
-        let title = format!("P99 TTFT against {unit}");
-        out.extend(place(Place::Steps, chart(&Chart::new(
-            &title,
-            unit,
-            "ms",
-            vec![Series {
-                name: "P99 TTFT",
-                color: "#d62728",
-                points: per(&|s| s.p("ttft", "p99")),
-            }],
-        ))));
+            )),
+        ));
     }
     out
 }
@@ -626,9 +650,9 @@ pub fn markdown_to_html(md: &str) -> String {
             h.push_str("</tbody></table>\n");
             continue;
         }
-        if let Some(level) = (1..=6).find(|&n| {
-            line.starts_with(&"#".repeat(n)) && line[n..].starts_with(' ')
-        }) {
+        if let Some(level) =
+            (1..=6).find(|&n| line.starts_with(&"#".repeat(n)) && line[n..].starts_with(' '))
+        {
             flush(&mut h, &mut para, &mut in_list);
             let _ = writeln!(h, "<h{level}>{}</h{level}>", inline(line[level..].trim()));
         } else if let Some(item) = line.strip_prefix("- ") {
@@ -670,7 +694,10 @@ fn headline(r: &Report) -> String {
             format!("{} ({:.2}%)", o.requests - o.ok, o.error_rate * 100.0),
         ),
         ("throughput", format!("{:.2} req/s", o.request_throughput)),
-        ("output tokens", format!("{:.0} tok/s", o.output_tokens_per_s)),
+        (
+            "output tokens",
+            format!("{:.0} tok/s", o.output_tokens_per_s),
+        ),
         ("TTFT P50", ms("ttft", "p50")),
         ("TTFT P99", ms("ttft", "p99")),
         ("E2E P50", ms("e2e", "p50")),
@@ -706,7 +733,9 @@ fn headline(r: &Report) -> String {
     }
     h.push_str("</div>\n");
     if r.complete == Some(false) {
-        h.push_str("<p class=\"warn\"><strong>Incomplete run</strong>: stopped before its end.</p>\n");
+        h.push_str(
+            "<p class=\"warn\"><strong>Incomplete run</strong>: stopped before its end.</p>\n",
+        );
     }
     if r.client_behind {
         h.push_str("<p class=\"warn\"><strong>The client could not keep up</strong>: the `*_sched` figures include its queue.</p>\n");
@@ -735,9 +764,9 @@ code{background:#f6f6f6;padding:0 3px}";
 /// tables) with the charts that illustrate it beside it; one self-contained page.
 pub fn page(r: &Report, markdown: &str) -> String {
     let mut h = String::new();
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>reprise report {}</title><style>{STYLE}</style></head><body><h1>Load test report — {}</h1>\n",
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>reprise report {}</title><style>{STYLE}</style></head><body><h1>Load test report — {}</h1>",
         esc(&r.run_id),
         esc(&r.run_id)
     );
@@ -829,9 +858,14 @@ mod tests {
     fn markdown_tables_lists_and_inline_marks_become_html() {
         let md = "## Title\n\n### Part\n- a **b** `c<d>`\n- e\n\nsome text\nmore text\n\n| step | QPS |\n|---|---:|\n| rate=1 | 0.98 |\n| rate=2 | 1.9 |\n\n**Bold** end*";
         let h = markdown_to_html(md);
-        assert!(h.contains("<h2>Title</h2>") && h.contains("<h3>Part</h3>"), "{h}");
         assert!(
-            h.contains("<ul>\n<li>a <strong>b</strong> <code>c&lt;d&gt;</code></li>\n<li>e</li>\n</ul>"),
+            h.contains("<h2>Title</h2>") && h.contains("<h3>Part</h3>"),
+            "{h}"
+        );
+        assert!(
+            h.contains(
+                "<ul>\n<li>a <strong>b</strong> <code>c&lt;d&gt;</code></li>\n<li>e</li>\n</ul>"
+            ),
             "{h}"
         );
         assert!(h.contains("<p>some text more text</p>"), "{h}");

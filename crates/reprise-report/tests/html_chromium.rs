@@ -239,7 +239,14 @@ fn the_report_page_renders_its_charts_in_headless_chromium() {
         "{order}"
     );
     let headline = order["headline_text"].as_str().unwrap();
-    for figure in ["requests", "TTFT P99", "E2E P99", "throughput", "knee", "bottleneck"] {
+    for figure in [
+        "requests",
+        "TTFT P99",
+        "E2E P99",
+        "throughput",
+        "knee",
+        "bottleneck",
+    ] {
         assert!(headline.contains(figure), "{headline}");
     }
     assert_eq!(order["pipes_in_text"], false, "{order}");
@@ -248,8 +255,14 @@ fn the_report_page_renders_its_charts_in_headless_chromium() {
     assert!(tables.len() >= 3, "{json}");
     for t in tables {
         assert_eq!(t["display"], "table", "{t}");
-        assert!(t["w"].as_f64().unwrap() > 100.0 && t["h"].as_f64().unwrap() > 20.0, "{t}");
-        assert!(t["cols"].as_u64().unwrap() >= 2 && t["one_line"] == true, "{t}");
+        assert!(
+            t["w"].as_f64().unwrap() > 100.0 && t["h"].as_f64().unwrap() > 20.0,
+            "{t}"
+        );
+        assert!(
+            t["cols"].as_u64().unwrap() >= 2 && t["one_line"] == true,
+            "{t}"
+        );
     }
     let steps = tables
         .iter()

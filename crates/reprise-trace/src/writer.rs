@@ -174,11 +174,13 @@ impl<R: Row> DatasetWriter<R> {
                 kv.push(KeyValue::new(k.clone(), v.clone()));
             }
         }
-        let schema = std::sync::Arc::new(R::schema().as_ref().clone().with_metadata(
-            kv.iter()
-                .map(|e| (e.key.clone(), e.value.clone().unwrap_or_default()))
-                .collect::<std::collections::HashMap<String, String>>(),
-        ));
+        let schema = std::sync::Arc::new(
+            R::schema().as_ref().clone().with_metadata(
+                kv.iter()
+                    .map(|e| (e.key.clone(), e.value.clone().unwrap_or_default()))
+                    .collect::<std::collections::HashMap<String, String>>(),
+            ),
+        );
         let level = ZstdLevel::try_new(options.zstd_level)
             .map_err(|e| TraceError::parquet(output.path(), e))?;
         let props = WriterProperties::builder()

@@ -11,9 +11,9 @@ use clap::{Parser, ValueEnum};
 use reprise_protocol::openai::Api;
 use reprise_replay::client::{Backend, RequestShape, Timeouts};
 use reprise_replay::events::RunEvent;
+use reprise_replay::gate::{Gate, Gates, judge};
 use reprise_replay::prompt::PromptBuilder;
 use reprise_replay::sizing::{Sizer, size_prompts};
-use reprise_replay::gate::{Gate, Gates, judge};
 use reprise_replay::summary::render;
 use reprise_replay::target::{DEFAULT_SIM_PROFILE, Target, check_reachable, parse_target};
 use reprise_replay::workload::{
@@ -216,7 +216,12 @@ pub struct Args {
     #[arg(long, help_heading = "Synthetic load")]
     ramp: Option<String>,
     /// Length of each ramp step, seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, help_heading = "Synthetic load")]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 30.0,
+        help_heading = "Synthetic load"
+    )]
     step_duration: f64,
     /// Length of a synthetic (--rate) or closed-loop run, seconds (wall time; for a trace,
     /// --duration is trace time).
@@ -420,7 +425,9 @@ fn resolve_mode(args: &Args) -> Result<(Mode, Option<f64>, StopRule)> {
             );
         }
         if args.requests.is_some() {
-            bail!("--requests is for --rate and closed-loop load; to replay the first N requests of a trace use --limit N");
+            bail!(
+                "--requests is for --rate and closed-loop load; to replay the first N requests of a trace use --limit N"
+            );
         }
     } else if let Some((flag, _)) = trace_flags.iter().find(|(_, given)| *given) {
         bail!(
@@ -535,10 +542,15 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
         }
     }
     let api = match (args.api, url_api) {
-        (Some(ApiArg::Chat), Some(Api::Completions)) | (Some(ApiArg::Completions), Some(Api::Chat)) => {
+        (Some(ApiArg::Chat), Some(Api::Completions))
+        | (Some(ApiArg::Completions), Some(Api::Chat)) => {
             bail!(
                 "--api {} disagrees with the endpoint in --target ({}): drop one of them",
-                if args.api == Some(ApiArg::Chat) { "chat" } else { "completions" },
+                if args.api == Some(ApiArg::Chat) {
+                    "chat"
+                } else {
+                    "completions"
+                },
                 url_api.map_or("", |a| a.path())
             )
         }
