@@ -38,8 +38,34 @@ fn azure_fit_regenerates_within_tolerance_and_scales() {
     let (model, fitted) = fit(s(&trace), dir.path(), "azure");
     assert!(fitted.contains("law of rate-normalized gaps"), "{fitted}");
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&model).unwrap()).unwrap();
-    assert_eq!(m["format"], "reprise.synth/1");
+    assert_eq!(m["format"], "reprise.synth/2");
     assert_eq!(m["arrivals"]["candidates"].as_array().unwrap().len(), 4);
+    // The process was chosen on held-back data, and the model says which and why.
+    let selection = &m["arrivals"]["selection"];
+    assert!(
+        ["renewal", "cluster"].contains(&selection["chosen"].as_str().unwrap()),
+        "{selection}"
+    );
+    assert!(selection["reason"].as_str().unwrap().contains("held back"), "{selection}");
+    // A reprise.synth/1 model (no burst model, no selection) still loads and generates.
+    let mut old = m.clone();
+    old["format"] = "reprise.synth/1".into();
+    let arrivals = old["arrivals"].as_object_mut().unwrap();
+    arrivals.remove("clusters");
+    arrivals.remove("selection");
+    let old_model = dir.path().join("old.json");
+    std::fs::write(&old_model, serde_json::to_vec(&old).unwrap()).unwrap();
+    let from_old = dir.path().join("old.parquet");
+    let out = ok(&reprise(&[
+        "synth",
+        "gen",
+        s(&old_model),
+        "-o",
+        s(&from_old),
+        "--seed",
+        "1",
+    ]));
+    assert!(out.starts_with("19366 requests"), "{out}");
 
     // Same load: every checked figure within tolerance (rate 2%, IDC 1/10/60 s 20%,
     // length percentiles 5%, KS < 0.03).

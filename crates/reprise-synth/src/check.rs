@@ -1,6 +1,10 @@
 //! `synth check`: how faithful a generated workload is to its source — rate, burstiness at
-//! several windows, length percentiles and KS distances, input/output correlation, prefix
-//! sharing — each against a stated tolerance.
+//! every time scale (the index of dispersion of counts at 1, 10, 60 and 600 s, and the share
+//! of requests in the busiest 1% of seconds), length percentiles and KS distances,
+//! input/output correlation, prefix sharing — each against a stated tolerance.
+//!
+//! A workload compressed K times (`--mode compress`) is compared with the source at K times
+//! the window (its 1-s IDC is the source's at K s), as replaying at `--speed K` would be.
 
 use std::collections::HashSet;
 
@@ -8,6 +12,7 @@ use reprise_trace::TraceRecord;
 use reprise_trace::stats::{index_of_dispersion, interarrival_cv, quantile_sorted};
 use serde::Serialize;
 
+use crate::bursts::{MIN_WINDOWS, busiest_share};
 use crate::dist::ks_two_sample;
 
 /// One compared figure.
@@ -36,8 +41,10 @@ pub struct CheckReport {
 
 struct Figures {
     rate: f64,
+    span: f64,
     cv: Option<f64>,
     idc: Vec<Option<f64>>,
+    busiest: Option<f64>,
     input: Vec<f64>,
     output: Vec<f64>,
     corr: Option<f64>,
@@ -46,7 +53,9 @@ struct Figures {
 
 const WINDOWS: [f64; 4] = [1.0, 10.0, 60.0, 600.0];
 
-fn figures(rows: &[TraceRecord]) -> Figures {
+/// The figures of `rows`, with the time scales stretched by `stretch` (K for the source of a
+/// K-times compressed workload).
+fn figures(rows: &[TraceRecord], stretch: f64) -> Figures {
     let t0 = rows.iter().map(|r| r.arrival.0).min().unwrap_or(0);
     let mut secs: Vec<f64> = rows
         .iter()
@@ -80,11 +89,13 @@ fn figures(rows: &[TraceRecord]) -> Figures {
         } else {
             0.0
         },
+        span,
         cv: interarrival_cv(&secs),
         idc: WINDOWS
             .iter()
-            .map(|&w| index_of_dispersion(&secs, w))
+            .map(|&w| index_of_dispersion(&secs, w * stretch))
             .collect(),
+        busiest: busiest_share(&secs, stretch),
         input,
         output,
         corr,
@@ -120,7 +131,19 @@ fn relative(expected: Option<f64>, generated: Option<f64>, tol: f64) -> Option<b
 /// Compares a generated workload with its source; `scale` is the load factor the generated
 /// one was asked for (rates are compared against `scale` times the source's).
 pub fn check(source: &[TraceRecord], generated: &[TraceRecord], scale: f64) -> CheckReport {
-    let (s, g) = (figures(source), figures(generated));
+    check_mode(source, generated, scale, false)
+}
+
+/// [`check`], for a workload made by compressing time `scale` times when `compressed`: its
+/// burstiness is compared with the source's at `scale` times the window.
+pub fn check_mode(
+    source: &[TraceRecord],
+    generated: &[TraceRecord],
+    scale: f64,
+    compressed: bool,
+) -> CheckReport {
+    let stretch = if compressed { scale } else { 1.0 };
+    let (s, g) = (figures(source, stretch), figures(generated, 1.0));
     let mut rows = Vec::new();
     let mut push =
         |metric: String, e: Option<f64>, gv: Option<f64>, tolerance: &str, pass: Option<bool>| {
@@ -148,7 +171,9 @@ pub fn check(source: &[TraceRecord], generated: &[TraceRecord], scale: f64) -> C
         relative(s.cv, g.cv, 0.20),
     );
     for (i, w) in WINDOWS.iter().enumerate() {
-        let checked = *w <= 60.0;
+        // A window is checked where the source has enough of them for the figure to mean
+        // something (at least 5).
+        let checked = s.span / (w * stretch) >= MIN_WINDOWS as f64;
         push(
             format!("index of dispersion @{w:.0} s"),
             s.idc[i],
@@ -161,6 +186,13 @@ pub fn check(source: &[TraceRecord], generated: &[TraceRecord], scale: f64) -> C
             },
         );
     }
+    push(
+        "share of requests in the busiest 1% of seconds".into(),
+        s.busiest,
+        g.busiest,
+        "±20%",
+        relative(s.busiest, g.busiest, 0.20),
+    );
     for (name, a, b) in [
         ("input", &s.input, &g.input),
         ("output", &s.output, &g.output),

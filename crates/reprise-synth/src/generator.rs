@@ -1,8 +1,16 @@
 //! `synth gen`: a workload drawn from a model, rescaled the way the question needs.
 //!
-//! Arrivals are a renewal process run in operational time: unit-mean gaps from the fitted law,
-//! mapped through the cumulative rate of the (piecewise constant) rate profile, so the local
-//! rate follows the profile and the short-term burstiness follows the law.
+//! Arrivals follow the model's process ([`crate::bursts::Process`]): a renewal process run in
+//! operational time (unit-mean gaps from the fitted law mapped through the cumulative rate of
+//! the piecewise-constant profile, so the local rate follows the profile and the short-term
+//! burstiness the law), or bursts whose starts follow the profile. Every mode delivers the
+//! asked factor of requests exactly: the expected count of the scaled profile over the run
+//! (random arrivals removed, or added from further realisations, to reach it). What each
+//! mode does to the index of dispersion curve IDC(w): `superpose` keeps it (independent
+//! copies: variance and mean both grow K-fold), `model` keeps its short-scale part while the
+//! profile's part grows with K (one stream at K times the rate), `compress` shifts it
+//! (IDC_gen(w) = IDC_src(K·w): bursts concentrate as replaying at `--speed K` does), `thin`
+//! moves it towards 1 (IDC − 1 shrinks by K).
 
 use std::collections::VecDeque;
 
@@ -12,6 +20,7 @@ use reprise_trace::{Timestamp, TraceRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::SynthError;
+use crate::bursts::Process;
 use crate::dist::Law;
 use crate::model::{WorkloadModel, hour_of_day};
 
@@ -82,37 +91,58 @@ pub struct GenSummary {
     pub scale: f64,
 }
 
-/// Arrival times (seconds) of one renewal stream over `duration` against `rates` per `window`.
-fn stream(
-    rates: &[f64],
-    window: f64,
-    duration: f64,
-    law: &Law,
-    rng: &mut StdRng,
-    out: &mut Vec<f64>,
-) {
-    let mut carry = law.sample(rng);
+/// Expected arrivals of a rate profile (repeating past its end) over `length` seconds.
+fn profile_count(rates: &[f64], window: f64, length: f64) -> f64 {
+    let mut total = 0.0;
     let mut w = 0usize;
-    loop {
-        let start = w as f64 * window;
-        if start >= duration || rates.is_empty() {
-            break;
-        }
-        let len = window.min(duration - start);
-        let r = rates[w % rates.len()];
+    while !rates.is_empty() && (w as f64) * window < length {
+        let len = window.min(length - w as f64 * window);
+        total += rates[w % rates.len()] * len;
         w += 1;
-        if r <= 0.0 {
-            continue;
-        }
-        let cap = r * len;
-        let mut pos = 0.0;
-        while pos + carry <= cap {
-            pos += carry;
-            out.push(start + pos / r);
-            carry = law.sample(rng);
-        }
-        carry -= cap - pos;
     }
+    total
+}
+
+/// Makes `times` exactly `target` long: random arrivals removed, or taken at random from
+/// further independent realisations (`more`), then sorted. The structure of the process is
+/// kept up to the few percent of arrivals moved.
+fn pin_count(
+    times: &mut Vec<f64>,
+    target: usize,
+    rng: &mut StdRng,
+    mut more: impl FnMut(u64) -> Vec<f64>,
+) {
+    let mut round = 0u64;
+    while times.len() < target && round < 1000 {
+        round += 1;
+        let mut extra = more(round);
+        let need = target - times.len();
+        if extra.len() > need {
+            // A random subset of `need`: a partial Fisher-Yates shuffle.
+            for i in 0..need {
+                let j = rng.random_range(i..extra.len());
+                extra.swap(i, j);
+            }
+            extra.truncate(need);
+        }
+        times.extend(extra);
+    }
+    if times.len() > target {
+        let surplus = times.len() - target;
+        let mut drop = vec![false; times.len()];
+        let mut idx: Vec<usize> = (0..times.len()).collect();
+        for i in 0..surplus {
+            let j = rng.random_range(i..idx.len());
+            idx.swap(i, j);
+            drop[idx[i]] = true;
+        }
+        let mut k = 0;
+        times.retain(|_| {
+            k += 1;
+            !drop[k - 1]
+        });
+    }
+    times.sort_unstable_by(f64::total_cmp);
 }
 
 /// The rate shared by independent streams: the model's hour-of-day profile where it has
@@ -202,85 +232,96 @@ where
         return Err(SynthError::Config("--duration must be positive".into()));
     }
     let law = match opts.cv {
-        Some(cv) if cv > 0.0 => Law::Gamma {
+        Some(cv) if cv > 0.0 => Some(Law::Gamma {
             k: 1.0 / (cv * cv),
             theta: cv * cv,
-        },
+        }),
         Some(cv) => return Err(SynthError::Config(format!("--cv {cv}: must be positive"))),
-        None => a.law,
+        None => None,
+    };
+    // A burstiness asked for replaces the fitted process by a renewal one with that CV.
+    let process = match &law {
+        Some(l) => Process::Renewal(l),
+        None => a.process(),
     };
     let mut rng = StdRng::seed_from_u64(opts.seed);
-    let mut times = Vec::new();
-    match opts.mode {
-        Mode::Model => {
-            let scaled: Vec<f64> = rates.iter().map(|r| r * scale).collect();
-            stream(&scaled, a.window_s, duration, &law, &mut rng, &mut times);
-        }
-        Mode::Compress => {
-            stream(
-                &rates,
-                a.window_s,
-                duration * scale,
-                &law,
-                &mut rng,
-                &mut times,
-            );
-            for t in &mut times {
-                *t /= scale;
+    // The streams' shared profile and residuals, for superpose.
+    let tr = common_profile(model, &rates, a.window_s, first_window);
+    let resid: Vec<f64> = rates
+        .iter()
+        .zip(&tr)
+        .map(|(r, t)| if *t > 0.0 { r / t } else { 0.0 })
+        .collect();
+    // One realisation of the asked load (`seed` makes it; the pinning below asks for more).
+    let draw = |seed: u64| -> Vec<f64> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut times = Vec::new();
+        match opts.mode {
+            Mode::Model => {
+                let scaled: Vec<f64> = rates.iter().map(|r| r * scale).collect();
+                times = process.times(&scaled, a.window_s, duration, &mut rng);
             }
-        }
-        Mode::Thin => {
-            stream(&rates, a.window_s, duration, &law, &mut rng, &mut times);
-            times.retain(|_| rng.random::<f64>() < scale);
-        }
-        Mode::Superpose => {
-            // What all streams share is the time-of-day profile (when the source spans two
-            // days or more); the rest of the fluctuation is each stream's own: stream s
-            // follows the residuals shifted by its own offset, so streams are independent
-            // and the index of dispersion stays what it was.
-            let tr = common_profile(model, &rates, a.window_s, first_window);
-            let resid: Vec<f64> = rates
-                .iter()
-                .zip(&tr)
-                .map(|(r, t)| if *t > 0.0 { r / t } else { 0.0 })
-                .collect();
-            let whole = scale.floor() as usize;
-            let frac = scale - whole as f64;
-            let n = rates.len();
-            // The residuals of the streams so far, summed: each new stream takes, among 64
-            // random offsets, the one least correlated with them (a circular shift of a short
-            // profile is not independent by itself).
-            let mut sum = vec![0.0; n];
-            for s in 0..whole + usize::from(frac > 1e-9) {
-                let offset = if s == 0 {
-                    0
-                } else {
-                    (0..64)
-                        .map(|_| rng.random_range(0..n))
-                        .min_by(|&a, &b| {
-                            let ca = correlation(&sum, &resid, a).abs();
-                            let cb = correlation(&sum, &resid, b).abs();
-                            ca.total_cmp(&cb)
-                        })
-                        .unwrap_or(0)
-                };
-                for (w, v) in sum.iter_mut().enumerate() {
-                    *v += resid[(w + offset) % n];
+            Mode::Compress => {
+                times = process.times(&rates, a.window_s, duration * scale, &mut rng);
+                for t in &mut times {
+                    *t /= scale;
                 }
-                let keep = if s == whole { frac } else { 1.0 };
-                let own: Vec<f64> = (0..n)
-                    .map(|w| tr[w] * resid[(w + offset) % n] * keep)
-                    .collect();
-                let mut srng =
-                    StdRng::seed_from_u64(opts.seed.wrapping_add(0x9E37 * (s as u64 + 1)));
-                stream(&own, a.window_s, duration, &law, &mut srng, &mut times);
             }
-            // One stream is already in order; several are merged.
-            if scale > 1.0 {
+            Mode::Thin => {
+                times = process.times(&rates, a.window_s, duration, &mut rng);
+                times.retain(|_| rng.random::<f64>() < scale);
+            }
+            Mode::Superpose => {
+                // What all streams share is the time-of-day profile (when the source spans
+                // two days or more); the rest of the fluctuation is each stream's own: stream
+                // s follows the residuals shifted by its own offset, so streams are
+                // independent and the index of dispersion stays what it was.
+                let whole = scale.floor() as usize;
+                let frac = scale - whole as f64;
+                let n = rates.len();
+                // The residuals of the streams so far, summed: each new stream takes, among
+                // 64 random offsets, the one least correlated with them (a circular shift of
+                // a short profile is not independent by itself).
+                let mut sum = vec![0.0; n];
+                for s in 0..whole + usize::from(frac > 1e-9) {
+                    let offset = if s == 0 {
+                        0
+                    } else {
+                        (0..64)
+                            .map(|_| rng.random_range(0..n))
+                            .min_by(|&a, &b| {
+                                let ca = correlation(&sum, &resid, a).abs();
+                                let cb = correlation(&sum, &resid, b).abs();
+                                ca.total_cmp(&cb)
+                            })
+                            .unwrap_or(0)
+                    };
+                    for (w, v) in sum.iter_mut().enumerate() {
+                        *v += resid[(w + offset) % n];
+                    }
+                    let keep = if s == whole { frac } else { 1.0 };
+                    let own: Vec<f64> = (0..n)
+                        .map(|w| tr[w] * resid[(w + offset) % n] * keep)
+                        .collect();
+                    let mut srng =
+                        StdRng::seed_from_u64(seed.wrapping_add(0x9E37 * (s as u64 + 1)));
+                    times.extend(process.times(&own, a.window_s, duration, &mut srng));
+                }
                 times.sort_unstable_by(f64::total_cmp);
             }
         }
-    }
+        times
+    };
+    let mut times = draw(opts.seed);
+    // The asked factor of requests, exactly: the expected count of the scaled profile over
+    // the run, not left to chance (a bursty process's count varies by several percent).
+    let expected = match opts.mode {
+        Mode::Compress => profile_count(&rates, a.window_s, duration * scale),
+        _ => scale * profile_count(&rates, a.window_s, duration),
+    };
+    pin_count(&mut times, expected.round() as usize, &mut rng, |k| {
+        draw(opts.seed ^ 0xA5A5_0000_0000_0000 ^ k)
+    });
 
     let groups = &model.sizes.groups;
     let cumulative: Vec<f64> = groups

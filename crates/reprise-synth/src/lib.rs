@@ -12,6 +12,7 @@
 //! - [`check::check`]: the fidelity report of a generated workload against its source.
 //! - [`plain_model`]: a model from parameters alone, for users without production data.
 
+pub mod bursts;
 pub mod check;
 pub mod dist;
 pub mod generator;
@@ -86,10 +87,13 @@ pub fn load_model(path: &Path) -> Result<WorkloadModel, SynthError> {
         .map_err(|e| fail(format!("not JSON: {e}")))?
         .get("format")
         .and_then(|f| f.as_str().map(str::to_owned));
-    if format.as_deref() != Some(model::MODEL_FORMAT) {
+    if !format
+        .as_deref()
+        .is_some_and(|f| model::MODEL_FORMATS_READ.contains(&f))
+    {
         return Err(fail(format!(
             "not a {} model (format {:?})",
-            model::MODEL_FORMAT,
+            model::MODEL_FORMATS_READ.join(" or "),
             format
         )));
     }
@@ -256,6 +260,8 @@ pub fn plain_model(
             cv,
             idc: Vec::new(),
             daily: None,
+            clusters: None,
+            selection: None,
         },
         sizes: SizeModel {
             groups: vec![SizeGroup {

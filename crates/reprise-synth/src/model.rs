@@ -10,10 +10,16 @@ use reprise_trace::stats::{index_of_dispersion, interarrival_cv};
 use serde::{Deserialize, Serialize};
 
 use crate::SynthError;
+use crate::bursts::{
+    Clusters, Process, Selection, denoise, fit_clusters, normalized_gaps, rate_profile, select,
+};
 use crate::dist::{Candidate, Law, fit_all};
 
-/// The model format written by this version.
-pub const MODEL_FORMAT: &str = "reprise.synth/1";
+/// The model format written by this version (`/2` added the burst model; `/1` still loads,
+/// as a renewal process).
+pub const MODEL_FORMAT: &str = "reprise.synth/2";
+/// Model formats this version reads.
+pub const MODEL_FORMATS_READ: [&str; 2] = ["reprise.synth/1", "reprise.synth/2"];
 
 /// At most this many gaps go into the law fits (an even subsample beyond).
 const FIT_GAPS: usize = 200_000;
@@ -48,8 +54,9 @@ pub struct Source {
     pub start_ns: i64,
 }
 
-/// The arrival process: a renewal process with unit-mean gaps drawn from `law`, run in
-/// operational time against a piecewise-constant rate (`rates`, one per `window_s`).
+/// The arrival process against a piecewise-constant rate (`rates`, one per `window_s`): a
+/// renewal process with unit-mean gaps drawn from `law`, run in operational time, or, when
+/// `clusters` is set, bursts ([`crate::bursts`]) whose starts follow the rate.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Arrivals {
     /// Mean rate, requests/s.
@@ -58,7 +65,9 @@ pub struct Arrivals {
     pub quantum_s: Option<f64>,
     /// Rate window, seconds.
     pub window_s: f64,
-    /// Requests/s in each window from the first arrival.
+    /// Requests/s in each window from the first arrival: the counts per window with their own
+    /// sampling noise taken out ([`crate::bursts::denoise`]; same mean), since the process
+    /// adds it back when generating.
     pub rates: Vec<f64>,
     /// The chosen law of rate-normalized gaps (unit mean).
     pub law: Law,
@@ -71,6 +80,23 @@ pub struct Arrivals {
     /// Mean rate by hour of day (UTC), when the trace spans two days or more.
     #[serde(default)]
     pub daily: Option<Vec<f64>>,
+    /// The burst model, when it reproduced the held-back part of the trace better than the
+    /// renewal process (`null`: renewal).
+    #[serde(default)]
+    pub clusters: Option<Clusters>,
+    /// How the process was chosen (`null` in models from reprise.synth/1).
+    #[serde(default)]
+    pub selection: Option<Selection>,
+}
+
+impl Arrivals {
+    /// The process to generate from.
+    pub fn process(&self) -> Process<'_> {
+        match &self.clusters {
+            Some(c) => Process::Cluster(c),
+            None => Process::Renewal(&self.law),
+        }
+    }
 }
 
 /// Mean rate by hour of day (UTC) of a rate profile, when it spans two days or more.
@@ -305,53 +331,18 @@ pub fn fit(requests: &[TraceRecord], opts: &FitOptions) -> Result<WorkloadModel,
     let span = secs[secs.len() - 1] - secs[0];
     let start = secs[0];
     let window = opts.window_s.max(quantum.map_or(0.0, |q| 5.0 * q));
-    let n_windows = ((span / window).floor() as usize + 1).max(1);
-    let mut counts = vec![0u64; n_windows];
-    for &s in &secs {
-        let w = (((s - start) / window) as usize).min(n_windows - 1);
-        counts[w] += 1;
-    }
     // The last window is partial: its rate is over its own length.
-    let last_len = (span - (n_windows - 1) as f64 * window).max(window * 0.05);
-    let rates: Vec<f64> = counts
-        .iter()
-        .enumerate()
-        .map(|(i, &c)| c as f64 / if i + 1 == n_windows { last_len } else { window })
-        .collect();
+    let rates = rate_profile(&secs, start, span, window);
     // Rate-normalized gaps: the gap times the local rate has unit mean in a renewal process
-    // run in operational time.
-    let mut gaps: Vec<f64> = secs
-        .windows(2)
-        .map(|w| {
-            let i = (((w[0] - start) / window) as usize).min(n_windows - 1);
-            (w[1] - w[0]) * rates[i]
-        })
-        .collect();
-    let min_pos = gaps
-        .iter()
-        .copied()
-        .filter(|&g| g > 0.0)
-        .fold(f64::INFINITY, f64::min);
-    if !min_pos.is_finite() {
-        return Err(SynthError::Degenerate(
-            "no positive gap between arrivals".into(),
-        ));
-    }
-    // Equal timestamps (below the clock's resolution) count as half the smallest gap.
-    for g in &mut gaps {
-        if *g <= 0.0 {
-            *g = min_pos / 2.0;
-        }
-    }
+    // run in operational time. Equal timestamps (below the clock's resolution) count as half
+    // the smallest gap.
+    let mut gaps = normalized_gaps(&secs, start, &rates, window)
+        .ok_or_else(|| SynthError::Degenerate("no positive gap between arrivals".into()))?;
     if gaps.len() > FIT_GAPS {
         let step = gaps.len() as f64 / FIT_GAPS as f64;
         gaps = (0..FIT_GAPS)
             .map(|i| gaps[(i as f64 * step) as usize])
             .collect();
-    }
-    let m = gaps.iter().sum::<f64>() / gaps.len() as f64;
-    for g in &mut gaps {
-        *g /= m;
     }
     let candidates = fit_all(&gaps);
     let law = candidates
@@ -372,9 +363,18 @@ pub fn fit(requests: &[TraceRecord], opts: &FitOptions) -> Result<WorkloadModel,
         cv: interarrival_cv(&secs).unwrap_or(f64::NAN),
         idc,
         daily: None,
+        clusters: None,
+        selection: None,
     };
     let mut arrivals = arrivals;
     arrivals.daily = daily_profile(&arrivals.rates, window, t0 + (start * 1e9) as i64);
+    // Renewal or bursts, decided on held-back data; the winner is fitted to the whole trace.
+    let (selection, join) = select(&secs, window, opts.seed);
+    arrivals.clusters =
+        join.and_then(|j| fit_clusters(&secs, start, &arrivals.rates, window, j));
+    arrivals.selection = Some(selection);
+    // The profile without the counts' own noise, which the process adds back.
+    arrivals.rates = denoise(&arrivals.rates, window, arrivals.process(), opts.seed);
     Ok(WorkloadModel {
         format: MODEL_FORMAT.to_owned(),
         source: Source {

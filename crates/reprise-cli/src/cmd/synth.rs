@@ -120,6 +120,10 @@ pub struct CheckArgs {
     /// The load factor the workload was generated at (rates compared to K x the source).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
+    /// How it was scaled: with `compress`, burstiness is compared with the source's at K
+    /// times the window (as replaying at --speed K would give).
+    #[arg(long, value_enum, default_value = "superpose")]
+    mode: ModeArg,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -266,7 +270,12 @@ pub fn run(command: SynthCommand) -> Result<ExitCode> {
         SynthCommand::Check(a) => {
             let (source, _) = load(&a.source)?;
             let (generated, _) = load(&a.generated)?;
-            let report = check::check(&source, &generated, a.scale);
+            let report = check::check_mode(
+                &source,
+                &generated,
+                a.scale,
+                matches!(a.mode, ModeArg::Compress),
+            );
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
