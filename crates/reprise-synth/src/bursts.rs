@@ -18,8 +18,8 @@
 //! trace keeps the simpler model. The comparison is kept in the model ([`Selection`]).
 
 use rand::RngExt;
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 use reprise_trace::stats::index_of_dispersion;
 use serde::{Deserialize, Serialize};
 
@@ -30,8 +30,9 @@ const KEEP: usize = 20_000;
 /// Windows of the index-of-dispersion curve the selection compares (those the held-back part
 /// has at least [`MIN_WINDOWS`] of).
 pub const IDC_WINDOWS: [f64; 4] = [1.0, 10.0, 60.0, 600.0];
-/// Fewest windows of a length for its index of dispersion to be compared.
-pub const MIN_WINDOWS: usize = 5;
+/// Fewest windows of a length for its index of dispersion to be compared (fewer give an
+/// estimate too noisy to judge at ±20%).
+pub const MIN_WINDOWS: usize = 10;
 /// `join_s` candidates, as fractions of the training part's mean gap.
 const JOIN_FRACTIONS: [f64; 6] = [0.05, 0.1, 0.2, 0.35, 0.5, 1.0];
 /// How much lower a cluster process's score must be to replace the renewal process.
@@ -244,7 +245,14 @@ pub fn cluster_stream(
 ) {
     let start_rates: Vec<f64> = rates.iter().map(|r| r / c.mean_size.max(1.0)).collect();
     let mut starts = Vec::new();
-    renewal_stream(&start_rates, window, duration, &c.start_law, rng, &mut starts);
+    renewal_stream(
+        &start_rates,
+        window,
+        duration,
+        &c.start_law,
+        rng,
+        &mut starts,
+    );
     for s in starts {
         let size = if c.sizes.is_empty() {
             1
@@ -489,7 +497,11 @@ pub fn select(secs: &[f64], window: f64, seed: u64) -> (Selection, Option<f64>) 
                 r.idc_error, r.gap_ks
             ),
         ),
-        _ => ("renewal", None, "renewal: no candidate could be fitted".into()),
+        _ => (
+            "renewal",
+            None,
+            "renewal: no candidate could be fitted".into(),
+        ),
     };
     (
         Selection {
@@ -514,7 +526,12 @@ mod tests {
         let c = fit_clusters(&times, 0.0, &[0.35], 100.0, 0.5).unwrap();
         assert_eq!(c.sizes, vec![3, 1, 2, 1]);
         assert_eq!(c.mean_size, 7.0 / 4.0);
-        assert!(c.gaps_s.iter().zip([0.1, 0.1, 0.05]).all(|(a, b)| (a - b).abs() < 1e-9));
+        assert!(
+            c.gaps_s
+                .iter()
+                .zip([0.1, 0.1, 0.05])
+                .all(|(a, b)| (a - b).abs() < 1e-9)
+        );
         assert!(fit_clusters(&[0.0, 0.1], 0.0, &[1.0], 10.0, 0.5).is_none());
     }
 

@@ -172,7 +172,7 @@ pub fn check_mode(
     );
     for (i, w) in WINDOWS.iter().enumerate() {
         // A window is checked where the source has enough of them for the figure to mean
-        // something (at least 5).
+        // something (at least 10).
         let checked = s.span / (w * stretch) >= MIN_WINDOWS as f64;
         push(
             format!("index of dispersion @{w:.0} s"),

@@ -370,8 +370,7 @@ pub fn fit(requests: &[TraceRecord], opts: &FitOptions) -> Result<WorkloadModel,
     arrivals.daily = daily_profile(&arrivals.rates, window, t0 + (start * 1e9) as i64);
     // Renewal or bursts, decided on held-back data; the winner is fitted to the whole trace.
     let (selection, join) = select(&secs, window, opts.seed);
-    arrivals.clusters =
-        join.and_then(|j| fit_clusters(&secs, start, &arrivals.rates, window, j));
+    arrivals.clusters = join.and_then(|j| fit_clusters(&secs, start, &arrivals.rates, window, j));
     arrivals.selection = Some(selection);
     // The profile without the counts' own noise, which the process adds back.
     arrivals.rates = denoise(&arrivals.rates, window, arrivals.process(), opts.seed);

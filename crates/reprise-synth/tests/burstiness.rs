@@ -224,7 +224,10 @@ fn poisson_stays_a_renewal_process() {
     let report = fidelity("poisson", &source, &model);
     assert!(report.pass);
     let (src, g, _) = row(&report, "index of dispersion @1 s");
-    assert!((src - 1.0).abs() < 0.15 && (g - 1.0).abs() < 0.15, "{src} {g}");
+    assert!(
+        (src - 1.0).abs() < 0.15 && (g - 1.0).abs() < 0.15,
+        "{src} {g}"
+    );
 }
 
 #[test]
@@ -272,7 +275,10 @@ fn every_mode_delivers_the_asked_count_exactly() {
         },
     );
     let report = check(&source, &x2, 2.0);
-    println!("on/off x2 superpose\n{}", reprise_synth::check::render(&report));
+    println!(
+        "on/off x2 superpose\n{}",
+        reprise_synth::check::render(&report)
+    );
     for metric in ["mean rate (req/s)", "index of dispersion @1 s"] {
         let (src, g, pass) = row(&report, metric);
         assert_eq!(pass, Some(true), "{metric}: {src} vs {g}");
