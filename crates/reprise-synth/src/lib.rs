@@ -263,6 +263,7 @@ pub fn plain_model(
             idc: Vec::new(),
             daily: None,
             clusters: None,
+            hawkes: None,
             selection: None,
         },
         sizes: SizeModel {

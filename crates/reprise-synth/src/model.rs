@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::SynthError;
 use crate::bursts::{
-    Clusters, Process, Selection, denoise, fit_clusters, normalized_gaps, rate_profile, select,
+    Choice, Clusters, Hawkes, Process, Selection, denoise, fit_clusters, normalized_gaps,
+    rate_profile, select,
 };
 use crate::dist::{Candidate, Law, fit_all};
 
@@ -84,6 +85,10 @@ pub struct Arrivals {
     /// renewal process (`null`: renewal).
     #[serde(default)]
     pub clusters: Option<Clusters>,
+    /// The self-exciting model, when it reproduced the held-back part best (`null`
+    /// otherwise).
+    #[serde(default)]
+    pub hawkes: Option<Hawkes>,
     /// How the process was chosen (`null` in models from reprise.synth/1).
     #[serde(default)]
     pub selection: Option<Selection>,
@@ -92,9 +97,10 @@ pub struct Arrivals {
 impl Arrivals {
     /// The process to generate from.
     pub fn process(&self) -> Process<'_> {
-        match &self.clusters {
-            Some(c) => Process::Cluster(c),
-            None => Process::Renewal(&self.law),
+        match (&self.clusters, &self.hawkes) {
+            (Some(c), _) => Process::Cluster(c),
+            (None, Some(h)) => Process::Hawkes(h),
+            (None, None) => Process::Renewal(&self.law),
         }
     }
 }
@@ -364,16 +370,26 @@ pub fn fit(requests: &[TraceRecord], opts: &FitOptions) -> Result<WorkloadModel,
         idc,
         daily: None,
         clusters: None,
+        hawkes: None,
         selection: None,
     };
     let mut arrivals = arrivals;
     arrivals.daily = daily_profile(&arrivals.rates, window, t0 + (start * 1e9) as i64);
     // Renewal or bursts, decided on held-back data; the winner is fitted to the whole trace.
-    let (selection, join) = select(&secs, window, opts.seed);
-    arrivals.clusters = join.and_then(|j| fit_clusters(&secs, start, &arrivals.rates, window, j));
+    let (selection, choice) = select(&secs, window, opts.seed);
+    match choice {
+        Choice::Renewal => {}
+        Choice::Cluster(j, alternating) => {
+            arrivals.clusters = fit_clusters(&secs, start, &arrivals.rates, window, j)
+                .map(|c| Clusters { alternating, ..c });
+        }
+        Choice::Hawkes => {
+            arrivals.hawkes = Hawkes::fit(&secs, start, &arrivals.rates, window);
+        }
+    }
     arrivals.selection = Some(selection);
     // The profile without the counts' own noise, which the process adds back.
-    arrivals.rates = denoise(&arrivals.rates, window, arrivals.process(), opts.seed);
+    arrivals.rates = denoise(&arrivals.rates, window, arrivals.process(), opts.seed, true);
     Ok(WorkloadModel {
         format: MODEL_FORMAT.to_owned(),
         source: Source {

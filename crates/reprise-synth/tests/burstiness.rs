@@ -1,11 +1,9 @@
 //! Burstiness at every time scale: traces drawn from known processes (an on/off process with
 //! second-long bursts and minute-long silences, a Hawkes process, a BurstGPT-shaped gamma
 //! renewal under a slow rate swing, a Poisson control) go through fit → gen → check with the
-//! figures printed (`--no-capture`). The Poisson and BurstGPT-shaped traces pass every
-//! figure; the on/off trace gets the burst model, which holds its 1-s and 60-s burstiness, the
-//! gap CV and the busiest seconds where a renewal-only model fails; every mode delivers the
-//! asked count exactly. Not met yet (docs/synth.md): the on/off trace's 10-s and 600-s index of
-//! dispersion, and the Hawkes trace's 10-s one.
+//! figures printed (`--no-capture`): every figure must pass; a renewal-only model must fail
+//! the on/off case (so the burst model is what makes it pass); the Hawkes trace must come back
+//! as a Hawkes process with its parameters; every mode must deliver the asked count exactly.
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -138,6 +136,14 @@ fn fidelity(name: &str, source: &[TraceRecord], model: &WorkloadModel) -> CheckR
         },
     );
     let report = check(source, &out, 1.0);
+    if let Some(sel) = &model.arrivals.selection {
+        for s in &sel.scores {
+            println!(
+                "  candidate {} join {:?}: IDC error {:.3}, gap KS {:.3}",
+                s.process, s.join_s, s.idc_error, s.gap_ks
+            );
+        }
+    }
     println!(
         "{name}: {}\n{}",
         model
@@ -165,21 +171,22 @@ fn row(report: &CheckReport, metric: &str) -> (f64, f64, Option<bool>) {
 
 #[test]
 fn on_off_bursts_need_the_burst_model() {
-    let source = trace(&on_off(1, 7200.0), 1);
+    let source = trace(&on_off(1, 21_600.0), 1);
     let model = fit(&source, &FitOptions::default()).unwrap();
     let sel = model.arrivals.selection.as_ref().unwrap();
-    assert_eq!(sel.chosen, "cluster", "{}", sel.reason);
+    assert!(
+        ["cluster", "on/off"].contains(&sel.chosen.as_str()),
+        "{}",
+        sel.reason
+    );
     assert!(model.arrivals.clusters.is_some());
     let report = fidelity("on/off", &source, &model);
-    for metric in [
-        "mean rate (req/s)",
-        "inter-arrival CV",
-        "index of dispersion @1 s",
-        "index of dispersion @60 s",
-        "share of requests in the busiest 1% of seconds",
-    ] {
-        let (src, g, pass) = row(&report, metric);
-        assert_eq!(pass, Some(true), "{metric}: {src} vs {g}");
+    assert!(report.pass, "the burst model reproduces the on/off trace");
+    for w in ["1", "10", "60", "600"] {
+        assert_eq!(
+            row(&report, &format!("index of dispersion @{w} s")).2,
+            Some(true)
+        );
     }
 
     // The same trace under a renewal process only: the short-scale burstiness is lost.
@@ -192,19 +199,17 @@ fn on_off_bursts_need_the_burst_model() {
 }
 
 #[test]
-fn a_hawkes_trace_keeps_its_rate_and_short_and_long_burstiness() {
+fn a_hawkes_trace_is_fitted_as_one_and_reproduced() {
     let source = trace(&hawkes(2, 7200.0, 0.4, 0.75, 1.0), 2);
     let model = fit(&source, &FitOptions::default()).unwrap();
+    let sel = model.arrivals.selection.as_ref().unwrap();
+    assert_eq!(sel.chosen, "hawkes", "{}", sel.reason);
+    let h = model.arrivals.hawkes.unwrap();
+    // The generating process: branching 0.75, decay 1/s.
+    assert!((h.branching - 0.75).abs() < 0.1, "{h:?}");
+    assert!((h.decay_per_s - 1.0).abs() < 0.3, "{h:?}");
     let report = fidelity("hawkes", &source, &model);
-    for metric in [
-        "mean rate (req/s)",
-        "index of dispersion @1 s",
-        "index of dispersion @60 s",
-        "share of requests in the busiest 1% of seconds",
-    ] {
-        let (src, g, pass) = row(&report, metric);
-        assert_eq!(pass, Some(true), "{metric}: {src} vs {g}");
-    }
+    assert!(report.pass);
 }
 
 #[test]
@@ -232,7 +237,7 @@ fn poisson_stays_a_renewal_process() {
 
 #[test]
 fn every_mode_delivers_the_asked_count_exactly() {
-    let source = trace(&on_off(5, 3600.0), 5);
+    let source = trace(&on_off(1, 21_600.0), 1);
     let model = fit(&source, &FitOptions::default()).unwrap();
     let n = source.len() as f64;
     let span = model.source.span_s;
@@ -265,7 +270,7 @@ fn every_mode_delivers_the_asked_count_exactly() {
             assert!(last <= span * 1.001, "{mode:?}: {last} s");
         }
     }
-    // Superposed copies keep the rate and the short-scale index of dispersion.
+    // Superposed copies keep the index of dispersion curve.
     let x2 = generated(
         &model,
         &GenOptions {
@@ -279,8 +284,76 @@ fn every_mode_delivers_the_asked_count_exactly() {
         "on/off x2 superpose\n{}",
         reprise_synth::check::render(&report)
     );
-    for metric in ["mean rate (req/s)", "index of dispersion @1 s"] {
-        let (src, g, pass) = row(&report, metric);
-        assert_eq!(pass, Some(true), "{metric}: {src} vs {g}");
+    assert!(report.pass, "twice the users of an on/off trace");
+    // The same users twice as fast: compared at twice the window.
+    let c2 = generated(
+        &model,
+        &GenOptions {
+            seed: 3,
+            scale: 2.0,
+            mode: Mode::Compress,
+            ..GenOptions::default()
+        },
+    );
+    let report = reprise_synth::check::check_mode(&source, &c2, 2.0, true);
+    println!(
+        "on/off x2 compress\n{}",
+        reprise_synth::check::render(&report)
+    );
+    assert!(report.pass, "compressed twice");
+}
+
+/// Robustness over seeds, for the docs (`--run-ignored only --no-capture`).
+#[test]
+#[ignore]
+fn pass_rates_over_seeds() {
+    for (name, make) in [
+        (
+            "on/off 6 h",
+            &(|s| on_off(s, 21_600.0)) as &dyn Fn(u64) -> Vec<f64>,
+        ),
+        ("hawkes 2 h", &|s| hawkes(s, 7200.0, 0.4, 0.75, 1.0)),
+        ("burstgpt-like 2 h", &|s| burstgpt_like(s, 7200.0)),
+        ("poisson 2 h", &|s| poisson(s, 7200.0, 3.0)),
+    ] {
+        let mut passed = 0;
+        let mut oracle = 0;
+        let mut chosen = Vec::new();
+        for seed in 10..20 {
+            let source = trace(&make(seed), seed);
+            // The ceiling: another realisation of the true process, checked the same way.
+            let truth = trace(&make(seed + 100), seed + 100);
+            oracle += usize::from(check(&source, &truth, 1.0).pass);
+            let model = fit(&source, &FitOptions::default()).unwrap();
+            let out = generated(
+                &model,
+                &GenOptions {
+                    seed,
+                    ..GenOptions::default()
+                },
+            );
+            let report = check(&source, &out, 1.0);
+            passed += usize::from(report.pass);
+            chosen.push(model.arrivals.selection.unwrap().chosen);
+            if !report.pass {
+                let failed: Vec<String> = report
+                    .rows
+                    .iter()
+                    .filter(|r| r.pass == Some(false))
+                    .map(|r| {
+                        format!(
+                            "{} {:.3} vs {:.3}",
+                            r.metric,
+                            r.expected.unwrap_or(0.0),
+                            r.generated.unwrap_or(0.0)
+                        )
+                    })
+                    .collect();
+                println!("  {name} seed {seed}: {failed:?}");
+            }
+        }
+        println!(
+            "{name}: {passed}/10 pass (another realisation of the true process: {oracle}/10); chosen {chosen:?}"
+        );
     }
 }
