@@ -43,6 +43,18 @@ const JOIN_FRACTIONS: [f64; 8] = [0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0, 5.0];
 const MARGIN: f64 = 0.05;
 /// Generated realisations averaged per candidate.
 const SEEDS: u64 = 4;
+/// At most this many arrivals (the middle of a longer trace) go into the choice of process
+/// and the Hawkes fit, whose costs grow with the candidates and the likelihood grid.
+pub const SELECT_MAX: usize = 100_000;
+
+/// The middle `SELECT_MAX` arrivals of a longer trace (all of a shorter one).
+pub fn middle(secs: &[f64]) -> &[f64] {
+    if secs.len() <= SELECT_MAX {
+        return secs;
+    }
+    let from = (secs.len() - SELECT_MAX) / 2;
+    &secs[from..from + SELECT_MAX]
+}
 
 /// A cluster process of arrivals (see the module docs).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -107,7 +119,8 @@ impl Hawkes {
 
     /// The maximum-likelihood branching ratio and decay of `times` under the profile: a
     /// grid over decays from 1/(10 min) to about 50/s and ratios 0-0.95, then a finer one
-    /// around the best. `None` for fewer than 50 arrivals.
+    /// around the best. `None` for fewer than 50 arrivals. The profile is assumed to hold
+    /// about as many arrivals over their span as there are.
     pub fn fit(times: &[f64], start: f64, rates: &[f64], window: f64) -> Option<Hawkes> {
         if times.len() < 50 {
             return None;
@@ -783,6 +796,7 @@ pub enum Choice {
 /// a Hawkes process, by how each fitted on the first 70% reproduces the last 30% (see the
 /// module docs).
 pub fn select(secs: &[f64], window: f64, seed: u64) -> (Selection, Choice) {
+    let secs = middle(secs);
     let renewal_only = |reason: String| {
         (
             Selection {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::SynthError;
 use crate::bursts::{
-    Choice, Clusters, Hawkes, Process, Selection, denoise, fit_clusters, normalized_gaps,
+    Choice, Clusters, Hawkes, Process, Selection, denoise, fit_clusters, middle, normalized_gaps,
     rate_profile, select,
 };
 use crate::dist::{Candidate, Law, fit_all};
@@ -384,7 +384,7 @@ pub fn fit(requests: &[TraceRecord], opts: &FitOptions) -> Result<WorkloadModel,
                 .map(|c| Clusters { alternating, ..c });
         }
         Choice::Hawkes => {
-            arrivals.hawkes = Hawkes::fit(&secs, start, &arrivals.rates, window);
+            arrivals.hawkes = Hawkes::fit(middle(&secs), start, &arrivals.rates, window);
         }
     }
     arrivals.selection = Some(selection);
