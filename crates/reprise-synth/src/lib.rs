@@ -6,8 +6,9 @@
 //!   CV and index of dispersion; quantized timestamps detected and spread), the joint
 //!   (input, output) lengths per model, prefix sharing and sessions. [`dist`] holds the laws
 //!   and their fits.
-//! - [`bursts`]: the arrival processes — renewal, or bursts (a cluster process) when the
-//!   trace holds clusters a renewal process cannot — chosen on a held-back part of the trace.
+//! - [`bursts`]: the arrival processes — renewal, or, when the trace holds clusters a
+//!   renewal process cannot, bursts copied from the trace (at Poisson starts or alternating
+//!   with silences) or a Hawkes process — chosen on held-back parts of the trace.
 //! - [`generator::generate`]: a workload from a model at any load — `superpose` (more users),
 //!   `compress` (the same users faster), `thin`, `model` (the rate profile scaled) — with
 //!   what-if overrides (rate, burstiness, lengths, prefix sharing, a time window).
