@@ -170,44 +170,36 @@ pub fn check_mode(
     // load and by compression (time scaled), not by K independent streams, whose merged gaps
     // tend to a CV of 1 and whose bursts spread over more seconds.
     let shape_kept = compressed || (scale - 1.0).abs() < 1e-9;
-    let shape_tolerance = if shape_kept { "±20%" } else { "reported" };
-    push(
-        "inter-arrival CV".into(),
-        s.cv,
-        g.cv,
-        shape_tolerance,
-        if shape_kept {
-            relative(s.cv, g.cv, 0.20)
+    // Within ±20% where the figure is judged, else reported only.
+    let judged = |judge: bool, e: Option<f64>, g: Option<f64>| {
+        if judge {
+            ("±20%", relative(e, g, 0.20))
         } else {
-            None
-        },
-    );
+            ("reported", None)
+        }
+    };
+    let (tolerance, pass) = judged(shape_kept, s.cv, g.cv);
+    push("inter-arrival CV".into(), s.cv, g.cv, tolerance, pass);
     for (i, w) in WINDOWS.iter().enumerate() {
         // A window is checked where the source has enough of them for the figure to mean
         // something (at least 20).
         let checked = s.span / (w * stretch) >= CHECK_MIN_WINDOWS;
+        let (tolerance, pass) = judged(checked, s.idc[i], g.idc[i]);
         push(
             format!("index of dispersion @{w:.0} s"),
             s.idc[i],
             g.idc[i],
-            if checked { "±20%" } else { "reported" },
-            if checked {
-                relative(s.idc[i], g.idc[i], 0.20)
-            } else {
-                None
-            },
+            tolerance,
+            pass,
         );
     }
+    let (tolerance, pass) = judged(shape_kept, s.busiest, g.busiest);
     push(
         "share of requests in the busiest 1% of seconds".into(),
         s.busiest,
         g.busiest,
-        shape_tolerance,
-        if shape_kept {
-            relative(s.busiest, g.busiest, 0.20)
-        } else {
-            None
-        },
+        tolerance,
+        pass,
     );
     for (name, a, b) in [
         ("input", &s.input, &g.input),
