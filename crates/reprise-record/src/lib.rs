@@ -560,7 +560,10 @@ async fn handle(shared: Arc<SharedHandle>, req: Request<Incoming>) -> Response<P
         .unwrap_or_else(|e| json_error(StatusCode::BAD_GATEWAY, &format!("reprise record: {e}")))
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "a failed exchange's row needs everything measured so far"
+)]
 fn fail(
     shared: &Arc<SharedHandle>,
     mut x: Exchange,

@@ -126,7 +126,10 @@ mod linux {
         // `new` is deprecated in favour of the unsafe `register`, whose contract (the fd
         // stays open and the same while registered) an `OwnedFd` keeps by construction;
         // the workspace forbids unsafe code.
-        #[allow(deprecated)]
+        #[allow(
+            deprecated,
+            reason = "the unsafe replacement is forbidden; an OwnedFd keeps its contract"
+        )]
         AsyncFd::new(fd).ok()
     }
 

@@ -85,7 +85,10 @@ fn us(seconds: f64) -> f64 {
 }
 
 /// A profile for a dense model from its size and hardware figures.
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one argument per published hardware and model figure"
+)]
 fn dense(
     name: &str,
     description: &str,

@@ -128,7 +128,10 @@ macro_rules! record {
         }
 
         #[doc = concat!("Arrow builders for batches of [`", stringify!($name), "`].")]
-        #[allow(missing_debug_implementations)]
+        #[allow(
+            missing_debug_implementations,
+            reason = "arrow builders of generated rows; nothing to show"
+        )]
         pub struct $builders {
             $( $base: <$base_ty as $crate::record::Row>::Builders, )?
             $( $field: <$ty as $crate::column::ColumnType>::Builder, )*
@@ -140,7 +143,7 @@ macro_rules! record {
             type Builders = $builders;
 
             fn columns() -> Vec<$crate::record::ColumnSpec> {
-                #[allow(unused_mut)]
+                #[allow(unused_mut, reason = "a row without fields pushes nothing")]
                 let mut out: Vec<$crate::record::ColumnSpec> = Vec::new();
                 $(
                     for mut c in <$base_ty as $crate::record::Row>::columns() {
@@ -173,9 +176,16 @@ macro_rules! record {
                 $( <$ty as $crate::column::ColumnType>::append(&mut b.$field, &self.$field); )*
             }
 
-            #[allow(clippy::vec_init_then_push)]
+            #[allow(
+                clippy::vec_init_then_push,
+                reason = "the macro pushes one column per field"
+            )]
             fn finish(b: &mut Self::Builders) -> Vec<$crate::__private::arrow_array::ArrayRef> {
-                #[allow(unused_mut, clippy::vec_init_then_push)]
+                #[allow(
+                    unused_mut,
+                    clippy::vec_init_then_push,
+                    reason = "the macro pushes one column per field, or none"
+                )]
                 let mut out: Vec<$crate::__private::arrow_array::ArrayRef> = Vec::new();
                 $( out.extend(<$base_ty as $crate::record::Row>::finish(&mut b.$base)); )?
                 $(
@@ -190,7 +200,11 @@ macro_rules! record {
                 arrays: &[Option<$crate::__private::arrow_array::ArrayRef>],
                 rows: usize,
             ) -> Result<Vec<Self>, $crate::record::RowIssue> {
-                #[allow(unused_mut, unused_assignments)]
+                #[allow(
+                    unused_mut,
+                    unused_assignments,
+                    reason = "the last field's column index is not read again"
+                )]
                 let mut index = 0usize;
                 $(
                     let n = <$base_ty as $crate::record::Row>::columns().len();

@@ -1,7 +1,7 @@
 //! A small HTTP/1.1 client for the tests: sends one request on a fresh connection and
 //! timestamps every body chunk, so SSE events can be parsed and timed.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses part of the support module")]
 
 use std::time::{Duration, Instant};
 
