@@ -14,10 +14,6 @@ fn rows(dir: &std::path::Path) -> Vec<ResultRecord> {
         .unwrap()
 }
 
-fn run_json(dir: &std::path::Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap()
-}
-
 #[test]
 fn replaying_the_sample_trace_reproduces_its_sizes() {
     let dir = tempfile::tempdir().unwrap();

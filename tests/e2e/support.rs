@@ -24,6 +24,11 @@ pub fn public_data(name: &str) -> PathBuf {
     p
 }
 
+/// The run.json of a run directory.
+pub fn run_json(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap()
+}
+
 /// Runs `reprise` with arguments.
 pub fn reprise(args: &[&str]) -> Output {
     reprise_with(args, |_| {})

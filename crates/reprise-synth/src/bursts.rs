@@ -29,6 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::dist::{Law, fit_all, ks_two_sample};
 
+/// At most this many gaps go into a law's fit (an even subsample beyond).
+pub(crate) const FIT_GAPS: usize = 200_000;
 /// At most this many in-burst offsets are kept in a model.
 const KEEP: usize = 50_000;
 /// Windows of the index-of-dispersion curve the selection compares (those the held-back part
@@ -282,7 +284,7 @@ pub fn normalized_gaps(times: &[f64], start: f64, rates: &[f64], window: f64) ->
 }
 
 /// An even subsample of at most `keep` values.
-fn subsample<T: Copy>(v: &[T], keep: usize) -> Vec<T> {
+pub(crate) fn subsample<T: Copy>(v: &[T], keep: usize) -> Vec<T> {
     if v.len() <= keep {
         return v.to_vec();
     }
@@ -293,7 +295,7 @@ fn subsample<T: Copy>(v: &[T], keep: usize) -> Vec<T> {
 /// The renewal law of `times` under the rate profile: the best of [`fit_all`] by AIC.
 pub fn renewal_law(times: &[f64], start: f64, rates: &[f64], window: f64) -> Option<Law> {
     let gaps = normalized_gaps(times, start, rates, window)?;
-    fit_all(&subsample(&gaps, 200_000))
+    fit_all(&subsample(&gaps, FIT_GAPS))
         .first()
         .map(|c| c.fit.unit_mean())
 }

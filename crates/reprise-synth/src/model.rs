@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::SynthError;
 use crate::bursts::{
-    Choice, Clusters, Hawkes, Process, Selection, denoise, fit_clusters, middle, normalized_gaps,
-    rate_profile, select,
+    Choice, Clusters, FIT_GAPS, Hawkes, Process, Selection, denoise, fit_clusters, middle,
+    normalized_gaps, rate_profile, select, subsample,
 };
 use crate::dist::{Candidate, Law, fit_all};
 
@@ -22,8 +22,6 @@ pub const MODEL_FORMAT: &str = "reprise.synth/2";
 /// Model formats this version reads.
 pub const MODEL_FORMATS_READ: [&str; 2] = ["reprise.synth/1", "reprise.synth/2"];
 
-/// At most this many gaps go into the law fits (an even subsample beyond).
-const FIT_GAPS: usize = 200_000;
 /// At most this many (input, output) pairs are kept per group.
 const PAIRS: usize = 50_000;
 
@@ -342,15 +340,9 @@ pub fn fit(requests: &[TraceRecord], opts: &FitOptions) -> Result<WorkloadModel,
     // Rate-normalized gaps: the gap times the local rate has unit mean in a renewal process
     // run in operational time. Equal timestamps (below the clock's resolution) count as half
     // the smallest gap.
-    let mut gaps = normalized_gaps(&secs, start, &rates, window)
+    let gaps = normalized_gaps(&secs, start, &rates, window)
         .ok_or_else(|| SynthError::Degenerate("no positive gap between arrivals".into()))?;
-    if gaps.len() > FIT_GAPS {
-        let step = gaps.len() as f64 / FIT_GAPS as f64;
-        gaps = (0..FIT_GAPS)
-            .map(|i| gaps[(i as f64 * step) as usize])
-            .collect();
-    }
-    let candidates = fit_all(&gaps);
+    let candidates = fit_all(&subsample(&gaps, FIT_GAPS));
     let law = candidates
         .first()
         .map(|c| c.fit.unit_mean())
