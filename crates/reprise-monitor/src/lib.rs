@@ -12,6 +12,7 @@
 //! - [`host`] reads `/proc` (CPU, memory, network, this process);
 //! - [`monitor`] runs the samplers on their own threads and writes the files and
 //!   `monitor.json` (scrape failures and gaps per source, clock offsets);
+//! - [`sampling`] resolves the options `replay` and `monitor` share into a [`MonitorConfig`];
 //! - [`import`] brings nvidia-smi CSV logs and saved DCGM scrapes into gpu/1.
 
 pub mod gpu;
@@ -19,9 +20,11 @@ pub mod host;
 pub mod import;
 pub mod monitor;
 pub mod prom;
+pub mod sampling;
 pub mod scrape;
 
 pub use monitor::{Monitor, MonitorConfig, MonitorSummary, SourceSummary};
+pub use sampling::Sampling;
 
 /// Why monitoring failed.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use reprise_trace::{DatasetWriter, GpuSample, Output, ServerSample, Timestamp, WriterOptions};
-use serde::Serialize;
 
 use crate::MonitorError;
 use crate::gpu::{NvmlSampler, from_dcgm};
@@ -71,66 +70,7 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// One scraped source's record.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct SourceSummary {
-    /// The URL.
-    pub source: String,
-    /// Scrapes that returned samples.
-    pub ok: u64,
-    /// Scrapes that failed.
-    pub failed: u64,
-    /// Failures by class.
-    pub errors: BTreeMap<String, u64>,
-    /// The last failure's message.
-    pub last_error: Option<String>,
-    /// Spans without data (ns since the epoch, start and end), from consecutive failures.
-    pub gaps: Vec<(i64, i64)>,
-    /// The scraped host's clock minus ours, ms (median of `Date` headers, ±500 ms).
-    pub clock_offset_ms: Option<f64>,
-}
-
-/// What a monitor did (`monitor.json`).
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct MonitorSummary {
-    /// `reprise.monitor/1`.
-    pub format: String,
-    /// Interval, ms.
-    pub interval_ms: u64,
-    /// First and last sampling time, ns since the epoch.
-    pub started_ns: i64,
-    /// End.
-    pub finished_ns: i64,
-    /// GPUs sampled through NVML, or why not (`null` when not asked).
-    pub nvml: Option<String>,
-    /// gpu/1 rows written.
-    pub gpu_rows: u64,
-    /// server/1 rows written (this host's metrics and the scraped endpoints' together).
-    pub server_rows: u64,
-    /// Of `server_rows`, the rows of this host's own metrics (source `host`).
-    pub host_rows: u64,
-    /// Host samples taken.
-    pub host_samples: u64,
-    /// Each scraped endpoint.
-    pub sources: Vec<SourceSummary>,
-}
-
-impl MonitorSummary {
-    /// One line for people: what went where, this host (the load generator) apart from
-    /// the scraped servers.
-    pub fn describe(&self) -> String {
-        let scraped = self.server_rows - self.host_rows.min(self.server_rows);
-        format!(
-            "{} GPU rows; {} rows from {} scraped endpoint{}; {} samples of this host (the load generator, {} rows)",
-            self.gpu_rows,
-            scraped,
-            self.sources.len(),
-            if self.sources.len() == 1 { "" } else { "s" },
-            self.host_samples,
-            self.host_rows
-        )
-    }
-}
+pub use reprise_trace::run::{MonitorSummary, SourceSummary};
 
 enum Msg {
     Gpu(Vec<GpuSample>),
@@ -435,7 +375,7 @@ fn write_loop(
         server: None,
     };
     let mut summary = MonitorSummary {
-        format: "reprise.monitor/1".into(),
+        format: reprise_trace::run::MONITOR_FORMAT.into(),
         interval_ms: interval.as_millis() as u64,
         started_ns,
         sources: sources

@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-
 /// What an event does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventAction {
@@ -35,6 +33,12 @@ impl RunEvent {
     /// Parses `SECONDS=METHOD URL [BODY]` (HTTP) — `{target}` in the URL becomes the first
     /// target's base URL.
     pub fn parse_http(text: &str, target: &str) -> Result<RunEvent, String> {
+        Ok(Self::parse_http_template(text)?.bind_target(target))
+    }
+
+    /// Parses `SECONDS=METHOD URL [BODY]` (HTTP), keeping `{target}` in the URL for
+    /// [`RunEvent::bind_target`] once the targets are known.
+    pub fn parse_http_template(text: &str) -> Result<RunEvent, String> {
         let (offset, rest) = split_offset(text)?;
         let mut parts = rest.trim().splitn(3, ' ');
         let method = parts
@@ -44,8 +48,9 @@ impl RunEvent {
         let url = parts
             .next()
             .ok_or("expected `SECONDS=METHOD URL [BODY]`")?
-            .replace("{target}", target);
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            .to_owned();
+        let checked = url.replace("{target}", "http://target");
+        if !(checked.starts_with("http://") || checked.starts_with("https://")) {
             return Err(format!("`{url}` is not an http(s) URL"));
         }
         let body = parts.next().map(str::to_owned);
@@ -57,6 +62,14 @@ impl RunEvent {
                 body,
             },
         })
+    }
+
+    /// Replaces `{target}` in an HTTP event's URL with `target` (a base URL).
+    pub fn bind_target(mut self, target: &str) -> RunEvent {
+        if let EventAction::Http { url, .. } = &mut self.action {
+            *url = url.replace("{target}", target);
+        }
+        self
     }
 
     /// Parses `SECONDS=COMMAND`.
@@ -92,22 +105,7 @@ fn split_offset(text: &str) -> Result<(Duration, &str), String> {
     Ok((Duration::from_secs_f64(secs), rest))
 }
 
-/// What happened when an event ran (times in ns since the Unix epoch, UTC).
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct EventRecord {
-    /// Offset from the run's start, seconds.
-    pub offset_s: f64,
-    /// What it did.
-    pub action: String,
-    /// When it started.
-    pub started_ns: i64,
-    /// When it finished.
-    pub finished_ns: i64,
-    /// Whether it succeeded (2xx, or exit status 0).
-    pub ok: bool,
-    /// Status line, exit status or error.
-    pub detail: String,
-}
+pub use reprise_trace::run::EventRecord;
 
 /// Runs one event's action; returns (ok, detail).
 pub async fn execute(client: &reqwest::Client, action: &EventAction) -> (bool, String) {

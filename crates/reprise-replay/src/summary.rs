@@ -5,28 +5,8 @@
 use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
 
-/// Percentiles of one latency metric, milliseconds.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Latency {
-    /// Values.
-    pub count: u64,
-    /// Mean.
-    pub mean: f64,
-    /// Median.
-    pub p50: f64,
-    /// 90th percentile.
-    pub p90: f64,
-    /// 95th percentile.
-    pub p95: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// 99.9th percentile.
-    pub p999: f64,
-    /// Maximum.
-    pub max: f64,
-}
+pub use reprise_trace::run::{Latency, PhaseSummary};
 
 #[derive(Debug, Clone)]
 struct Hist(Histogram<u64>);
@@ -231,53 +211,6 @@ impl Acc {
                 .then(|| self.out_mismatch as f64 / self.out_checked as f64),
         }
     }
-}
-
-/// The figures of one phase (or of all measured requests).
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct PhaseSummary {
-    /// Phase label.
-    pub phase: String,
-    /// Step value.
-    pub step_value: Option<f64>,
-    /// Requests.
-    pub requests: u64,
-    /// Successful requests.
-    pub ok: u64,
-    /// Failures by class.
-    pub errors: BTreeMap<String, u64>,
-    /// Failed / all.
-    pub error_rate: f64,
-    /// First sent → last done, seconds.
-    pub duration_s: f64,
-    /// OK requests per second.
-    pub request_throughput: f64,
-    /// Output tokens per second.
-    pub output_tokens_per_s: f64,
-    /// Prompt + output tokens per second.
-    pub total_tokens_per_s: f64,
-    /// Prompt tokens of OK requests.
-    pub input_tokens: u64,
-    /// Output tokens of OK requests.
-    pub output_tokens: u64,
-    /// `sent − scheduled`.
-    pub queue_ms: Option<Latency>,
-    /// TTFT from sent.
-    pub ttft_ms: Option<Latency>,
-    /// TTFT from scheduled (the open-loop headline).
-    pub ttft_sched_ms: Option<Latency>,
-    /// TPOT.
-    pub tpot_ms: Option<Latency>,
-    /// ITL (pooled gaps).
-    pub itl_ms: Option<Latency>,
-    /// E2E from sent.
-    pub e2e_ms: Option<Latency>,
-    /// E2E from scheduled.
-    pub e2e_sched_ms: Option<Latency>,
-    /// Share of OK requests whose usage prompt tokens differ from the requested size.
-    pub input_token_mismatch_rate: Option<f64>,
-    /// Share of OK requests whose usage output tokens differ from the requested size.
-    pub output_token_mismatch_rate: Option<f64>,
 }
 
 /// Accumulates samples per phase and overall (warm-up excluded from the overall figures).

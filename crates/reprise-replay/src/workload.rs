@@ -81,12 +81,12 @@ pub fn load_trace(path: &Path) -> Result<LoadedTrace, ReplayError> {
 /// The open-loop plan of a trace window: offsets from the window's first request / speed.
 pub fn trace_plan(trace: &LoadedTrace, window: &TraceWindow) -> Result<Vec<Planned>, ReplayError> {
     if !(window.speed.is_finite() && window.speed > 0.0) {
-        return Err(ReplayError::Config("--speed must be positive".into()));
+        return Err(ReplayError::Config("the speed must be positive".into()));
     }
     let scale = window.length_scale;
     if !(scale.is_finite() && scale > 0.0) {
         return Err(ReplayError::Config(
-            "--length-scale must be positive".into(),
+            "the length scale must be positive".into(),
         ));
     }
     let scaled = |n: Option<u32>| n.map(|n| ((f64::from(n) * scale).round() as u32).max(1));
@@ -238,7 +238,9 @@ impl RatePlan {
         if let Process::Gamma { cv } = process
             && !(cv.is_finite() && cv > 0.0)
         {
-            return Err(ReplayError::Config("--cv must be positive".into()));
+            return Err(ReplayError::Config(
+                "the gamma process's coefficient of variation must be positive".into(),
+            ));
         }
         Ok(RatePlan {
             steps: steps.into(),

@@ -337,21 +337,12 @@ fn polars_stages(
         format: "reprise.report/1".into(),
         run_id: run.run_id.clone(),
         dir: run.dir.display().to_string(),
-        command: info.and_then(|v| {
-            v["command"].as_array().map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_owned))
-                    .collect()
-            })
-        }),
-        complete: info.and_then(|v| v["complete"].as_bool()),
-        targets: info
-            .and_then(|v| v["config"]["targets"].as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|x| x.as_str().map(str::to_owned))
-            .collect(),
-        model: info.and_then(|v| v["config"]["model"].as_str().map(str::to_owned)),
+        command: info.map(|i| i.command.clone()).filter(|c| !c.is_empty()),
+        complete: info.map(|i| i.complete),
+        targets: info.map(|i| i.config.targets.clone()).unwrap_or_default(),
+        model: info
+            .map(|i| i.config.model.clone())
+            .filter(|m| !m.is_empty()),
         rows: run.rows,
         warmup_excluded,
         slo: opts.slo,

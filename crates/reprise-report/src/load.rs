@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
+use reprise_trace::run::RunInfo;
 use reprise_trace::{DatasetReader, ResultRecord};
 
 use crate::ReportError;
@@ -32,7 +33,7 @@ pub struct Run {
     /// Its id (`run.json`, else the directory name).
     pub run_id: String,
     /// `run.json` as written by `reprise replay`, when present.
-    pub info: Option<serde_json::Value>,
+    pub info: Option<RunInfo>,
     /// The requests, normalised (see [`columns`]).
     pub requests: LazyFrame,
     /// Rows in `requests.parquet`.
@@ -183,20 +184,11 @@ pub fn open(dir: &Path) -> Result<Run, ReportError> {
     } else {
         dir.to_owned()
     };
-    let info = std::fs::read_to_string(dir_of_run.join("run.json"))
-        .ok()
-        .map(|text| {
-            serde_json::from_str::<serde_json::Value>(&text).map_err(|e| {
-                ReportError::Input(format!(
-                    "{}: not valid JSON: {e}",
-                    dir_of_run.join("run.json").display()
-                ))
-            })
-        })
-        .transpose()?;
+    let info = RunInfo::read(&dir_of_run).map_err(|e| ReportError::Input(e.to_string()))?;
     let run_id = info
         .as_ref()
-        .and_then(|v| v["run_id"].as_str().map(str::to_owned))
+        .map(|i| i.run_id.clone())
+        .filter(|id| !id.is_empty())
         .unwrap_or_else(|| {
             dir_of_run
                 .file_name()
@@ -204,22 +196,20 @@ pub fn open(dir: &Path) -> Result<Run, ReportError> {
         });
     let events = info
         .as_ref()
-        .and_then(|v| v["summary"]["events"].as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|e| {
-            Some(Event {
-                action: e["action"].as_str()?.to_owned(),
-                started_ns: e["started_ns"].as_i64()?,
-                finished_ns: e["finished_ns"].as_i64()?,
-                ok: e["ok"].as_bool().unwrap_or(false),
-            })
+        .map(|i| {
+            i.summary
+                .events
+                .iter()
+                .map(|e| Event {
+                    action: e.action.clone(),
+                    started_ns: e.started_ns,
+                    finished_ns: e.finished_ns,
+                    ok: e.ok,
+                })
+                .collect()
         })
-        .collect();
-    let queue_limit_ms = info
-        .as_ref()
-        .and_then(|v| v["config"]["queue_limit_ms"].as_f64())
-        .unwrap_or(1.0);
+        .unwrap_or_default();
+    let queue_limit_ms = info.as_ref().map_or(1.0, |i| i.config.queue_limit_ms);
     let optional = |name: &str| -> Result<Option<LazyFrame>, ReportError> {
         let p = dir_of_run.join(name);
         if !p.exists() {

@@ -77,6 +77,15 @@ pub enum TraceError {
         /// The directory.
         path: PathBuf,
     },
+    /// A JSON file of a run directory (run.json, events.json, monitor.json) that cannot
+    /// be written or read as its type.
+    #[error("{}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The writer was used after an earlier failure.
     #[error("{}: writer is closed after an earlier error", path.display())]
     WriterClosed {

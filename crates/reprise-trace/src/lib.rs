@@ -8,6 +8,9 @@
 //! - [`GpuSample`] — `gpu/1`, one sample of one GPU;
 //! - [`ServerSample`] — `server/1`, one Prometheus sample.
 //!
+//! Beside them, the JSON files of a run directory as typed structs ([`run`]): `run.json`
+//! ([`run::RunInfo`], `run/1`), `events.json` and `monitor.json`.
+//!
 //! Each record type implements [`Row`], which ties the Rust struct to its Arrow schema
 //! (defined once, by the [`record!`] macro). [`DatasetWriter`] streams records to zstd
 //! Parquet with part rotation and atomic `*.tmp` → final renames; [`DatasetReader`] opens a
@@ -24,6 +27,7 @@ pub mod human;
 pub mod inspect;
 pub mod reader;
 pub mod record;
+pub mod run;
 pub mod stats;
 pub mod time;
 pub mod writer;

@@ -1,6 +1,7 @@
 //! One module per subcommand: argument parsing and a call into library code.
 
 pub mod analyze;
+pub mod common;
 pub mod import;
 pub mod monitor;
 pub mod record;

@@ -1,16 +1,16 @@
 //! `reprise monitor`: the samplers without a replay (GPUs, Prometheus endpoints, the host)
 //! into a directory until Ctrl-C/SIGTERM or `--duration`; `reprise monitor import` brings
-//! nvidia-smi CSV logs and saved DCGM-exporter scrapes into gpu/1. Also the monitoring
-//! options shared with `replay`.
+//! nvidia-smi CSV logs and saved DCGM-exporter scrapes into gpu/1.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use reprise_monitor::{Monitor, MonitorConfig};
+use reprise_monitor::Monitor;
+
+use super::common::{MonitorArgs, monitor_error, shutdown_signal};
 use reprise_trace::{DatasetWriter, GpuSample, Output, WriterOptions};
 
 /// Sample GPUs (NVML), Prometheus endpoints and this host into gpu.parquet and
@@ -35,24 +35,8 @@ struct LiveArgs {
     /// Directory for gpu.parquet, server.parquet and monitor.json.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Sample the GPUs of this host through NVML (without NVML, one line says so).
-    #[arg(long)]
-    gpu: bool,
-    /// Scrape this Prometheus endpoint (repeatable).
-    #[arg(long, value_name = "URL")]
-    scrape: Vec<String>,
-    /// Sampling interval.
-    #[arg(long, value_name = "MS", default_value_t = 500)]
-    interval_ms: u64,
-    /// Time limit of one scrape.
-    #[arg(long, value_name = "MS", default_value_t = 2000)]
-    scrape_timeout_ms: u64,
-    /// Do not sample this host.
-    #[arg(long)]
-    no_host_metrics: bool,
-    /// A scraped host's clock minus this one's (`URL=MS`; repeatable).
-    #[arg(long, value_name = "URL=MS")]
-    clock_offset: Vec<String>,
+    #[command(flatten)]
+    sampling: MonitorArgs,
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
@@ -92,69 +76,6 @@ struct ImportArgs {
     clock_offset_ms: f64,
 }
 
-/// Monitoring options as `replay` and `monitor` take them.
-#[derive(Debug, Clone)]
-pub struct Sampling {
-    /// NVML.
-    pub gpu: bool,
-    /// This host.
-    pub host: bool,
-    /// Endpoints (`target` = every target's /metrics).
-    pub scrape: Vec<String>,
-    /// Interval, ms.
-    pub interval_ms: u64,
-    /// Scrape timeout, ms.
-    pub scrape_timeout_ms: u64,
-    /// `URL=MS` offsets.
-    pub clock_offset: Vec<String>,
-}
-
-/// The monitor configuration for `s`, or `None` when nothing is to be sampled.
-pub fn config_from(
-    out_dir: &Path,
-    s: &Sampling,
-    targets: &[String],
-) -> Result<Option<MonitorConfig>> {
-    if !s.gpu && !s.host && s.scrape.is_empty() {
-        return Ok(None);
-    }
-    if s.interval_ms == 0 {
-        bail!("the monitoring interval must be at least 1 ms");
-    }
-    let mut scrape = Vec::new();
-    for u in &s.scrape {
-        if u == "target" {
-            scrape.extend(
-                targets
-                    .iter()
-                    .map(|t| format!("{}/metrics", t.trim_end_matches('/'))),
-            );
-        } else if u.starts_with("http://") || u.starts_with("https://") {
-            scrape.push(u.clone());
-        } else {
-            bail!("--scrape `{u}`: expected http(s)://host:port/path or `target`");
-        }
-    }
-    let mut offsets = BTreeMap::new();
-    for o in &s.clock_offset {
-        let (url, ms) = o
-            .rsplit_once('=')
-            .ok_or_else(|| anyhow!("--clock-offset `{o}`: expected URL=MS"))?;
-        let ms: f64 = ms
-            .parse()
-            .map_err(|_| anyhow!("--clock-offset `{o}`: `{ms}` is not a number of ms"))?;
-        offsets.insert(url.to_owned(), ms);
-    }
-    let mut cfg = MonitorConfig::new(out_dir);
-    cfg.gpu = s.gpu;
-    cfg.host = s.host;
-    cfg.scrape = scrape;
-    cfg.interval = Duration::from_millis(s.interval_ms);
-    cfg.scrape_timeout = Duration::from_millis(s.scrape_timeout_ms.max(1));
-    cfg.clock_offsets_ms = offsets;
-    Ok(Some(cfg))
-}
-
 /// Runs `reprise monitor`.
 pub fn run(args: Args) -> Result<ExitCode> {
     match args.command {
@@ -167,19 +88,14 @@ fn live(a: LiveArgs) -> Result<ExitCode> {
     let out = a
         .out
         .ok_or_else(|| anyhow!("--out DIR is required (or `reprise monitor import ...`)"))?;
-    let cfg = config_from(
-        &out,
-        &Sampling {
-            gpu: a.gpu,
-            host: !a.no_host_metrics,
-            scrape: a.scrape,
-            interval_ms: a.interval_ms,
-            scrape_timeout_ms: a.scrape_timeout_ms,
-            clock_offset: a.clock_offset,
-        },
-        &[],
-    )?
-    .ok_or_else(|| anyhow!("nothing to sample: give --gpu or --scrape, or keep host metrics on"))?;
+    let cfg = a
+        .sampling
+        .sampling()
+        .config(&out, &[])
+        .map_err(monitor_error)?
+        .ok_or_else(|| {
+            anyhow!("nothing to sample: give --gpu or --scrape, or keep host metrics on")
+        })?;
     let monitor = Monitor::start(cfg).context("starting the monitor")?;
     eprintln!("monitoring into {} (Ctrl-C to stop)", out.display());
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -190,10 +106,10 @@ fn live(a: LiveArgs) -> Result<ExitCode> {
             Some(s) => {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs_f64(s.max(0.0))) => {}
-                    _ = super::sim::shutdown_signal() => {}
+                    _ = shutdown_signal() => {}
                 }
             }
-            None => super::sim::shutdown_signal().await,
+            None => shutdown_signal().await,
         }
     });
     let s = monitor.stop().context("closing the monitor's files")?;

@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
+use super::common::secs;
 use anyhow::{Context, Result};
 use clap::Parser;
 use reprise_record::salt::Salt;
@@ -76,10 +76,6 @@ pub struct Args {
     drain: f64,
 }
 
-fn secs(v: f64, flag: &str) -> Result<Duration> {
-    Duration::try_from_secs_f64(v).with_context(|| format!("{flag} must be a non-negative number"))
-}
-
 fn default_salt_file() -> PathBuf {
     std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
@@ -120,7 +116,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 .map(|a| format!(" (metrics on http://{a}/metrics)"))
                 .unwrap_or_default()
         );
-        super::sim::shutdown_signal().await;
+        super::common::shutdown_signal().await;
         eprintln!("reprise record: stopping, draining requests in flight");
         let summary = recorder.shutdown().await;
         eprintln!(

@@ -1,0 +1,251 @@
+//! The executor: [`run`] sets up the run's clock, clients, samplers and writer thread,
+//! runs the open loop ([`crate::open`]) or the closed loop ([`crate::closed`]) and the run's
+//! events beside them, and writes the run directory ([`crate::write`]).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::clock::Clock;
+use crate::closed::ClosedLoop;
+use crate::send::{Done, SendCtx, endpoint_urls, header_map, http_client, lean_targets};
+use crate::summary::Summarizer;
+use crate::{Pacing, ReplayConfig, ReplayError, RunSummary, closed, events, open, write};
+
+/// Raises this process's soft limit on open files to its hard limit (every open stream is
+/// a socket, and the soft limit is often 1,024) and returns the limit now in force, or
+/// `None` where it cannot be read.
+pub fn raise_open_files_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        // `None` is unlimited.
+        let mut limit = getrlimit(Resource::Nofile);
+        if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+            && current < maximum
+        {
+            limit.current = Some(maximum);
+            if setrlimit(Resource::Nofile, limit).is_err() {
+                limit = getrlimit(Resource::Nofile);
+            }
+        }
+        limit.current.or(Some(u64::MAX))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// Shared between the executor, the progress view and the writer.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Requests sent.
+    pub sent: AtomicU64,
+    /// Requests finished (any outcome).
+    pub finished: AtomicU64,
+    /// Requests failed.
+    pub failed: AtomicU64,
+    /// Planned requests (open loop), 0 when unknown.
+    pub planned: AtomicU64,
+    /// Running TTFT median of the measured requests, µs (0 until known).
+    pub ttft_p50_us: AtomicU64,
+    /// Running TTFT p99, µs.
+    pub ttft_p99_us: AtomicU64,
+}
+
+/// What every request task shares: the run's configuration, clock, stop flag and count of
+/// requests sent (for the warm-up), and the request path.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) config: Arc<ReplayConfig>,
+    pub(crate) clock: Arc<Clock>,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) sent: Arc<AtomicU64>,
+    pub(crate) ctx: Arc<SendCtx>,
+}
+
+/// Runs a replay to the end (or until `stop` is set), writing the run directory.
+pub async fn run(
+    config: ReplayConfig,
+    pacing: Pacing,
+    stop: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+) -> Result<RunSummary, ReplayError> {
+    if config.targets.is_empty() {
+        return Err(ReplayError::Config("no target".into()));
+    }
+    let writer = write::create(&config)?;
+    let requests_file = config.run_dir.join("requests.parquet");
+    let headers = header_map(&config.headers)?;
+    let client = http_client()?;
+    let urls = endpoint_urls(&config)?;
+
+    // Each sender thread's client (see `send::http_client`), built before the clock starts:
+    // a client with TLS set up takes milliseconds to build.
+    let sender_clients = match &pacing {
+        Pacing::Open(plan) => {
+            let senders = match config.senders {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            }
+            .clamp(1, plan.expected_len().max(1) as usize);
+            (0..senders)
+                .map(|_| http_client())
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        Pacing::Closed { .. } => Vec::new(),
+    };
+
+    let clock = Arc::new(Clock::new(Duration::from_millis(20)));
+    // The samplers share the run's clock: their rows line up with the requests'.
+    let monitor = match &config.monitor {
+        Some(m) => {
+            let mut m = m.clone();
+            m.out_dir = config.run_dir.clone();
+            m.anchor = Some((clock.wall0_ns, clock.t0));
+            Some(
+                reprise_monitor::Monitor::start(m)
+                    .map_err(|e| ReplayError::Config(format!("monitor: {e}")))?,
+            )
+        }
+        None => None,
+    };
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Done>();
+    let summary = Arc::new(Mutex::new(Summarizer::default()));
+    let aborted: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let config = Arc::new(config);
+    let writer_thread = write::spawn(
+        writer,
+        done_rx,
+        write::Sink {
+            clock: *clock,
+            config: config.clone(),
+            summary: summary.clone(),
+            progress: progress.clone(),
+            stop: stop.clone(),
+            aborted: aborted.clone(),
+        },
+    );
+
+    let ctx = Arc::new(SendCtx {
+        client: client.clone(),
+        lean: lean_targets(&config, &urls),
+        urls: urls.clone(),
+        headers,
+        done_tx: done_tx.clone(),
+        limiter: config
+            .max_in_flight
+            .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
+        timeouts: config.timeouts,
+        stream: config.shape.stream,
+        progress: progress.clone(),
+    });
+    let shared = Shared {
+        config: config.clone(),
+        clock: clock.clone(),
+        stop: stop.clone(),
+        sent: Arc::new(AtomicU64::new(0)),
+        ctx,
+    };
+
+    let events_task = {
+        let (events, clock, client, stop) =
+            (config.events.clone(), *clock, client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut records = Vec::new();
+            for e in events {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(clock.t0 + e.offset)).await;
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let started = Instant::now();
+                tracing::info!("event at {:?}: {}", e.offset, e.describe());
+                let (ok, detail) = events::execute(&client, &e.action).await;
+                records.push(events::EventRecord {
+                    offset_s: e.offset.as_secs_f64(),
+                    action: e.describe(),
+                    started_ns: clock.wall(started).0,
+                    finished_ns: clock.wall(Instant::now()).0,
+                    ok,
+                    detail,
+                });
+            }
+            records
+        })
+    };
+    let (mut complete, stopped_early) = match pacing {
+        Pacing::Open(plan) => (open::run(plan, sender_clients, &urls, &shared).await?, None),
+        Pacing::Closed {
+            users,
+            step_duration,
+            requests_per_step,
+            think,
+            requests,
+        } => {
+            let plan = ClosedLoop {
+                users,
+                step_duration,
+                requests_per_step,
+                think,
+                requests,
+            };
+            let ended = closed::run(plan, &shared, &summary, config.stop_rule).await?;
+            (ended.complete, ended.stopped_early)
+        }
+    };
+    // In-flight requests were awaited where they were sent: the open loop drains its own
+    // (bounded by `drain` after a stop), a closed-loop step waits for its users.
+    drop(shared);
+    if stop.load(Ordering::Relaxed) {
+        complete = false;
+    }
+    drop(done_tx);
+    let recorded = writer_thread
+        .join()
+        .map_err(|_| ReplayError::Config("the result writer panicked".into()))??;
+    let summary = summary.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let overall = summary.overall();
+    let intended_s = config.intended.map(|d| d.as_secs_f64());
+    // Events still waiting when the workload ended did not happen; those done are kept.
+    let mut events_task = events_task;
+    let event_records =
+        match tokio::time::timeout(Duration::from_millis(100), &mut events_task).await {
+            Ok(Ok(r)) => r,
+            _ => {
+                events_task.abort();
+                Vec::new()
+            }
+        };
+    write::events(&config, &event_records)?;
+    let monitor = match monitor {
+        Some(m) => match m.stop() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("monitor: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    let run_summary = RunSummary {
+        run_id: config.run_id.clone(),
+        complete,
+        recorded,
+        aborted: aborted.lock().unwrap_or_else(|e| e.into_inner()).take(),
+        targets: config.target_labels().to_vec(),
+        intended_s,
+        intended_throughput: intended_s
+            .filter(|s| *s > 0.0)
+            .map(|s| overall.ok as f64 / s),
+        overall,
+        phases: summary.phases(),
+        stopped_early,
+        requests_file,
+        events: event_records,
+        monitor,
+    };
+    let info = write::run_info(&config, &clock, &run_summary);
+    reprise_trace::run::write_json(&config.run_dir.join("run.json"), &info)?;
+    Ok(run_summary)
+}
