@@ -105,7 +105,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let recorder = Recorder::start(config).await?;
+        let recorder = Recorder::start(config).await.map_err(|e| {
+            // The library names the setting; the flag it came from is added here.
+            let text = e.to_string();
+            if text.starts_with("upstream `") {
+                anyhow::anyhow!("--{text}")
+            } else if text.starts_with("the sampled fraction") {
+                anyhow::anyhow!("--sample: {text}")
+            } else {
+                anyhow::Error::new(e)
+            }
+        })?;
         eprintln!(
             "reprise record: http://{} -> {} recording to {}{}; Ctrl-C stops",
             recorder.addr(),

@@ -1,0 +1,131 @@
+//! How a recorder runs ([`RecordConfig`]) and the checks made before it starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::RecordError;
+use crate::observe::ObserveOptions;
+use crate::salt;
+
+/// How a recorder runs.
+#[derive(Debug, Clone)]
+pub struct RecordConfig {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// The admin port (`/metrics`, `/health`), if any.
+    pub admin: Option<SocketAddr>,
+    /// The server requests go to (`http(s)://host:port`, optionally with a path prefix).
+    pub upstream: String,
+    /// Output directory of part files.
+    pub out: PathBuf,
+    /// What is derived from each exchange.
+    pub observe: ObserveOptions,
+    /// Header whose value (salted and hashed) becomes `session_id`; else the `user` field.
+    pub session_header: Option<String>,
+    /// Fraction of requests recorded (all are forwarded).
+    pub sample: f64,
+    /// Record only paths starting with one of these (all when empty).
+    pub paths: Vec<String>,
+    /// Record only these models (all when empty).
+    pub models: Vec<String>,
+    /// A part file is finished (made valid) this often when rows arrived.
+    pub flush_interval: Duration,
+    /// A part file holds at most this many rows.
+    pub part_max_rows: u64,
+    /// Request and response bodies up to this size are kept for observation; bigger ones
+    /// pass through and are recorded with what is known.
+    pub max_observed_body: usize,
+    /// Time to connect to the upstream and get its response head.
+    pub upstream_timeout: Duration,
+    /// Observation worker threads.
+    pub workers: usize,
+    /// Exchanges waiting for a worker before rows are written without tokenizing.
+    pub queue: usize,
+    /// How long `shutdown` waits for exchanges in flight.
+    pub drain: Duration,
+}
+
+impl RecordConfig {
+    /// Defaults for the given addresses and output.
+    pub fn new(
+        listen: SocketAddr,
+        upstream: impl Into<String>,
+        out: PathBuf,
+        salt: salt::Salt,
+    ) -> Self {
+        RecordConfig {
+            listen,
+            admin: None,
+            upstream: upstream.into(),
+            out,
+            observe: ObserveOptions {
+                block_tokens: 16,
+                record_content: false,
+                salt,
+            },
+            session_header: None,
+            sample: 1.0,
+            paths: Vec::new(),
+            models: Vec::new(),
+            flush_interval: Duration::from_secs(1),
+            part_max_rows: 1_000_000,
+            max_observed_body: 16 << 20,
+            upstream_timeout: Duration::from_secs(600),
+            workers: 2,
+            queue: 10_000,
+            drain: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RecordConfig {
+    /// Checks the settings and parses the upstream URL.
+    pub fn check(&self) -> Result<reqwest::Url, RecordError> {
+        let upstream = reqwest::Url::parse(&self.upstream)
+            .map_err(|e| RecordError::Config(format!("upstream `{}`: {e}", self.upstream)))?;
+        if !matches!(upstream.scheme(), "http" | "https") {
+            return Err(RecordError::Config(format!(
+                "upstream `{}`: must be http:// or https://",
+                self.upstream
+            )));
+        }
+        if !(self.sample > 0.0 && self.sample <= 1.0) {
+            return Err(RecordError::Config(format!(
+                "the sampled fraction must be in (0, 1], got {}",
+                self.sample
+            )));
+        }
+        Ok(upstream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(upstream: &str, sample: f64) -> RecordConfig {
+        let mut c = RecordConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            upstream,
+            PathBuf::from("/tmp/x"),
+            salt::Salt::from_bytes(&[7; 32]),
+        );
+        c.sample = sample;
+        c
+    }
+
+    #[test]
+    fn upstreams_and_samples_are_checked() {
+        assert_eq!(
+            config("http://h:8000/llm", 1.0).check().unwrap().as_str(),
+            "http://h:8000/llm"
+        );
+        let e = config("ftp://h", 1.0).check().unwrap_err().to_string();
+        assert_eq!(e, "upstream `ftp://h`: must be http:// or https://");
+        assert!(config("not a url", 1.0).check().is_err());
+        assert!(config("http://h", 0.0).check().is_err());
+        assert!(config("http://h", 1.5).check().is_err());
+        assert!(config("http://h", 0.25).check().is_ok());
+    }
+}

@@ -1,0 +1,347 @@
+//! The forwarding path: one exchange from the client's request to the upstream's response
+//! head ([`handle`]), with the decisions made on the way — whether the exchange is recorded
+//! (path and model filters, sampling), which headers pass (hop-by-hop ones do not), where
+//! it goes upstream, and how a failure is answered and classed. The response body is then
+//! streamed through a [`Tap`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use rand::RngExt;
+use reprise_protocol::openai::error_body;
+use reprise_trace::Timestamp;
+
+use crate::body::{ProxyBody, Tap};
+use crate::config::RecordConfig;
+use crate::observe::Exchange;
+use crate::sink::Sink;
+use crate::upstream::{UpstreamBody, UpstreamClient, chain, upstream_url};
+
+/// What every exchange shares.
+pub(crate) struct Shared {
+    pub(crate) config: RecordConfig,
+    pub(crate) client: UpstreamClient,
+    pub(crate) upstream: reqwest::Url,
+    pub(crate) sink: Arc<Sink>,
+    pub(crate) next_id: AtomicU64,
+    /// Prefix of this recorder's request ids.
+    pub(crate) run_tag: String,
+    pub(crate) stopping: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("upstream", &self.upstream.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+fn forwardable(name: &HeaderName) -> bool {
+    !HOP_BY_HOP.contains(&name.as_str()) && name != header::UPGRADE
+}
+
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::text(error_body(
+        message,
+        "proxy_error",
+        None,
+        Some(status.as_u16()),
+    )));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+pub(crate) fn wall_now() -> Timestamp {
+    Timestamp(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64),
+    )
+}
+
+/// Whether this request is recorded: path and model filters, then sampling.
+fn wanted(config: &RecordConfig, path: &str, body: Option<&Bytes>) -> bool {
+    if !config.paths.is_empty() && !config.paths.iter().any(|p| path.starts_with(p.as_str())) {
+        return false;
+    }
+    if !config.models.is_empty() {
+        let model = body
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+            .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_owned));
+        if !model.is_some_and(|m| config.models.contains(&m)) {
+            return false;
+        }
+    }
+    config.sample >= 1.0 || rand::rng().random::<f64>() < config.sample
+}
+
+pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let s = &*shared;
+    let started = Instant::now();
+    let arrival = wall_now();
+    s.sink.begin();
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    // The request body: kept whole up to the observation limit (it is JSON to parse); a
+    // bigger one is refused with a clear answer rather than held in memory.
+    let body = match Limited::new(body, s.config.max_observed_body)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            s.sink.done();
+            let too_big = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            return if too_big {
+                json_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!(
+                        "reprise record: request body over {} bytes",
+                        s.config.max_observed_body
+                    ),
+                )
+            } else {
+                json_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("reprise record: reading the request: {e}"),
+                )
+            };
+        }
+    };
+    let record = wanted(&s.config, &path, Some(&body));
+    if !record {
+        s.sink.counters.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+    let session_header = s
+        .config
+        .session_header
+        .as_ref()
+        .and_then(|h| parts.headers.get(h.as_str()))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut x = Exchange {
+        request_id: format!(
+            "{}-{:08}",
+            s.run_tag,
+            s.next_id.fetch_add(1, Ordering::Relaxed)
+        ),
+        arrival,
+        path: path.clone(),
+        body: Some(body.clone()),
+        session_header,
+        ..Exchange::default()
+    };
+
+    let url = upstream_url(&s.upstream, &path_and_query);
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    for (k, v) in &parts.headers {
+        if forwardable(k) && k != header::HOST && k != header::CONTENT_LENGTH {
+            headers.append(k.clone(), v.clone());
+        }
+    }
+    let sent = match &s.client {
+        UpstreamClient::Plain(client) => {
+            let mut request = Request::builder()
+                .method(parts.method.clone())
+                .uri(url.as_str())
+                .body(http_body_util::Full::new(body));
+            if let Ok(r) = request.as_mut() {
+                *r.headers_mut() = headers;
+            }
+            match request {
+                Ok(request) => {
+                    tokio::time::timeout(s.config.upstream_timeout, client.request(request))
+                        .await
+                        .map(|r| {
+                            r.map(|r| r.map(UpstreamBody::Plain))
+                                .map_err(|e| (false, chain(&e)))
+                        })
+                }
+                Err(e) => Ok(Err((false, e.to_string()))),
+            }
+        }
+        UpstreamClient::Tls(client) => {
+            let request = client
+                .request(parts.method.clone(), url)
+                .headers(headers)
+                .body(body);
+            tokio::time::timeout(s.config.upstream_timeout, request.send())
+                .await
+                .map(|r| {
+                    r.map(|r| hyper::Response::<reqwest::Body>::from(r).map(UpstreamBody::Tls))
+                        .map_err(|e| (e.is_timeout(), chain(&e)))
+                })
+        }
+    };
+    let response = match sent {
+        Ok(Ok(r)) => r,
+        Ok(Err((timeout, msg))) => {
+            let (status, class) = if timeout {
+                (StatusCode::GATEWAY_TIMEOUT, "timeout")
+            } else {
+                (StatusCode::BAD_GATEWAY, "connect")
+            };
+            return fail(
+                &shared,
+                x,
+                record,
+                started,
+                status,
+                class,
+                &format!("reprise record: upstream {}: {msg}", s.upstream),
+            );
+        }
+        Err(_) => {
+            return fail(
+                &shared,
+                x,
+                record,
+                started,
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                &format!(
+                    "reprise record: upstream {} sent no response within {:?}",
+                    s.upstream, s.config.upstream_timeout
+                ),
+            );
+        }
+    };
+    x.status = response.status().as_u16();
+    x.streamed = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let mut out = Response::builder().status(response.status());
+    if let Some(h) = out.headers_mut() {
+        for (k, v) in response.headers() {
+            if forwardable(k) {
+                h.append(k.clone(), v.clone());
+            }
+        }
+    }
+    let upstream_body = response.into_body();
+    let tap = Tap::new(s.sink.clone(), upstream_body, x, record, started);
+    out.body(ProxyBody::Stream(Box::new(tap)))
+        .unwrap_or_else(|e| json_error(StatusCode::BAD_GATEWAY, &format!("reprise record: {e}")))
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "a failed exchange's row needs everything measured so far"
+)]
+fn fail(
+    shared: &Shared,
+    mut x: Exchange,
+    record: bool,
+    started: Instant,
+    status: StatusCode,
+    class: &str,
+    message: &str,
+) -> Response<ProxyBody> {
+    let s = &shared.sink;
+    tracing::warn!("{message}");
+    s.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
+    x.status = status.as_u16();
+    x.failure = Some(class.to_owned());
+    x.e2e = Some(started.elapsed());
+    if record {
+        s.submit(x);
+    }
+    s.done();
+    json_error(status, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn config() -> RecordConfig {
+        RecordConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            "http://h",
+            PathBuf::from("/tmp/x"),
+            crate::salt::Salt::from_bytes(&[3; 32]),
+        )
+    }
+
+    #[test]
+    fn filters_decide_what_is_recorded() {
+        let body = Bytes::from_static(br#"{"model":"llama","messages":[]}"#);
+        let mut c = config();
+        assert!(wanted(&c, "/v1/chat/completions", Some(&body)));
+        c.paths = vec!["/v1/completions".into()];
+        assert!(!wanted(&c, "/v1/chat/completions", Some(&body)));
+        assert!(wanted(&c, "/v1/completions", Some(&body)));
+        c.paths.clear();
+        c.models = vec!["qwen".into()];
+        assert!(!wanted(&c, "/v1/chat/completions", Some(&body)));
+        c.models.push("llama".into());
+        assert!(wanted(&c, "/v1/chat/completions", Some(&body)));
+        // A body that names no model is not one of the models asked for.
+        assert!(!wanted(&c, "/v1/chat/completions", Some(&Bytes::from_static(b"{}"))));
+        assert!(!wanted(&c, "/v1/chat/completions", None));
+    }
+
+    #[test]
+    fn sampling_keeps_about_its_fraction() {
+        let mut c = config();
+        c.sample = 0.25;
+        let kept = (0..20_000).filter(|_| wanted(&c, "/", None)).count();
+        // Binomial(20000, 0.25): sd 61; 6 sd either side.
+        assert!((4_634..=5_366).contains(&kept), "{kept}");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_do_not_pass() {
+        for h in ["connection", "keep-alive", "transfer-encoding", "upgrade", "te"] {
+            assert!(!forwardable(&HeaderName::from_static(h)), "{h}");
+        }
+        for h in ["authorization", "content-type", "x-session-id"] {
+            assert!(forwardable(&HeaderName::from_static(h)), "{h}");
+        }
+    }
+
+    #[test]
+    fn proxy_errors_are_openai_json() {
+        let r = json_error(StatusCode::BAD_GATEWAY, "upstream down");
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        let ProxyBody::Full(Some(b)) = r.into_body() else {
+            panic!("a fixed body")
+        };
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["error"]["message"], "upstream down");
+        assert_eq!(v["error"]["type"], "proxy_error");
+    }
+}
