@@ -1,14 +1,19 @@
 //! End-to-end tests: drive the real `reprise` binary on real data (the shipped sample trace,
-//! the public traces in `tests/data`, and small fixtures).
+//! the public traces in `tests/data`, and small fixtures), and the libraries across crate
+//! boundaries (a replay against the simulator analysed by the analyzer's library). Tests of
+//! one crate alone live beside it; every test that crosses crates lives here.
 
 mod support;
 
 mod cli;
 mod contract;
 mod import_inspect;
+mod knee_sim;
 mod llama_server;
 mod monitor;
+mod monitor_sim;
 mod record;
+mod record_sim;
 mod replay;
 mod sim;
 mod synth;

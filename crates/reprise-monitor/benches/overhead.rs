@@ -8,8 +8,6 @@
 //! cargo bench -p reprise-monitor --bench overhead [-- --seconds 10]
 //! ```
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use reprise_monitor::{Monitor, MonitorConfig};
@@ -73,28 +71,6 @@ fn exposition() -> String {
     s
 }
 
-fn serve() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let body = exposition();
-    std::thread::Builder::new()
-        .name("endpoint".into())
-        .spawn(move || {
-            for s in l.incoming() {
-                let Ok(mut s) = s else { continue };
-                let mut buf = [0u8; 2048];
-                let _ = s.read(&mut buf);
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        })
-        .unwrap();
-    format!("http://{addr}/metrics")
-}
-
 fn main() {
     let mut seconds = 10.0;
     let mut args = std::env::args().skip(1);
@@ -103,7 +79,7 @@ fn main() {
             seconds = args.next().and_then(|v| v.parse().ok()).unwrap_or(seconds);
         }
     }
-    let url = serve();
+    let url = format!("{}/metrics", reprise_stub::fixed::spawn(exposition()));
     println!("| interval | sampling | samples | monitor CPU s | wall s | CPU share of one core |");
     println!("|---|---|---|---|---|---|");
     for interval_ms in [100u64, 500] {

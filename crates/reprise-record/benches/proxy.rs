@@ -11,128 +11,18 @@
 //!
 //! Run: `cargo bench -p reprise-record --bench proxy`.
 
-use std::convert::Infallible;
 use std::io::BufRead;
-use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty};
 use reprise_record::salt::Salt;
 use reprise_record::{RecordConfig, Recorder};
 
-const USAGE: &[u8] = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":8,\"completion_tokens\":16,\"total_tokens\":24}}\n\ndata: [DONE]\n\n";
-
-fn wall_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
-fn event(i: u32) -> Bytes {
-    Bytes::from(format!(
-        "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" t{i}\"}}}}],\"sent_ns\":{}}}\n\n",
-        wall_ns()
-    ))
-}
-
-/// 16 events `gap` apart (all at once when `gap` is zero), usage, `[DONE]`.
-struct Events {
-    next: u32,
-    gap: Duration,
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl Body for Events {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.next > 16 {
-            return Poll::Ready(None);
-        }
-        if self.gap.is_zero() {
-            let mut all = Vec::new();
-            for i in 0..16 {
-                all.extend_from_slice(&event(i));
-            }
-            all.extend_from_slice(USAGE);
-            self.next = 17;
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(all)))));
-        }
-        if self.next > 0 {
-            if self.timer.is_none() {
-                let gap = self.gap;
-                self.timer = Some(Box::pin(tokio::time::sleep(gap)));
-            }
-            if self
-                .timer
-                .as_mut()
-                .is_some_and(|t| t.as_mut().poll(cx).is_pending())
-            {
-                return Poll::Pending;
-            }
-            self.timer = None;
-        }
-        let i = self.next;
-        self.next += 1;
-        if i == 16 {
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(USAGE)))));
-        }
-        Poll::Ready(Some(Ok(Frame::data(event(i)))))
-    }
-}
-
-fn serve() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        println!("{}", listener.local_addr().expect("addr"));
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let paced = req.uri().path().starts_with("/paced");
-                        let _ = req.into_body().collect().await;
-                        let mut r = hyper::Response::new(Events {
-                            next: 0,
-                            gap: if paced {
-                                Duration::from_millis(1)
-                            } else {
-                                Duration::ZERO
-                            },
-                            timer: None,
-                        });
-                        r.headers_mut().insert(
-                            "content-type",
-                            hyper::header::HeaderValue::from_static("text/event-stream"),
-                        );
-                        Ok::<_, Infallible>(r)
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-}
+use reprise_stub::sse::wall_ns;
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
@@ -216,7 +106,7 @@ async fn throughput(addr: &str, conns: usize, secs: f64) -> f64 {
 
 fn main() {
     if std::env::args().any(|a| a == "--serve") {
-        serve();
+        reprise_stub::sse::serve_forever(reprise_stub::sse::Style::ChatStamped);
         return;
     }
     let exe = std::env::current_exe().expect("exe");

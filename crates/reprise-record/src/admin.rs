@@ -24,4 +24,3 @@ pub(crate) async fn admin(shared: Arc<Shared>, req: Request<Incoming>) -> Respon
         _ => json_error(StatusCode::NOT_FOUND, "not found: /metrics, /health"),
     }
 }
-

@@ -263,7 +263,13 @@ mod tests {
         };
         let inner = UpstreamBody::Tls(reqwest::Body::from(body));
         (
-            Tap::new(sink, inner, x, true, Instant::now() - Duration::from_millis(5)),
+            Tap::new(
+                sink,
+                inner,
+                x,
+                true,
+                Instant::now() - Duration::from_millis(5),
+            ),
             obs_rx,
             rows,
         )
@@ -285,7 +291,12 @@ mod tests {
         assert!(x.ttft.unwrap() >= Duration::from_millis(5));
         assert_eq!(x.usage.map(|u| u.completion_tokens), Some(2));
         assert_eq!(x.failure, None);
-        assert_eq!(sink.counters.in_flight.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(
+            sink.counters
+                .in_flight
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 
     #[tokio::test]
@@ -306,7 +317,12 @@ mod tests {
         let x = obs.try_recv().unwrap();
         assert_eq!(x.failure.as_deref(), Some("client_disconnect"));
         assert!(x.e2e.is_some());
-        assert_eq!(sink.counters.in_flight.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(
+            sink.counters
+                .in_flight
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 
     #[test]

@@ -85,10 +85,14 @@ mod tests {
         c.dropped.fetch_add(1, Ordering::Relaxed);
         c.in_flight.fetch_add(2, Ordering::Relaxed);
         let text = c.render();
-        assert!(text.contains("# TYPE reprise_record_forwarded_total counter\nreprise_record_forwarded_total 3\n"));
+        assert!(text.contains(
+            "# TYPE reprise_record_forwarded_total counter\nreprise_record_forwarded_total 3\n"
+        ));
         assert!(text.contains("reprise_record_dropped_total 1\n"));
         assert!(text.contains("reprise_record_recorded_total 0\n"));
-        assert!(text.contains("# TYPE reprise_record_in_flight gauge\nreprise_record_in_flight 2\n"));
+        assert!(
+            text.contains("# TYPE reprise_record_in_flight gauge\nreprise_record_in_flight 2\n")
+        );
         // Every line parses as the exposition format: comments or `name value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.split_once(' ').unwrap();

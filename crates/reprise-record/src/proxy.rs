@@ -309,7 +309,11 @@ mod tests {
         c.models.push("llama".into());
         assert!(wanted(&c, "/v1/chat/completions", Some(&body)));
         // A body that names no model is not one of the models asked for.
-        assert!(!wanted(&c, "/v1/chat/completions", Some(&Bytes::from_static(b"{}"))));
+        assert!(!wanted(
+            &c,
+            "/v1/chat/completions",
+            Some(&Bytes::from_static(b"{}"))
+        ));
         assert!(!wanted(&c, "/v1/chat/completions", None));
     }
 
@@ -324,7 +328,13 @@ mod tests {
 
     #[test]
     fn hop_by_hop_headers_do_not_pass() {
-        for h in ["connection", "keep-alive", "transfer-encoding", "upgrade", "te"] {
+        for h in [
+            "connection",
+            "keep-alive",
+            "transfer-encoding",
+            "upgrade",
+            "te",
+        ] {
             assert!(!forwardable(&HeaderName::from_static(h)), "{h}");
         }
         for h in ["authorization", "content-type", "x-session-id"] {

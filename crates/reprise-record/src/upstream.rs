@@ -116,7 +116,10 @@ mod tests {
             "http://h:8000/llm/v1/chat/completions?x=1"
         );
         let bare = reqwest::Url::parse("http://h:8000").unwrap();
-        assert_eq!(upstream_url(&bare, "/v1/models").as_str(), "http://h:8000/v1/models");
+        assert_eq!(
+            upstream_url(&bare, "/v1/models").as_str(),
+            "http://h:8000/v1/models"
+        );
     }
 
     #[test]
@@ -135,7 +138,10 @@ mod tests {
         }
         let e = E(
             "connect failed: refused",
-            Some(Box::new(E("refused", Some(Box::new(E("os error 111", None)))))),
+            Some(Box::new(E(
+                "refused",
+                Some(Box::new(E("os error 111", None))),
+            ))),
         );
         assert_eq!(chain(&e), "connect failed: refused: os error 111");
     }

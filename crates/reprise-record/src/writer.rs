@@ -109,4 +109,3 @@ pub(crate) fn writer_loop(
         counters.dropped.load(Ordering::Relaxed) + counters.failed.load(Ordering::Relaxed);
     summary
 }
-

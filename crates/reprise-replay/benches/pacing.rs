@@ -15,17 +15,13 @@
 //! (`--client lean|reqwest` for one HTTP client; both by default, reqwest as the baseline)
 //! or `[-- --soak 600]`.
 
-use std::convert::Infallible;
 use std::io::BufRead;
-use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
 use reprise_protocol::openai::Api;
 use reprise_protocol::sse::SseParser;
@@ -34,86 +30,6 @@ use reprise_replay::pace::Pacer;
 use reprise_replay::prompt::PromptBuilder;
 use reprise_replay::workload::{Process, RatePlan, RateStep, Sizes};
 use reprise_replay::{HttpClient, Pacing, Progress, ReplayConfig, RunSummary, run};
-
-const EVENT: &str = "data: {\"id\":\"cmpl-0\",\"object\":\"text_completion\",\"created\":0,\"model\":\"m\",\"choices\":[{\"index\":0,\"text\":\" the\",\"logprobs\":null,\"finish_reason\":null}]}\n\n";
-const TAIL: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":16,\"completion_tokens\":16,\"total_tokens\":32}}\n\ndata: [DONE]\n\n";
-
-/// A response body: the first event at once; the other 15, usage and `[DONE]` after
-/// `hold` (or at once, in the same write, without one).
-struct Sixteen {
-    first: bool,
-    hold: Option<Pin<Box<tokio::time::Sleep>>>,
-    done: bool,
-}
-
-impl Body for Sixteen {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        if self.first {
-            self.first = false;
-            if self.hold.is_some() {
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(EVENT.as_bytes())))));
-            }
-            self.done = true;
-            let all = format!("{}{TAIL}", EVENT.repeat(16));
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(all)))));
-        }
-        if let Some(hold) = self.hold.as_mut()
-            && hold.as_mut().poll(cx).is_pending()
-        {
-            return Poll::Pending;
-        }
-        self.done = true;
-        let rest = format!("{}{TAIL}", EVENT.repeat(15));
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))))
-    }
-}
-
-/// The no-op server: `/hold/...` holds each stream for `HOLD`.
-const HOLD: Duration = Duration::from_secs(5);
-
-fn serve() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        println!("{}", listener.local_addr().expect("addr"));
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let hold = req.uri().path().starts_with("/hold/");
-                        let _ = req.into_body().collect().await;
-                        let body = Sixteen {
-                            first: true,
-                            hold: hold.then(|| Box::pin(tokio::time::sleep(HOLD))),
-                            done: false,
-                        };
-                        Ok::<_, Infallible>(hyper::Response::new(body))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-}
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
@@ -338,7 +254,7 @@ fn concurrency(rt: &tokio::runtime::Runtime, base: &str) {
     let streams = 19_000.0;
     println!(
         "\n## Concurrency: {streams:.0} streams opened over 2 s, each held {} s\n",
-        HOLD.as_secs()
+        reprise_stub::sse::HOLD.as_secs()
     );
     let before = rss_kib();
     let progress = Arc::new(Progress::default());
@@ -447,7 +363,7 @@ fn client_ttft(rt: &tokio::runtime::Runtime, base: &str) {
 
 fn sse() {
     let events = 1_000_000;
-    let text = EVENT.repeat(events);
+    let text = reprise_stub::sse::COMPLETION_EVENT.repeat(events);
     let bytes = text.as_bytes();
     let start = Instant::now();
     let mut ends = 0usize;
@@ -544,7 +460,7 @@ fn soak(rt: &tokio::runtime::Runtime, base: &str, secs: f64) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--serve") {
-        serve();
+        reprise_stub::sse::serve_forever(reprise_stub::sse::Style::Completion);
         return;
     }
     let soak_secs = args

@@ -1,6 +1,6 @@
 //! What a replay is told: [`ReplayConfig`] (targets, request shape, limits, output) and
 //! [`Pacing`] (the open-loop plan, or closed-loop users), the executor's two inputs, and the
-//! ramp's [`StopRule`]. Built by [`crate::prepare`] from a [`crate::Spec`], or directly by
+//! ramp's [`StopRule`]. Built by [`crate::prepare()`] from a [`crate::Spec`], or directly by
 //! tests and benches.
 
 use std::path::PathBuf;
@@ -153,7 +153,7 @@ impl ReplayConfig {
 /// Which HTTP client sends the requests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum HttpClient {
-    /// The lean HTTP/1.1 client ([`h1`]) for `http://` targets when no proxy is set in the
+    /// The lean HTTP/1.1 client ([`crate::h1`]) for `http://` targets when no proxy is set in the
     /// environment; `reqwest` for the others.
     #[default]
     Auto,

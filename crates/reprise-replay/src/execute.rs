@@ -1,5 +1,5 @@
 //! The executor: [`run`] sets up the run's clock, clients, samplers and writer thread,
-//! runs the open loop ([`crate::open`]) or the closed loop ([`crate::closed`]) and the run's
+//! runs the open loop (`open`) or the closed loop (`closed`) and the run's
 //! events beside them, and writes the run directory ([`crate::write`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -7,12 +7,12 @@
 //!    presets over it) and a [`ReplayConfig`] — becomes [`Prepared`]: simulators started,
 //!    URL targets checked, the model resolved, prompts sized, and the plan ([`Pacing`])
 //!    dealt once.
-//! 2. **execute** ([`run`]): the open loop ([`open`]: sender threads release each request
+//! 2. **execute** ([`run`]): the open loop (`open`: sender threads release each request
 //!    at its absolute deadline `t0 + offset`, [`pace::Pacer`]) or the closed loop
-//!    ([`closed`]: users that send, wait and think), both over one request path
-//!    ([`send`], [`client`], the lean HTTP/1.1 client [`h1`]). Every request records
+//!    (`closed`: users that send, wait and think), both over one request path
+//!    (`send`, [`client`], the lean HTTP/1.1 client [`h1`]). Every request records
 //!    `scheduled`, `sent` and `queue = sent − scheduled`.
-//! 3. **write** ([`write`]): one writer thread turns each finished request into its
+//! 3. **write** ([`mod@write`]): one writer thread turns each finished request into its
 //!    `result/1` row ([`row::row`], a pure function) and summary sample, streaming rows to
 //!    `requests.parquet`; at the end `run.json` ([`RunInfo`]) and `events.json`.
 //!

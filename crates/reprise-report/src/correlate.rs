@@ -14,16 +14,8 @@ use std::collections::BTreeMap;
 use polars::prelude::*;
 use serde::Serialize;
 
-use crate::side::{KV_CACHE, WAITING};
+use crate::series::{KV_CACHE, RUNNING, WAITING};
 use crate::{ReportError, Run};
-
-/// Gauges of requests running (the achieved batch size), by server.
-pub const RUNNING: [&str; 4] = [
-    "vllm:num_requests_running",
-    "sglang:num_running_reqs",
-    "tgi_batch_current_size",
-    "llamacpp:requests_processing",
-];
 
 /// One time bin.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

@@ -284,7 +284,7 @@ pub struct Gaps {
     pub ranges: Vec<Dist>,
     /// The overall CDF: (percentile, ms) at [`crate::metrics::CDF_PROBS`].
     pub cdf: Vec<(f64, f64)>,
-    /// Whether the pass had to wait for the window counts (more than [`MAX_OPEN_BLIND`]
+    /// Whether the pass had to wait for the window counts (more than `MAX_OPEN_BLIND`
     /// windows were open without them).
     pub waited: bool,
 }

@@ -13,6 +13,7 @@
 use serde::Serialize;
 
 use crate::correlate::Correlation;
+use crate::side::StepSide;
 
 use crate::metrics::Stats;
 
@@ -38,23 +39,6 @@ impl Default for Rules {
             queue_limit_ms: 1.0,
         }
     }
-}
-
-/// Measurements beside a step, from the server's metrics and the GPUs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct StepSide {
-    /// Mean GPU utilisation, %.
-    pub gpu_util_pct: Option<f64>,
-    /// Mean GPU memory used / total, %.
-    pub gpu_mem_pct: Option<f64>,
-    /// Mean of the server's waiting-requests gauge (`vllm:num_requests_waiting` or alike).
-    pub server_waiting: Option<f64>,
-    /// Mean of the server's KV-cache usage gauge, % (`vllm:gpu_cache_usage_perc` or alike).
-    pub kv_cache_pct: Option<f64>,
-    /// Mean of the server's running-requests gauge: the achieved batch size.
-    pub server_running: Option<f64>,
-    /// Mean CPU utilisation of the load generator's host, %.
-    pub host_cpu_pct: Option<f64>,
 }
 
 /// What the search found.

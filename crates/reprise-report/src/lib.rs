@@ -26,6 +26,7 @@ pub mod knee;
 pub mod load;
 pub mod metrics;
 pub mod render;
+pub mod series;
 pub mod side;
 pub mod windows;
 
@@ -136,7 +137,7 @@ pub struct Report {
     /// Each step (or phase), in order of load.
     pub steps: Vec<Stats>,
     /// GPU and server figures per step (same order; empty when none were recorded).
-    pub side: Vec<knee::StepSide>,
+    pub side: Vec<side::StepSide>,
     /// Window length, s.
     pub window_s: f64,
     /// The run over time.

@@ -2,25 +2,28 @@
 //! (first `sent` to last `done` of its requests), for the step table and the diagnosis.
 
 use polars::prelude::*;
+use serde::Serialize;
 
-use crate::knee::StepSide;
 use crate::metrics::Stats;
+use crate::series::{KV_CACHE, RUNNING, WAITING};
 use crate::{ReportError, Run};
 
-/// Gauges of requests waiting in the server's queue, by server.
-pub const WAITING: [&str; 4] = [
-    "vllm:num_requests_waiting",
-    "sglang:num_queue_reqs",
-    "tgi_queue_size",
-    "llamacpp:requests_deferred",
-];
-
-/// Gauges of KV-cache use (fractions 0-1), by server.
-pub const KV_CACHE: [&str; 3] = [
-    "vllm:gpu_cache_usage_perc",
-    "vllm:kv_cache_usage_perc",
-    "sglang:token_usage",
-];
+/// Measurements beside a step, from the server's metrics and the GPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct StepSide {
+    /// Mean GPU utilisation, %.
+    pub gpu_util_pct: Option<f64>,
+    /// Mean GPU memory used / total, %.
+    pub gpu_mem_pct: Option<f64>,
+    /// Mean of the server's waiting-requests gauge (`vllm:num_requests_waiting` or alike).
+    pub server_waiting: Option<f64>,
+    /// Mean of the server's KV-cache usage gauge, % (`vllm:gpu_cache_usage_perc` or alike).
+    pub kv_cache_pct: Option<f64>,
+    /// Mean of the server's running-requests gauge: the achieved batch size.
+    pub server_running: Option<f64>,
+    /// Mean CPU utilisation of the load generator's host, %.
+    pub host_cpu_pct: Option<f64>,
+}
 
 fn mean_in(
     lf: &LazyFrame,
@@ -91,13 +94,7 @@ pub fn per_step(
                 side.server_waiting = mean_in(server, col("value"), Some(names(&WAITING)), a, b)?;
                 side.kv_cache_pct =
                     mean_in(server, col("value"), Some(names(&KV_CACHE)), a, b)?.map(|f| f * 100.0);
-                side.server_running = mean_in(
-                    server,
-                    col("value"),
-                    Some(names(&crate::correlate::RUNNING)),
-                    a,
-                    b,
-                )?;
+                side.server_running = mean_in(server, col("value"), Some(names(&RUNNING)), a, b)?;
                 side.host_cpu_pct = mean_in(
                     server,
                     col("value"),

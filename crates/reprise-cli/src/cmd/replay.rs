@@ -242,7 +242,7 @@ pub struct Args {
     /// Longest silence inside a stream (and before the first byte), seconds.
     #[arg(long, default_value_t = 60.0)]
     token_timeout: f64,
-    /// Run directory (default runs/<run id>). An existing run there is not overwritten
+    /// Run directory (default `runs/<run id>`). An existing run there is not overwritten
     /// without --force.
     #[arg(long)]
     out: Option<PathBuf>,

@@ -26,7 +26,7 @@ pub struct Args {
     /// Built-in profile.
     #[arg(long, default_value = "llama-8b-h100", conflicts_with = "profile_file")]
     profile: String,
-    /// JSON profile: a full profile, or {"base": "<built-in>", ...overrides}.
+    /// JSON profile: a full profile, or `{"base": "<built-in>", ...overrides}`.
     #[arg(long, value_name = "FILE")]
     profile_file: Option<PathBuf>,
     /// Print the chosen profile as JSON and exit.

@@ -13,38 +13,7 @@ use reprise_replay::workload::{Process, RatePlan, RateStep, Sizes};
 use reprise_replay::{Pacing, Progress, ReplayConfig, run};
 use reprise_report::{Options, analyze, render};
 use reprise_sim::{Profile, SimConfig, SimServer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
-/// A server that accepts and answers every request with `body` after reading its head,
-/// or never answers when `body` is `None`.
-async fn fake(body: Option<&'static str>) -> String {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            match body {
-                None => held.push(s),
-                Some(b) => {
-                    tokio::spawn(async move {
-                        let mut buf = [0u8; 4096];
-                        let _ = s.read(&mut buf).await;
-                        let resp = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
-                            b.len()
-                        );
-                        let _ = s.write_all(resp.as_bytes()).await;
-                    });
-                }
-            }
-        }
-    });
-    format!("http://{addr}/metrics")
-}
+use reprise_stub::{dead_url, fixed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitoring_a_ramp_correlates_gpu_with_throughput_and_marks_broken_endpoints() {
@@ -53,12 +22,12 @@ async fn monitoring_a_ramp_correlates_gpu_with_throughput_and_marks_broken_endpo
     let mut sim = SimConfig::new(profile);
     sim.speedup = 5.0;
     let sim = SimServer::start(sim).await.unwrap();
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}/metrics", l.local_addr().unwrap())
-    };
-    let slow = fake(None).await;
-    let garbage = fake(Some("this is { not prometheus\n")).await;
+    let dead = format!("{}/metrics", dead_url());
+    let slow = format!("{}/metrics", fixed::spawn_silent());
+    let garbage = format!(
+        "{}/metrics",
+        fixed::spawn("this is { not prometheus\n".into())
+    );
     let good = format!("{}/metrics", sim.base_url());
 
     let dir = tempfile::tempdir().unwrap();

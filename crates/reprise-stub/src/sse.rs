@@ -1,0 +1,232 @@
+//! A no-op streaming server: every request is read whole and answered `200` with an event
+//! stream of 16 content events, a usage event and `[DONE]`. The path chooses the pace:
+//!
+//! - `/paced…`: events 1 ms apart (a decode rate to measure added latency against);
+//! - `/hold/…`: the first event at once, the rest after [`HOLD`] (streams held open);
+//! - any other path: the whole stream in one write.
+//!
+//! [`Style`] chooses the events' shape: completions (`text`) or chat (`delta.content`,
+//! each stamped with its wall-clock send time in `sent_ns`).
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+
+/// How long `/hold/…` streams are held between their first event and the rest.
+pub const HOLD: Duration = Duration::from_secs(5);
+
+/// Content events per response.
+pub const EVENTS: u32 = 16;
+
+/// The events' shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// `/v1/completions` chunks: `{"choices":[{"text":" the"}]}`, all alike (cheapest to
+    /// serve, so that the server is never the bottleneck of a client measurement).
+    Completion,
+    /// `/v1/chat/completions` chunks with `delta.content`, each carrying `sent_ns`: the
+    /// wall-clock time it was written, to measure per-chunk delay through a proxy.
+    ChatStamped,
+}
+
+/// One completions event, as [`Style::Completion`] sends it.
+pub const COMPLETION_EVENT: &str = "data: {\"id\":\"cmpl-0\",\"object\":\"text_completion\",\"created\":0,\"model\":\"m\",\"choices\":[{\"index\":0,\"text\":\" the\",\"logprobs\":null,\"finish_reason\":null}]}\n\n";
+const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":16,\"completion_tokens\":16,\"total_tokens\":32}}\n\ndata: [DONE]\n\n";
+
+/// Now on the wall clock, ns since the Unix epoch.
+pub fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn event(style: Style, i: u32) -> Bytes {
+    match style {
+        Style::Completion => Bytes::from_static(COMPLETION_EVENT.as_bytes()),
+        Style::ChatStamped => Bytes::from(format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" t{i}\"}}}}],\"sent_ns\":{}}}\n\n",
+            wall_ns()
+        )),
+    }
+}
+
+fn events(style: Style, from: u32) -> Bytes {
+    let mut all = Vec::new();
+    for i in from..EVENTS {
+        all.extend_from_slice(&event(style, i));
+    }
+    all.extend_from_slice(USAGE.as_bytes());
+    Bytes::from(all)
+}
+
+/// How a response is paced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    AtOnce,
+    Gap(Duration),
+    Hold,
+}
+
+/// One response body.
+struct Stream {
+    style: Style,
+    pace: Pace,
+    next: u32,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    done: bool,
+}
+
+impl Body for Stream {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let style = self.style;
+        match self.pace {
+            Pace::AtOnce => {
+                self.done = true;
+                Poll::Ready(Some(Ok(Frame::data(events(style, 0)))))
+            }
+            Pace::Hold => {
+                if self.next == 0 {
+                    self.next = 1;
+                    self.timer = Some(Box::pin(tokio::time::sleep(HOLD)));
+                    return Poll::Ready(Some(Ok(Frame::data(event(style, 0)))));
+                }
+                if let Some(t) = self.timer.as_mut()
+                    && t.as_mut().poll(cx).is_pending()
+                {
+                    return Poll::Pending;
+                }
+                self.done = true;
+                Poll::Ready(Some(Ok(Frame::data(events(style, 1)))))
+            }
+            Pace::Gap(gap) => {
+                if self.next > 0 {
+                    let timer = self
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    self.timer = None;
+                }
+                let i = self.next;
+                self.next += 1;
+                if i == EVENTS {
+                    self.done = true;
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                        USAGE.as_bytes(),
+                    )))));
+                }
+                Poll::Ready(Some(Ok(Frame::data(event(style, i)))))
+            }
+        }
+    }
+}
+
+fn pace_of(path: &str) -> Pace {
+    if path.starts_with("/paced") {
+        Pace::Gap(Duration::from_millis(1))
+    } else if path.starts_with("/hold/") {
+        Pace::Hold
+    } else {
+        Pace::AtOnce
+    }
+}
+
+/// Serves on `listener` until the runtime ends.
+pub async fn serve(listener: tokio::net::TcpListener, style: Style) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(
+                move |req: hyper::Request<hyper::body::Incoming>| async move {
+                    let pace = pace_of(req.uri().path());
+                    let _ = req.into_body().collect().await;
+                    let mut r = hyper::Response::new(Stream {
+                        style,
+                        pace,
+                        next: 0,
+                        timer: None,
+                        done: false,
+                    });
+                    r.headers_mut().insert(
+                        "content-type",
+                        hyper::header::HeaderValue::from_static("text/event-stream"),
+                    );
+                    Ok::<_, Infallible>(r)
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// Binds a loopback port, prints its address (`127.0.0.1:PORT`) on stdout and serves on
+/// a current-thread runtime forever: the body of a bench's `--serve` child process.
+pub fn serve_forever(style: Style) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        println!("{}", listener.local_addr().expect("addr"));
+        serve(listener, style).await;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(style: Style, path: &str) -> (String, u32) {
+        let mut s = Stream {
+            style,
+            pace: pace_of(path),
+            next: 0,
+            timer: None,
+            done: false,
+        };
+        let mut frames = 0;
+        let mut text = String::new();
+        while let Some(f) = std::future::poll_fn(|cx| Pin::new(&mut s).poll_frame(cx)).await {
+            frames += 1;
+            text.push_str(std::str::from_utf8(f.unwrap().data_ref().unwrap()).unwrap());
+        }
+        (text, frames)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_pace_sends_sixteen_events_usage_and_done() {
+        for (path, frames) in [("/v1/completions", 1), ("/paced/x", 17), ("/hold/x", 2)] {
+            for style in [Style::Completion, Style::ChatStamped] {
+                let (text, n) = body(style, path).await;
+                assert_eq!(n, frames, "{path}");
+                let content = text.matches("\"choices\":[{").count();
+                assert_eq!(content, 16, "{path} {style:?}");
+                assert!(text.ends_with("data: [DONE]\n\n"));
+                assert_eq!(text.contains("sent_ns"), style == Style::ChatStamped);
+            }
+        }
+    }
+}
