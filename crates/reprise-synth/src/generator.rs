@@ -193,10 +193,13 @@ where
             (to / a.window_s).ceil() as usize,
         );
         if !(from >= 0.0 && to > from && i < rates.len()) {
-            return Err(SynthError::Config(format!(
-                "--window {from}..{to}: outside the source's 0..{:.0} s",
-                model.source.span_s
-            )));
+            return Err(SynthError::Setting {
+                setting: "window",
+                message: format!(
+                    "{from}..{to}: outside the source's 0..{:.0} s",
+                    model.source.span_s
+                ),
+            });
         }
         rates = rates[i..j.min(rates.len())].to_vec();
         first_window = i;
@@ -207,21 +210,33 @@ where
     }
     let scale = match opts.rate {
         Some(r) if r > 0.0 => r / profile_mean,
-        Some(r) => return Err(SynthError::Config(format!("--rate {r}: must be positive"))),
+        Some(r) => {
+            return Err(SynthError::Setting {
+                setting: "rate",
+                message: format!("{r}: must be positive"),
+            });
+        }
         None => opts.scale,
     };
     if !(scale.is_finite() && scale > 0.0) {
-        return Err(SynthError::Config(format!(
-            "--scale {scale}: must be positive"
-        )));
+        return Err(SynthError::Setting {
+            setting: "scale",
+            message: format!("{scale}: must be positive"),
+        });
     }
     if opts.mode == Mode::Thin && scale > 1.0 {
-        return Err(SynthError::Config(format!(
-            "--mode thin only scales down (got {scale:.3}); use superpose, compress or model"
-        )));
+        return Err(SynthError::Setting {
+            setting: "mode",
+            message: format!(
+                "thin only scales down (got {scale:.3}); use superpose, compress or model"
+            ),
+        });
     }
     if !(opts.length_scale.is_finite() && opts.length_scale > 0.0) {
-        return Err(SynthError::Config("--length-scale must be positive".into()));
+        return Err(SynthError::Setting {
+            setting: "length-scale",
+            message: format!("{}: must be positive", opts.length_scale),
+        });
     }
     let source_duration = match opts.window {
         Some((from, to)) => to - from,
@@ -229,14 +244,22 @@ where
     };
     let duration = opts.duration_s.unwrap_or(source_duration);
     if !(duration.is_finite() && duration > 0.0) {
-        return Err(SynthError::Config("--duration must be positive".into()));
+        return Err(SynthError::Setting {
+            setting: "duration",
+            message: format!("{duration}: must be positive"),
+        });
     }
     let law = match opts.cv {
         Some(cv) if cv > 0.0 => Some(Law::Gamma {
             k: 1.0 / (cv * cv),
             theta: cv * cv,
         }),
-        Some(cv) => return Err(SynthError::Config(format!("--cv {cv}: must be positive"))),
+        Some(cv) => {
+            return Err(SynthError::Setting {
+                setting: "cv",
+                message: format!("{cv}: must be positive"),
+            });
+        }
         None => None,
     };
     // A burstiness asked for replaces the fitted process by a renewal one with that CV.

@@ -41,6 +41,15 @@ pub enum SynthError {
     /// A setting is unusable.
     #[error("{0}")]
     Config(String),
+    /// A named setting has an unusable value. `setting` is the option's name as the
+    /// binaries spell their flags (`scale`, `length-scale`), so that they can name the flag.
+    #[error("{setting} {message}")]
+    Setting {
+        /// The setting.
+        setting: &'static str,
+        /// What is wrong with its value.
+        message: String,
+    },
     /// Reading or writing a trace.
     #[error("{0}")]
     Trace(#[from] reprise_trace::TraceError),
@@ -230,9 +239,14 @@ pub fn plain_model(
     seed: u64,
 ) -> Result<WorkloadModel, SynthError> {
     if !(rate.is_finite() && rate > 0.0 && cv.is_finite() && cv > 0.0) {
-        return Err(SynthError::Config(
-            "--rate and --cv must be positive".into(),
-        ));
+        return Err(SynthError::Setting {
+            setting: if rate.is_finite() && rate > 0.0 {
+                "cv"
+            } else {
+                "rate"
+            },
+            message: format!("must be positive (rate {rate}, cv {cv})"),
+        });
     }
     let law = if (cv - 1.0).abs() < 1e-12 {
         Law::Exponential { mean: 1.0 }

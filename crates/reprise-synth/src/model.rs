@@ -305,7 +305,10 @@ pub fn fit(requests: &[TraceRecord], opts: &FitOptions) -> Result<WorkloadModel,
         )));
     }
     if !(opts.window_s.is_finite() && opts.window_s > 0.0) {
-        return Err(SynthError::Config("--rate-window must be positive".into()));
+        return Err(SynthError::Setting {
+            setting: "rate-window",
+            message: format!("{}: must be positive", opts.window_s),
+        });
     }
     let t0 = requests[0].arrival.0;
     let mut secs: Vec<f64> = requests

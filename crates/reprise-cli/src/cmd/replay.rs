@@ -91,7 +91,7 @@ pub enum BackendArg {
 /// requests with equal prefix hashes share exactly that prefix, and output lengths are forced
 /// (max_tokens + ignore_eos/min_tokens where the backend supports them); the summary reports
 /// how often the server's usage disagreed. Results stream to RUN_DIR/requests.parquet
-/// (result/1) with RUN_DIR/run.json. Ctrl-C stops sending, waits --drain seconds for
+/// (result/1) with RUN_DIR/run.json. Ctrl-C or SIGTERM stops sending, waits --drain seconds for
 /// in-flight requests, writes everything and marks the run incomplete.
 #[derive(Debug, Parser)]
 #[command(
@@ -263,7 +263,7 @@ pub struct Args {
     /// A command during the run: `SECONDS=COMMAND` (run with sh -c). Repeatable.
     #[arg(long, value_name = "SPEC")]
     event_cmd: Vec<String>,
-    /// After Ctrl-C, wait this long for in-flight requests, seconds.
+    /// After Ctrl-C or SIGTERM, wait this long for in-flight requests, seconds.
     #[arg(long, default_value_t = 30.0)]
     drain: f64,
 }

@@ -194,6 +194,16 @@ fn window(text: &str) -> Result<(f64, f64)> {
 
 /// Runs a synth subcommand.
 pub fn run(command: SynthCommand) -> Result<ExitCode> {
+    // The library names a setting whose value is unusable; the flag is named here.
+    run_command(command).map_err(|e| match e.downcast_ref::<reprise_synth::SynthError>() {
+        Some(reprise_synth::SynthError::Setting { setting, message }) => {
+            anyhow::anyhow!("--{setting} {message}")
+        }
+        _ => e,
+    })
+}
+
+fn run_command(command: SynthCommand) -> Result<ExitCode> {
     match command {
         SynthCommand::Fit(a) => {
             let (rows, block_tokens) = load(&a.trace)?;
