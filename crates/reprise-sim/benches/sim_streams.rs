@@ -6,18 +6,12 @@
 //! (with `taskset`, when present). Streams: `REPRISE_BENCH_STREAMS` (default 10,000),
 //! tokens per stream: `REPRISE_BENCH_TOKENS` (default 100).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body::{Body, Frame};
-use http_body_util::BodyExt;
 use reprise_sim::{Profile, SimConfig, SimServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -41,62 +35,17 @@ fn rss_kib() -> u64 {
 
 // ---------- the no-op baseline server ----------
 
-struct NoopStream {
-    left: u32,
-    done: bool,
-}
-
-impl Body for NoopStream {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        let frame = if self.left > 0 {
-            self.left -= 1;
-            Bytes::from(format!(
-                "data: {{\"id\":\"cmpl-0\",\"object\":\"text_completion\",\"created\":0,\"model\":\"m\",\"choices\":[{{\"index\":0,\"text\":\"{}\",\"logprobs\":null,\"finish_reason\":null,\"stop_reason\":null}}]}}\n\n",
-                reprise_tokenizer::output_word(u64::from(self.left))
-            ))
-        } else {
-            self.done = true;
-            Bytes::from_static(b"data: {\"choices\":[{\"index\":0,\"text\":\"\",\"finish_reason\":\"length\"}]}\n\ndata: [DONE]\n\n")
-        };
-        Poll::Ready(Some(Ok(Frame::data(frame))))
-    }
-}
-
 async fn noop_server(tokens: u32) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let _ = req.into_body().collect().await;
-                        Ok::<_, Infallible>(hyper::Response::new(NoopStream {
-                            left: tokens,
-                            done: false,
-                        }))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
+    let options = reprise_stub::sse::Options {
+        style: reprise_stub::sse::Style::Completion,
+        events: tokens,
+        split: true,
+    };
+    tokio::spawn(reprise_stub::sse::serve(listener, options));
     addr
 }
 

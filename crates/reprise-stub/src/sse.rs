@@ -1,9 +1,11 @@
 //! A no-op streaming server: every request is read whole and answered `200` with an event
-//! stream of 16 content events, a usage event and `[DONE]`. The path chooses the pace:
+//! stream of [`Options::events`] content events (16 by default), a usage event and
+//! `[DONE]`. The path chooses the pace:
 //!
 //! - `/paced…`: events 1 ms apart (a decode rate to measure added latency against);
 //! - `/hold/…`: the first event at once, the rest after [`HOLD`] (streams held open);
-//! - any other path: the whole stream in one write.
+//! - any other path: the whole stream in one write, or one frame per event without a
+//!   pause with [`Options::split`].
 //!
 //! [`Style`] chooses the events' shape: completions (`text`) or chat (`delta.content`,
 //! each stamped with its wall-clock send time in `sent_ns`).
@@ -20,8 +22,30 @@ use http_body_util::BodyExt;
 /// How long `/hold/…` streams are held between their first event and the rest.
 pub const HOLD: Duration = Duration::from_secs(5);
 
-/// Content events per response.
+/// Content events per response by default.
 pub const EVENTS: u32 = 16;
+
+/// What the server sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// The events' shape.
+    pub style: Style,
+    /// Content events per response.
+    pub events: u32,
+    /// Unpaced responses as one frame per event (each its own write) rather than one.
+    pub split: bool,
+}
+
+impl Options {
+    /// 16 events of `style`, unpaced responses in one write.
+    pub fn new(style: Style) -> Options {
+        Options {
+            style,
+            events: EVENTS,
+            split: false,
+        }
+    }
+}
 
 /// The events' shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,9 +79,9 @@ fn event(style: Style, i: u32) -> Bytes {
     }
 }
 
-fn events(style: Style, from: u32) -> Bytes {
+fn events(style: Style, from: u32, to: u32) -> Bytes {
     let mut all = Vec::new();
-    for i in from..EVENTS {
+    for i in from..to {
         all.extend_from_slice(&event(style, i));
     }
     all.extend_from_slice(USAGE.as_bytes());
@@ -75,6 +99,7 @@ enum Pace {
 /// One response body.
 struct Stream {
     style: Style,
+    events: u32,
     pace: Pace,
     next: u32,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -96,7 +121,7 @@ impl Body for Stream {
         match self.pace {
             Pace::AtOnce => {
                 self.done = true;
-                Poll::Ready(Some(Ok(Frame::data(events(style, 0)))))
+                Poll::Ready(Some(Ok(Frame::data(events(style, 0, self.events)))))
             }
             Pace::Hold => {
                 if self.next == 0 {
@@ -110,10 +135,11 @@ impl Body for Stream {
                     return Poll::Pending;
                 }
                 self.done = true;
-                Poll::Ready(Some(Ok(Frame::data(events(style, 1)))))
+                let n = self.events;
+                Poll::Ready(Some(Ok(Frame::data(events(style, 1, n)))))
             }
             Pace::Gap(gap) => {
-                if self.next > 0 {
+                if self.next > 0 && !gap.is_zero() {
                     let timer = self
                         .timer
                         .get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
@@ -124,7 +150,7 @@ impl Body for Stream {
                 }
                 let i = self.next;
                 self.next += 1;
-                if i == EVENTS {
+                if i == self.events {
                     self.done = true;
                     return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
                         USAGE.as_bytes(),
@@ -136,18 +162,20 @@ impl Body for Stream {
     }
 }
 
-fn pace_of(path: &str) -> Pace {
+fn pace_of(path: &str, split: bool) -> Pace {
     if path.starts_with("/paced") {
         Pace::Gap(Duration::from_millis(1))
     } else if path.starts_with("/hold/") {
         Pace::Hold
+    } else if split {
+        Pace::Gap(Duration::ZERO)
     } else {
         Pace::AtOnce
     }
 }
 
 /// Serves on `listener` until the runtime ends.
-pub async fn serve(listener: tokio::net::TcpListener, style: Style) {
+pub async fn serve(listener: tokio::net::TcpListener, options: Options) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -156,10 +184,11 @@ pub async fn serve(listener: tokio::net::TcpListener, style: Style) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(
                 move |req: hyper::Request<hyper::body::Incoming>| async move {
-                    let pace = pace_of(req.uri().path());
+                    let pace = pace_of(req.uri().path(), options.split);
                     let _ = req.into_body().collect().await;
                     let mut r = hyper::Response::new(Stream {
-                        style,
+                        style: options.style,
+                        events: options.events,
                         pace,
                         next: 0,
                         timer: None,
@@ -191,7 +220,7 @@ pub fn serve_forever(style: Style) {
             .await
             .expect("bind");
         println!("{}", listener.local_addr().expect("addr"));
-        serve(listener, style).await;
+        serve(listener, Options::new(style)).await;
     });
 }
 
@@ -202,7 +231,8 @@ mod tests {
     async fn body(style: Style, path: &str) -> (String, u32) {
         let mut s = Stream {
             style,
-            pace: pace_of(path),
+            events: EVENTS,
+            pace: pace_of(path, false),
             next: 0,
             timer: None,
             done: false,
@@ -228,5 +258,26 @@ mod tests {
                 assert_eq!(text.contains("sent_ns"), style == Style::ChatStamped);
             }
         }
+    }
+
+    #[tokio::test]
+    async fn split_responses_send_one_frame_per_event() {
+        let mut s = Stream {
+            style: Style::Completion,
+            events: 3,
+            pace: pace_of("/v1/completions", true),
+            next: 0,
+            timer: None,
+            done: false,
+        };
+        let mut frames = 0;
+        while std::future::poll_fn(|cx| Pin::new(&mut s).poll_frame(cx))
+            .await
+            .is_some()
+        {
+            frames += 1;
+        }
+        // Three events, then usage and [DONE].
+        assert_eq!(frames, 4);
     }
 }
