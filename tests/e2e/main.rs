@@ -17,3 +17,4 @@ mod record_sim;
 mod replay;
 mod sim;
 mod synth;
+mod torture;

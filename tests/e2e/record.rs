@@ -14,7 +14,7 @@ use reprise_trace::{DatasetReader, ResultRecord, TraceRecord};
 use crate::support::*;
 
 /// Starts `reprise <args>` and returns it with the first `http://` address it prints.
-fn start(args: &[&str]) -> (Child, String) {
+pub(crate) fn start(args: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_reprise"))
         .args(args)
         .current_dir(repo())
@@ -41,7 +41,7 @@ fn start(args: &[&str]) -> (Child, String) {
     (child, addr)
 }
 
-fn chat(addr: &str, tokens: u32) -> String {
+pub(crate) fn chat(addr: &str, tokens: u32) -> String {
     let body = format!(
         r#"{{"model":"m","messages":[{{"role":"user","content":"hello there"}}],"max_tokens":{tokens},"ignore_eos":true,"stream":true,"stream_options":{{"include_usage":true}}}}"#
     );
@@ -62,7 +62,7 @@ fn chat(addr: &str, tokens: u32) -> String {
     out
 }
 
-fn signal(child: &Child, sig: &str) {
+pub(crate) fn signal(child: &Child, sig: &str) {
     assert!(
         Command::new("kill")
             .args([sig, &child.id().to_string()])
@@ -72,7 +72,7 @@ fn signal(child: &Child, sig: &str) {
     );
 }
 
-fn sim() -> (Child, String) {
+pub(crate) fn sim() -> (Child, String) {
     start(&[
         "sim",
         "--listen",
@@ -100,7 +100,7 @@ fn record(upstream: &str, out: &Path, dir: &Path) -> (Child, String) {
     ])
 }
 
-struct Kill(Child);
+pub(crate) struct Kill(pub(crate) Child);
 impl Drop for Kill {
     fn drop(&mut self) {
         let _ = self.0.kill();

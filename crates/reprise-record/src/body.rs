@@ -176,9 +176,10 @@ impl Tap {
             if x.failure.is_none() {
                 x.failure = status_class(x.status).map(str::to_owned);
             }
-            s.submit(x);
+            s.end(Some(x));
+        } else {
+            s.end(None);
         }
-        s.done();
     }
 }
 

@@ -66,17 +66,69 @@ impl Counters {
 /// What a stopped recorder wrote.
 #[derive(Debug, Clone, Default)]
 pub struct RecordSummary {
+    /// Exchanges forwarded (every request that arrived).
+    pub forwarded: u64,
+    /// Exchanges left out by filters or sampling.
+    pub skipped: u64,
     /// Rows written.
     pub recorded: u64,
-    /// Rows lost (writer behind or write errors).
+    /// Rows lost because the writer was behind.
+    pub dropped: u64,
+    /// Rows lost because writing failed.
+    pub failed: u64,
+    /// Exchanges still in flight when the drain time ran out: never recorded.
+    pub abandoned: u64,
+    /// Rows lost: `dropped + failed + abandoned`.
     pub lost: u64,
     /// Part files written.
     pub files: Vec<PathBuf>,
 }
 
+impl RecordSummary {
+    /// Whether every exchange is accounted for: forwarded = recorded + skipped + lost.
+    pub fn reconciles(&self) -> bool {
+        self.forwarded == self.recorded + self.skipped + self.lost
+    }
+
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} requests forwarded: {} recorded in {} files, {} skipped (filters, sampling), {} lost ({} writer behind, {} write errors, {} still in flight at the end)",
+            self.forwarded,
+            self.recorded,
+            self.files.len(),
+            self.skipped,
+            self.lost,
+            self.dropped,
+            self.failed,
+            self.abandoned
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summary_reconciles_when_every_exchange_is_accounted_for() {
+        let mut s = RecordSummary {
+            forwarded: 10,
+            skipped: 2,
+            recorded: 6,
+            dropped: 1,
+            abandoned: 1,
+            lost: 2,
+            ..RecordSummary::default()
+        };
+        assert!(s.reconciles());
+        assert_eq!(
+            s.describe(),
+            "10 requests forwarded: 6 recorded in 0 files, 2 skipped (filters, sampling), 2 lost (1 writer behind, 0 write errors, 1 still in flight at the end)"
+        );
+        s.recorded = 7;
+        assert!(!s.reconciles());
+    }
 
     #[test]
     fn counters_render_as_prometheus_text() {

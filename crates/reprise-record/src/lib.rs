@@ -166,11 +166,13 @@ impl Recorder {
                     .map_err(|e| RecordError::Config(format!("starting a worker: {e}")))?,
             );
         }
+        // Unique across restarts, even two within one second: request ids never repeat.
         let run_tag = format!(
-            "{:x}",
+            "{:x}{:04x}",
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
+                .map_or(0, |d| d.as_micros()),
+            std::process::id() & 0xffff
         );
         let addr = listener.local_addr().map_err(|source| RecordError::Bind {
             addr: config.listen,
@@ -247,17 +249,26 @@ impl Recorder {
                 break;
             }
         }
-        s.obs_tx.lock().unwrap_or_else(|e| e.into_inner()).take();
-        s.row_tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // What is still in flight at the cut is never recorded: its rows would come after
+        // the files are closed.
+        let abandoned = s.close();
         let workers = std::mem::take(&mut self.workers);
         let writer = self.writer.take();
-        tokio::task::spawn_blocking(move || {
+        let mut summary = tokio::task::spawn_blocking(move || {
             for w in workers {
                 let _ = w.join();
             }
             writer.and_then(|w| w.join().ok()).unwrap_or_default()
         })
         .await
-        .unwrap_or_default()
+        .unwrap_or_default();
+        let c = &s.counters;
+        summary.forwarded = c.forwarded.load(Ordering::Relaxed);
+        summary.skipped = c.skipped.load(Ordering::Relaxed);
+        summary.dropped = c.dropped.load(Ordering::Relaxed);
+        summary.failed = c.failed.load(Ordering::Relaxed);
+        summary.abandoned = abandoned;
+        summary.lost = summary.dropped + summary.failed + abandoned;
+        summary
     }
 }

@@ -20,7 +20,7 @@ use reprise_trace::Timestamp;
 use crate::body::{ProxyBody, Tap};
 use crate::config::RecordConfig;
 use crate::observe::Exchange;
-use crate::sink::Sink;
+use crate::sink::{Pending, Sink};
 use crate::upstream::{UpstreamBody, UpstreamClient, chain, upstream_url};
 
 /// What every exchange shares.
@@ -81,27 +81,29 @@ pub(crate) fn wall_now() -> Timestamp {
     )
 }
 
-/// Whether this request is recorded: path and model filters, then sampling.
-fn wanted(config: &RecordConfig, path: &str, body: Option<&Bytes>) -> bool {
+/// Whether this request is recorded, as far as its path tells: the path filter, then
+/// sampling (the model filter needs the body: [`model_wanted`]).
+fn wanted(config: &RecordConfig, path: &str) -> bool {
     if !config.paths.is_empty() && !config.paths.iter().any(|p| path.starts_with(p.as_str())) {
         return false;
     }
-    if !config.models.is_empty() {
-        let model = body
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-            .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_owned));
-        if !model.is_some_and(|m| config.models.contains(&m)) {
-            return false;
-        }
-    }
     config.sample >= 1.0 || rand::rng().random::<f64>() < config.sample
+}
+
+/// Whether the body names one of the models recorded (always, without a model filter).
+fn model_wanted(config: &RecordConfig, body: &Bytes) -> bool {
+    if config.models.is_empty() {
+        return true;
+    }
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_owned))
+        .is_some_and(|m| config.models.contains(&m))
 }
 
 pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
     let s = &*shared;
     let started = Instant::now();
-    let arrival = wall_now();
-    s.sink.begin();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let path_and_query = parts
@@ -109,6 +111,27 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
+    let session_header = s
+        .config
+        .session_header
+        .as_ref()
+        .and_then(|h| parts.headers.get(h.as_str()))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let x = Exchange {
+        request_id: format!(
+            "{}-{:08}",
+            s.run_tag,
+            s.next_id.fetch_add(1, Ordering::Relaxed)
+        ),
+        arrival: wall_now(),
+        path: path.clone(),
+        session_header,
+        ..Exchange::default()
+    };
+    // From here the exchange ends in a row (or a counted skip) however the handler ends,
+    // a client that goes away included.
+    let mut pending = Pending::begin(s.sink.clone(), x, wanted(&s.config, &path), started);
     // The request body: kept whole up to the observation limit (it is JSON to parse); a
     // bigger one is refused with a clear answer rather than held in memory.
     let body = match Limited::new(body, s.config.max_observed_body)
@@ -117,11 +140,11 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            s.sink.done();
             let too_big = e
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some();
             return if too_big {
+                pending.fail(413, "request_too_large");
                 json_error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     &format!(
@@ -130,6 +153,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
                     ),
                 )
             } else {
+                pending.fail(400, "client_disconnect");
                 json_error(
                     StatusCode::BAD_REQUEST,
                     &format!("reprise record: reading the request: {e}"),
@@ -137,29 +161,10 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
             };
         }
     };
-    let record = wanted(&s.config, &path, Some(&body));
-    if !record {
-        s.sink.counters.skipped.fetch_add(1, Ordering::Relaxed);
+    if pending.record() && !model_wanted(&s.config, &body) {
+        pending.skip();
     }
-    let session_header = s
-        .config
-        .session_header
-        .as_ref()
-        .and_then(|h| parts.headers.get(h.as_str()))
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let mut x = Exchange {
-        request_id: format!(
-            "{}-{:08}",
-            s.run_tag,
-            s.next_id.fetch_add(1, Ordering::Relaxed)
-        ),
-        arrival,
-        path: path.clone(),
-        body: Some(body.clone()),
-        session_header,
-        ..Exchange::default()
-    };
+    pending.exchange().body = Some(body.clone());
 
     let url = upstream_url(&s.upstream, &path_and_query);
     let mut headers = HeaderMap::with_capacity(parts.headers.len());
@@ -210,31 +215,18 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
             } else {
                 (StatusCode::BAD_GATEWAY, "connect")
             };
-            return fail(
-                &shared,
-                x,
-                record,
-                started,
-                status,
-                class,
-                &format!("reprise record: upstream {}: {msg}", s.upstream),
-            );
+            let message = format!("reprise record: upstream {}: {msg}", s.upstream);
+            return upstream_failed(s, pending, status, class, &message);
         }
         Err(_) => {
-            return fail(
-                &shared,
-                x,
-                record,
-                started,
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                &format!(
-                    "reprise record: upstream {} sent no response within {:?}",
-                    s.upstream, s.config.upstream_timeout
-                ),
+            let message = format!(
+                "reprise record: upstream {} sent no response within {:?}",
+                s.upstream, s.config.upstream_timeout
             );
+            return upstream_failed(s, pending, StatusCode::GATEWAY_TIMEOUT, "timeout", &message);
         }
     };
+    let x = pending.exchange();
     x.status = response.status().as_u16();
     x.streamed = response
         .headers()
@@ -250,34 +242,24 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         }
     }
     let upstream_body = response.into_body();
+    let (x, record) = pending.hand_over();
     let tap = Tap::new(s.sink.clone(), upstream_body, x, record, started);
     out.body(ProxyBody::Stream(Box::new(tap)))
         .unwrap_or_else(|e| json_error(StatusCode::BAD_GATEWAY, &format!("reprise record: {e}")))
 }
 
-#[allow(
-    clippy::too_many_arguments,
-    reason = "a failed exchange's row needs everything measured so far"
-)]
-fn fail(
-    shared: &Shared,
-    mut x: Exchange,
-    record: bool,
-    started: Instant,
+/// The upstream could not be reached or did not answer in time: the exchange ends in a
+/// row with the class, and the client gets the proxy's own answer.
+fn upstream_failed(
+    s: &Shared,
+    pending: Pending,
     status: StatusCode,
     class: &str,
     message: &str,
 ) -> Response<ProxyBody> {
-    let s = &shared.sink;
     tracing::warn!("{message}");
-    s.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
-    x.status = status.as_u16();
-    x.failure = Some(class.to_owned());
-    x.e2e = Some(started.elapsed());
-    if record {
-        s.submit(x);
-    }
-    s.done();
+    s.sink.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
+    pending.fail(status.as_u16(), class);
     json_error(status, message)
 }
 
@@ -299,29 +281,25 @@ mod tests {
     fn filters_decide_what_is_recorded() {
         let body = Bytes::from_static(br#"{"model":"llama","messages":[]}"#);
         let mut c = config();
-        assert!(wanted(&c, "/v1/chat/completions", Some(&body)));
+        assert!(wanted(&c, "/v1/chat/completions") && model_wanted(&c, &body));
         c.paths = vec!["/v1/completions".into()];
-        assert!(!wanted(&c, "/v1/chat/completions", Some(&body)));
-        assert!(wanted(&c, "/v1/completions", Some(&body)));
+        assert!(!wanted(&c, "/v1/chat/completions"));
+        assert!(wanted(&c, "/v1/completions"));
         c.paths.clear();
         c.models = vec!["qwen".into()];
-        assert!(!wanted(&c, "/v1/chat/completions", Some(&body)));
+        assert!(!model_wanted(&c, &body));
         c.models.push("llama".into());
-        assert!(wanted(&c, "/v1/chat/completions", Some(&body)));
+        assert!(model_wanted(&c, &body));
         // A body that names no model is not one of the models asked for.
-        assert!(!wanted(
-            &c,
-            "/v1/chat/completions",
-            Some(&Bytes::from_static(b"{}"))
-        ));
-        assert!(!wanted(&c, "/v1/chat/completions", None));
+        assert!(!model_wanted(&c, &Bytes::from_static(b"{}")));
+        assert!(!model_wanted(&c, &Bytes::from_static(b"not json")));
     }
 
     #[test]
     fn sampling_keeps_about_its_fraction() {
         let mut c = config();
         c.sample = 0.25;
-        let kept = (0..20_000).filter(|_| wanted(&c, "/", None)).count();
+        let kept = (0..20_000).filter(|_| wanted(&c, "/")).count();
         // Binomial(20000, 0.25): sd 61; 6 sd either side.
         assert!((4_634..=5_366).contains(&kept), "{kept}");
     }

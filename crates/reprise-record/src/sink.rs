@@ -5,6 +5,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
 
 use reprise_trace::TraceRecord;
 use tokio::sync::Notify;
@@ -34,24 +35,26 @@ impl Sink {
         self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Hands a finished exchange to the workers, or writes it without tokenizing when they
-    /// are behind. Never blocks.
-    pub(crate) fn submit(&self, x: Exchange) {
-        let full = {
-            let tx = self.obs_tx.lock().unwrap_or_else(|e| e.into_inner());
-            match tx.as_ref() {
-                Some(t) => match t.try_send(x) {
-                    Ok(()) => None,
-                    Err(mpsc::TrySendError::Full(x) | mpsc::TrySendError::Disconnected(x)) => {
-                        Some(x)
-                    }
-                },
-                None => Some(x),
+    /// Ends an exchange: its row (`None` when it is not recorded) to the workers, or
+    /// written without tokenizing when they are behind, and the exchange counted out.
+    /// Never blocks on a full queue. After [`Sink::close`] nothing is handed on: such an
+    /// exchange was counted among those abandoned at the cut.
+    ///
+    /// All of it happens under the workers' channel lock, so that [`Sink::close`] sees every
+    /// exchange either ended (its row handed on) or in flight, never both or neither.
+    pub(crate) fn end(&self, x: Option<Exchange>) {
+        let obs = self.obs_tx.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(x), Some(tx)) = (x, obs.as_ref()) {
+            match tx.try_send(x) {
+                Ok(()) => {}
+                Err(mpsc::TrySendError::Full(x) | mpsc::TrySendError::Disconnected(x)) => {
+                    self.counters.backlog.fetch_add(1, Ordering::Relaxed);
+                    self.write_row(to_record(x, &self.observe, true));
+                }
             }
-        };
-        if let Some(x) = full {
-            self.counters.backlog.fetch_add(1, Ordering::Relaxed);
-            self.write_row(to_record(x, &self.observe, true));
+        }
+        if self.counters.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
         }
     }
 
@@ -67,11 +70,90 @@ impl Sink {
         }
     }
 
-    /// Counts an exchange out.
-    pub(crate) fn done(&self) {
-        if self.counters.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.idle.notify_waiters();
+    /// The cut at shutdown: no row is handed on after it. Returns the exchanges still in
+    /// flight at the cut (never recorded).
+    pub(crate) fn close(&self) -> u64 {
+        let mut obs = self.obs_tx.lock().unwrap_or_else(|e| e.into_inner());
+        obs.take();
+        let abandoned = self.counters.in_flight.load(Ordering::Acquire);
+        self.row_tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        abandoned
+    }
+}
+
+/// An exchange from its arrival until its response body is handed over to the client (the
+/// body's [`crate::body::Tap`] then owns its end). Every way out ends the exchange exactly
+/// once: in a row when it is recorded, counted out of `in_flight`, counted `skipped` when
+/// filters or sampling left it out. A handler dropped on the way — the client went away
+/// while the proxy read its request or waited for the upstream — still makes its row, classed
+/// `client_disconnect`.
+pub(crate) struct Pending {
+    sink: Arc<Sink>,
+    x: Option<Exchange>,
+    record: bool,
+    started: Instant,
+}
+
+impl Pending {
+    /// Counts an exchange in.
+    pub(crate) fn begin(sink: Arc<Sink>, x: Exchange, record: bool, started: Instant) -> Pending {
+        sink.begin();
+        Pending {
+            sink,
+            x: Some(x),
+            record,
+            started,
         }
+    }
+
+    /// The exchange so far.
+    pub(crate) fn exchange(&mut self) -> &mut Exchange {
+        self.x.get_or_insert_with(Exchange::default)
+    }
+
+    /// Whether a row is made.
+    pub(crate) fn record(&self) -> bool {
+        self.record
+    }
+
+    /// Leaves the exchange out of the recording (filters, sampling).
+    pub(crate) fn skip(&mut self) {
+        self.record = false;
+    }
+
+    /// Ends the exchange here: the proxy answered `status` itself, for reason `class`.
+    pub(crate) fn fail(mut self, status: u16, class: &str) {
+        let x = self.exchange();
+        x.status = status;
+        x.failure = Some(class.to_owned());
+        self.end();
+    }
+
+    /// Hands the exchange over to the response body, which ends it.
+    pub(crate) fn hand_over(mut self) -> (Exchange, bool) {
+        let x = self.x.take().unwrap_or_default();
+        if !self.record {
+            self.sink.counters.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        (x, self.record)
+    }
+
+    fn end(&mut self) {
+        let Some(mut x) = self.x.take() else { return };
+        x.e2e.get_or_insert(self.started.elapsed());
+        if !self.record {
+            self.sink.counters.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sink.end(self.record.then_some(x));
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(x) = self.x.as_mut() {
+            x.failure.get_or_insert_with(|| "client_disconnect".to_owned());
+        }
+        self.end();
     }
 }
 
@@ -113,11 +195,12 @@ pub(crate) mod tests {
     #[test]
     fn workers_first_then_the_writer_then_counted_drops() {
         let (sink, obs_rx, row_rx) = sink(1, 1);
-        sink.submit(exchange("a"));
-        // Workers full: written without tokenizing, counted as backlog.
-        sink.submit(exchange("b"));
-        // Writer full too: dropped and counted, never blocking.
-        sink.submit(exchange("c"));
+        for id in ["a", "b", "c"] {
+            sink.begin();
+            sink.end(Some(exchange(id)));
+        }
+        // "a" went to the workers; with them full, "b" was written without tokenizing
+        // (backlog); with the writer full too, "c" was dropped and counted, never blocking.
         assert_eq!(obs_rx.try_recv().unwrap().request_id, "a");
         assert_eq!(row_rx.try_recv().unwrap().request_id, "b");
         let c = &sink.counters;
@@ -126,14 +209,70 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_dropped_handler_still_ends_its_exchange_in_a_row() {
+        let (sink, obs_rx, _rows) = sink(4, 4);
+        let sink = Arc::new(sink);
+        let pending = Pending::begin(sink.clone(), exchange("gone"), true, Instant::now());
+        assert_eq!(sink.counters.in_flight.load(Ordering::Relaxed), 1);
+        drop(pending);
+        let x = obs_rx.try_recv().unwrap();
+        assert_eq!((x.request_id.as_str(), x.failure.as_deref()), ("gone", Some("client_disconnect")));
+        assert!(x.e2e.is_some());
+        assert_eq!(sink.counters.in_flight.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn every_way_out_counts_once() {
+        let (sink, obs_rx, _rows) = sink(8, 8);
+        let sink = Arc::new(sink);
+        let begin = |id: &str, record| Pending::begin(sink.clone(), exchange(id), record, Instant::now());
+        // The proxy answers itself: a row with the status and class.
+        begin("refused", true).fail(413, "request_too_large");
+        let x = obs_rx.try_recv().unwrap();
+        assert_eq!((x.status, x.failure.as_deref()), (413, Some("request_too_large")));
+        // Left out by a filter, however it ends: no row, counted skipped.
+        let mut p = begin("filtered", true);
+        p.skip();
+        drop(p);
+        begin("filtered-2", false).fail(502, "connect");
+        // Handed over: the body owns its end (and counts it out).
+        let (x, record) = begin("streamed", true).hand_over();
+        assert_eq!((x.request_id.as_str(), record), ("streamed", true));
+        let (_, record) = begin("streamed-skipped", false).hand_over();
+        assert!(!record);
+        assert!(obs_rx.try_recv().is_err());
+        let c = &sink.counters;
+        assert_eq!(c.forwarded.load(Ordering::Relaxed), 5);
+        assert_eq!(c.skipped.load(Ordering::Relaxed), 3);
+        // Two still in flight: the handed-over ones, until their bodies end.
+        assert_eq!(c.in_flight.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
     fn in_flight_counts_in_and_out() {
         let (sink, _o, _r) = sink(1, 1);
         sink.begin();
         sink.begin();
-        sink.done();
+        sink.end(None);
         assert_eq!(sink.counters.in_flight.load(Ordering::Relaxed), 1);
         assert_eq!(sink.counters.forwarded.load(Ordering::Relaxed), 2);
-        sink.done();
+        sink.end(None);
         assert_eq!(sink.counters.in_flight.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn after_the_cut_nothing_is_handed_on_and_nothing_counted_twice() {
+        let (sink, obs_rx, row_rx) = sink(4, 4);
+        sink.begin();
+        sink.begin();
+        sink.end(Some(exchange("before")));
+        // One exchange still in flight at the cut: abandoned, never recorded.
+        assert_eq!(sink.close(), 1);
+        sink.end(Some(exchange("after")));
+        assert_eq!(obs_rx.try_recv().unwrap().request_id, "before");
+        assert!(obs_rx.try_recv().is_err() && row_rx.try_recv().is_err());
+        let c = &sink.counters;
+        assert_eq!((c.dropped.load(Ordering::Relaxed), c.backlog.load(Ordering::Relaxed)), (0, 0));
+        assert_eq!(c.in_flight.load(Ordering::Relaxed), 0);
     }
 }

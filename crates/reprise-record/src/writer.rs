@@ -105,7 +105,5 @@ pub(crate) fn writer_loop(
             Err(e) => tracing::error!("recording to {}: {e}", config.out.display()),
         }
     }
-    summary.lost =
-        counters.dropped.load(Ordering::Relaxed) + counters.failed.load(Ordering::Relaxed);
     summary
 }

@@ -129,13 +129,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         super::common::shutdown_signal().await;
         eprintln!("reprise record: stopping, draining requests in flight");
         let summary = recorder.shutdown().await;
-        eprintln!(
-            "reprise record: {} requests recorded in {} files, {} lost",
-            summary.recorded,
-            summary.files.len(),
-            summary.lost
-        );
-        Ok(if summary.lost > 0 {
+        eprintln!("reprise record: {}", summary.describe());
+        if !summary.reconciles() {
+            eprintln!(
+                "reprise record: the counts do not add up (forwarded {} != recorded {} + skipped {} + lost {})",
+                summary.forwarded, summary.recorded, summary.skipped, summary.lost
+            );
+        }
+        Ok(if summary.lost > 0 || !summary.reconciles() {
             ExitCode::FAILURE
         } else {
             ExitCode::SUCCESS
