@@ -7,6 +7,7 @@ mod support;
 
 mod cli;
 mod contract;
+mod fuzz_seeds;
 mod import_inspect;
 mod knee_sim;
 mod llama_server;

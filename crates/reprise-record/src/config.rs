@@ -44,6 +44,32 @@ pub struct RecordConfig {
     pub queue: usize,
     /// How long `shutdown` waits for exchanges in flight.
     pub drain: Duration,
+    /// Limits that keep hostile or broken clients from hurting the others.
+    pub limits: Limits,
+}
+
+/// What one client may take from the proxy. Past a limit the client gets an HTTP error or
+/// its connection closed; the others are served as before.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Bytes of a request head (request line and headers): a bigger one is answered 431.
+    pub max_header_bytes: usize,
+    /// Time to send a whole request head, idle keep-alive time included: a slower client
+    /// (slowloris, or idle) is disconnected.
+    pub header_timeout: Duration,
+    /// Client connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    /// 64 KiB of head, 30 s to send it, 10,000 connections.
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 64 << 10,
+            header_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+        }
+    }
 }
 
 impl RecordConfig {
@@ -75,6 +101,7 @@ impl RecordConfig {
             workers: 2,
             queue: 10_000,
             drain: Duration::from_secs(30),
+            limits: Limits::default(),
         }
     }
 }
@@ -89,6 +116,17 @@ impl RecordConfig {
                 "upstream `{}`: must be http:// or https://",
                 self.upstream
             )));
+        }
+        if self.limits.max_header_bytes < 8192 {
+            return Err(RecordError::Config(format!(
+                "the request head limit must be at least 8192 bytes, got {}",
+                self.limits.max_header_bytes
+            )));
+        }
+        if self.limits.max_connections == 0 || self.limits.header_timeout.is_zero() {
+            return Err(RecordError::Config(
+                "the connection limit and the header timeout must be positive".into(),
+            ));
         }
         if !(self.sample > 0.0 && self.sample <= 1.0) {
             return Err(RecordError::Config(format!(

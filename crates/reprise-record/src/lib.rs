@@ -36,7 +36,7 @@ mod writer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc as std_mpsc};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -50,7 +50,7 @@ use sink::Sink;
 use upstream::UpstreamClient;
 use writer::writer_loop;
 
-pub use config::RecordConfig;
+pub use config::{Limits, RecordConfig};
 pub use counters::{Counters, RecordSummary};
 
 /// Errors starting or stopping a recorder.
@@ -88,9 +88,22 @@ where
     F: Fn(Arc<Shared>, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<ProxyBody>> + Send + 'static,
 {
+    let limits = shared.config.limits;
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        // Past the connection limit, clients wait in the listen backlog.
+        let Ok(permit) = connections.clone().acquire_owned().await else {
+            break;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors (or another transient failure): pause rather
+                // than spin on a listener that stays readable.
+                tracing::warn!("accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         if shared.stopping.load(Ordering::Relaxed) {
             break;
@@ -98,11 +111,15 @@ where
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let svc = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, std::convert::Infallible>(f(shared, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(limits.max_header_bytes)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                 .await;
         });

@@ -258,7 +258,10 @@ fn upstream_failed(
     message: &str,
 ) -> Response<ProxyBody> {
     tracing::warn!("{message}");
-    s.sink.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
+    s.sink
+        .counters
+        .upstream_errors
+        .fetch_add(1, Ordering::Relaxed);
     pending.fail(status.as_u16(), class);
     json_error(status, message)
 }

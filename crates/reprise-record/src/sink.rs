@@ -151,7 +151,8 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(x) = self.x.as_mut() {
-            x.failure.get_or_insert_with(|| "client_disconnect".to_owned());
+            x.failure
+                .get_or_insert_with(|| "client_disconnect".to_owned());
         }
         self.end();
     }
@@ -216,7 +217,10 @@ pub(crate) mod tests {
         assert_eq!(sink.counters.in_flight.load(Ordering::Relaxed), 1);
         drop(pending);
         let x = obs_rx.try_recv().unwrap();
-        assert_eq!((x.request_id.as_str(), x.failure.as_deref()), ("gone", Some("client_disconnect")));
+        assert_eq!(
+            (x.request_id.as_str(), x.failure.as_deref()),
+            ("gone", Some("client_disconnect"))
+        );
         assert!(x.e2e.is_some());
         assert_eq!(sink.counters.in_flight.load(Ordering::Relaxed), 0);
     }
@@ -225,11 +229,15 @@ pub(crate) mod tests {
     fn every_way_out_counts_once() {
         let (sink, obs_rx, _rows) = sink(8, 8);
         let sink = Arc::new(sink);
-        let begin = |id: &str, record| Pending::begin(sink.clone(), exchange(id), record, Instant::now());
+        let begin =
+            |id: &str, record| Pending::begin(sink.clone(), exchange(id), record, Instant::now());
         // The proxy answers itself: a row with the status and class.
         begin("refused", true).fail(413, "request_too_large");
         let x = obs_rx.try_recv().unwrap();
-        assert_eq!((x.status, x.failure.as_deref()), (413, Some("request_too_large")));
+        assert_eq!(
+            (x.status, x.failure.as_deref()),
+            (413, Some("request_too_large"))
+        );
         // Left out by a filter, however it ends: no row, counted skipped.
         let mut p = begin("filtered", true);
         p.skip();
@@ -272,7 +280,13 @@ pub(crate) mod tests {
         assert_eq!(obs_rx.try_recv().unwrap().request_id, "before");
         assert!(obs_rx.try_recv().is_err() && row_rx.try_recv().is_err());
         let c = &sink.counters;
-        assert_eq!((c.dropped.load(Ordering::Relaxed), c.backlog.load(Ordering::Relaxed)), (0, 0));
+        assert_eq!(
+            (
+                c.dropped.load(Ordering::Relaxed),
+                c.backlog.load(Ordering::Relaxed)
+            ),
+            (0, 0)
+        );
         assert_eq!(c.in_flight.load(Ordering::Relaxed), 0);
     }
 }

@@ -200,15 +200,7 @@ impl Target {
                 Head::Interim(len) => conn.buf.advance(len),
                 Head::Complete(h) => {
                     conn.buf.advance(h.len);
-                    let framing = if h.no_body {
-                        Framing::Length(0)
-                    } else if h.chunked {
-                        Framing::Chunked(Chunked::Size)
-                    } else if let Some(n) = h.content_length {
-                        Framing::Length(n)
-                    } else {
-                        Framing::Close
-                    };
+                    let framing = h.framing();
                     return Ok(Response {
                         target: self,
                         conn: Some(conn),
@@ -417,6 +409,49 @@ struct HeadFacts {
     chunked: bool,
     keep_alive: bool,
     no_body: bool,
+}
+
+impl HeadFacts {
+    /// How the body after this head ends.
+    fn framing(&self) -> Framing {
+        if self.no_body {
+            Framing::Length(0)
+        } else if self.chunked {
+            Framing::Chunked(Chunked::Size)
+        } else if let Some(n) = self.content_length {
+            Framing::Length(n)
+        } else {
+            Framing::Close
+        }
+    }
+}
+
+/// Reads `data` as the bytes of one response the way [`Target::send`] and
+/// [`Response::chunk`] do — interim heads skipped, the head parsed, the body decoded by its
+/// framing as it arrives in two reads split at `split` — and returns the status and the
+/// body, or the error. The entry point of the `h1_response` fuzz target and its corpus test
+/// (untrusted input: servers send these bytes).
+#[doc(hidden)]
+pub fn parse_response(data: &[u8], split: usize) -> Result<(u16, Vec<u8>), H1Error> {
+    let mut at = 0;
+    let head = loop {
+        match parse_head(&data[at..])? {
+            Head::Partial => {
+                return Err(H1Error::Protocol("the response head is incomplete".into()));
+            }
+            Head::Interim(len) => at += len,
+            Head::Complete(h) => break h,
+        }
+    };
+    let body = &data[at + head.len..];
+    let split = split.min(body.len());
+    let mut framing = head.framing();
+    let (mut buf, mut out) = (BytesMut::new(), BytesMut::new());
+    for part in [&body[..split], &body[split..]] {
+        buf.extend_from_slice(part);
+        decode(&mut framing, &mut buf, &mut out)?;
+    }
+    Ok((head.status, out.to_vec()))
 }
 
 enum Head {

@@ -74,6 +74,30 @@ pub struct Args {
     /// Seconds to wait for exchanges in flight at shutdown.
     #[arg(long, default_value_t = 30.0)]
     drain: f64,
+    /// Largest request body, bytes: a bigger one is answered 413 (and recorded as
+    /// `request_too_large`) rather than held in memory.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, help_heading = "Limits")]
+    max_body_bytes: usize,
+    /// Largest request head (request line and headers), bytes: a bigger one is answered 431.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 10, help_heading = "Limits")]
+    max_header_bytes: usize,
+    /// Seconds a client has to send a whole request head (idle keep-alive time included);
+    /// a slower one (slowloris, or idle) is disconnected.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 30.0,
+        help_heading = "Limits"
+    )]
+    header_timeout: f64,
+    /// Client connections open at once; more wait in the listen backlog.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10_000,
+        help_heading = "Limits"
+    )]
+    max_connections: usize,
 }
 
 fn default_salt_file() -> PathBuf {
@@ -101,6 +125,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     config.upstream_timeout = secs(args.upstream_timeout, "--upstream-timeout")?;
     config.workers = args.workers.max(1);
     config.drain = secs(args.drain, "--drain")?;
+    config.max_observed_body = args.max_body_bytes.max(1);
+    config.limits = reprise_record::Limits {
+        max_header_bytes: args.max_header_bytes,
+        header_timeout: secs(args.header_timeout, "--header-timeout")?,
+        max_connections: args.max_connections,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -112,6 +142,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 anyhow::anyhow!("--{text}")
             } else if text.starts_with("the sampled fraction") {
                 anyhow::anyhow!("--sample: {text}")
+            } else if text.starts_with("the request head limit") {
+                anyhow::anyhow!("--max-header-bytes: {text}")
+            } else if text.starts_with("the connection limit") {
+                anyhow::anyhow!("--max-connections, --header-timeout: {text}")
             } else {
                 anyhow::Error::new(e)
             }
