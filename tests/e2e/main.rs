@@ -5,6 +5,7 @@
 
 mod support;
 
+mod chaos;
 mod cli;
 mod contract;
 mod fuzz_seeds;
