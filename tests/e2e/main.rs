@@ -8,6 +8,7 @@ mod support;
 mod chaos;
 mod cli;
 mod contract;
+mod full_disk;
 mod fuzz_seeds;
 mod import_inspect;
 mod knee_sim;

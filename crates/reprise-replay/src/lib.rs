@@ -83,6 +83,15 @@ pub enum ReplayError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The results could not be written (a full disk, say): the run stopped sending, and
+    /// the requests already measured were not kept.
+    #[error("{cause} (run stopped; the results of {rows} requests were not written)")]
+    Unwritten {
+        /// Why writing failed.
+        cause: reprise_trace::TraceError,
+        /// Requests whose rows were not written.
+        rows: u64,
+    },
     /// A trace window that holds no request.
     #[error("{}: no request in the window asked for", path.display())]
     EmptyWindow {

@@ -49,7 +49,7 @@ pub(crate) struct Sink {
 /// Starts the writer thread; it ends when every sender of `done` is dropped and returns
 /// the rows written.
 pub(crate) fn spawn(
-    mut writer: DatasetWriter<ResultRecord>,
+    writer: DatasetWriter<ResultRecord>,
     done: std::sync::mpsc::Receiver<Done>,
     sink: Sink,
 ) -> std::thread::JoinHandle<Result<u64, ReplayError>> {
@@ -70,6 +70,9 @@ pub(crate) fn spawn(
         let mut rows = 0u64;
         let mut last_progress = Instant::now();
         let mut any_ok = false;
+        let mut writer = Some(writer);
+        let mut failure = None;
+        let mut unwritten = 0u64;
         for done in done {
             let (record, sample) = row(&done.job, &done.measured, &clock, &ctx);
             any_ok |= sample.ok;
@@ -93,8 +96,22 @@ pub(crate) fn spawn(
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .add(&sample);
-            writer.write(&record)?;
-            rows += 1;
+            match writer.as_mut().map(|w| w.write(&record)) {
+                Some(Ok(())) => rows += 1,
+                Some(Err(e)) => {
+                    // The results cannot be kept (a full disk, say): stop sending, count
+                    // what is not written, and say so at the end.
+                    tracing::error!("{e}: stopping the run");
+                    stop.store(true, Ordering::Relaxed);
+                    failure = Some(e);
+                    if let Some(w) = writer.take() {
+                        w.abort();
+                    }
+                    unwritten += rows + 1;
+                    rows = 0;
+                }
+                None => unwritten += 1,
+            }
             // Rows reach the file a row group (65,536 rows) at a time. No flush here:
             // ending a row group every tick made tiny groups whose footer metadata stayed
             // in memory until the end (+5 MiB a minute at 1,000 req/s).
@@ -115,8 +132,19 @@ pub(crate) fn spawn(
                 }
             }
         }
-        writer.close()?;
-        Ok(rows)
+        if let Some(w) = writer
+            && let Err(e) = w.close()
+        {
+            failure = Some(e);
+            unwritten += rows;
+        }
+        match failure {
+            None => Ok(rows),
+            Some(e) => Err(ReplayError::Unwritten {
+                cause: e,
+                rows: unwritten,
+            }),
+        }
     })
 }
 

@@ -260,14 +260,24 @@ impl<R: Row> DatasetWriter<R> {
 
     /// Flushes everything and finishes the open file. An output that received no rows
     /// still gets one valid, empty file, so the schema is there for readers.
+    ///
+    /// When closing fails (a full disk, say), the unfinished `*.tmp` file is removed: no
+    /// partial file is left behind, and files finished earlier are kept.
     pub fn close(mut self) -> Result<WriteSummary> {
-        self.close_inner()?;
+        if let Err(e) = self.close_inner() {
+            self.discard();
+            return Err(e);
+        }
         Ok(std::mem::take(&mut self.summary))
     }
 
     /// Abandons the output after a failure upstream: the open `*.tmp` part is deleted so no
     /// partial file looks complete. Parts finished earlier are kept.
     pub fn abort(mut self) {
+        self.discard();
+    }
+
+    fn discard(&mut self) {
         self.failed = true;
         if let Some(part) = self.part.take() {
             drop(part.writer);
@@ -380,16 +390,22 @@ impl<R: Row> DatasetWriter<R> {
         let OpenPart {
             tmp, path, writer, ..
         } = part;
-        let inner = writer
-            .into_inner()
-            .map_err(|e| self.fail(TraceError::parquet(&tmp, e)))?;
-        let file = inner
-            .into_inner()
-            .map_err(|e| self.fail(TraceError::io(&tmp, e.into_error())))?;
-        file.sync_data()
-            .map_err(|e| self.fail(TraceError::io(&tmp, e)))?;
-        drop(file);
-        fs::rename(&tmp, &path).map_err(|e| self.fail(TraceError::io(&path, e)))?;
+        let finished = (|| {
+            let inner = writer
+                .into_inner()
+                .map_err(|e| TraceError::parquet(&tmp, e))?;
+            let file = inner
+                .into_inner()
+                .map_err(|e| TraceError::io(&tmp, e.into_error()))?;
+            file.sync_data().map_err(|e| TraceError::io(&tmp, e))?;
+            drop(file);
+            fs::rename(&tmp, &path).map_err(|e| TraceError::io(&path, e))
+        })();
+        if let Err(e) = finished {
+            // A part that could not be finished is not valid: it goes.
+            let _ = fs::remove_file(&tmp);
+            return Err(self.fail(e));
+        }
         self.summary.files.push(path);
         Ok(())
     }
