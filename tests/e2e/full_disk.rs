@@ -10,14 +10,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use reprise_trace::{DatasetReader, TraceRecord};
-
-use crate::record::{Kill, chat, signal, sim};
+use crate::record::{Kill, signal, sim};
 use crate::support::*;
+use crate::torture::{Load, read_parts, recorder};
 
 /// A tmpfs of a given size, unmounted when dropped.
 struct SmallDisk {
@@ -63,21 +60,6 @@ fn fill(dir: &Path, leave: u64) -> PathBuf {
     filler
 }
 
-/// Every `*.parquet` under `dir` reads; their rows.
-fn all_valid(dir: &Path) -> usize {
-    let mut rows = 0;
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "parquet") {
-            rows += DatasetReader::<TraceRecord>::open(&p)
-                .and_then(|r| r.read_all())
-                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-                .len();
-        }
-    }
-    rows
-}
-
 #[test]
 fn record_on_a_full_disk_keeps_forwarding_counts_its_losses_and_recovers() {
     let Some(disk) = SmallDisk::mount("2m") else {
@@ -88,80 +70,25 @@ fn record_on_a_full_disk_keeps_forwarding_counts_its_losses_and_recovers() {
     let out = disk.path.join("capture");
     std::fs::create_dir_all(&out).unwrap();
     let salt_dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reprise"))
-        .args(["record", "--listen", "127.0.0.1:0", "--upstream"])
-        .arg(format!("http://{upstream}"))
-        .arg("--out")
-        .arg(&out)
-        .arg("--salt-file")
-        .arg(salt_dir.path().join("salt"))
-        .args(["--flush-interval", "0.2"])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = mpsc::channel();
-    {
-        let lines = lines.clone();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(a) = line
-                    .split("http://")
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-                {
-                    let _ = tx.send(a.to_owned());
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-    }
-    let addr: String = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-    let mut proxy = Kill(child);
+    let (proxy, addr, lines) = recorder(&upstream, &out, salt_dir.path(), &[]);
+    let mut proxy = Kill(proxy);
     let drive = |seconds: f64| -> (u64, u64) {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (sent, answered) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let (addr, stop, sent, answered) =
-                    (addr.clone(), stop.clone(), sent.clone(), answered.clone());
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        sent.fetch_add(1, Ordering::Relaxed);
-                        if chat(&addr, 4).contains("data: [DONE]") {
-                            answered.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                })
-            })
-            .collect();
+        let load = Load::start(&addr, 4);
         std::thread::sleep(Duration::from_secs_f64(seconds));
-        stop.store(true, Ordering::Relaxed);
-        for t in threads {
-            t.join().unwrap();
-        }
-        (
-            sent.load(Ordering::Relaxed),
-            answered.load(Ordering::Relaxed),
-        )
+        let (sent, answered) = load.finish();
+        (sent, answered.len() as u64)
     };
     // The disk fills: every request is still answered.
     let filler = fill(&disk.path, 48 << 10);
     let (sent, answered) = drive(2.5);
     assert_eq!(sent, answered, "forwarding broke on a full disk");
-    let failed_rows = all_valid(&out);
+    let failed_rows = read_parts(&out).len();
     // Space comes back: recording resumes.
     std::fs::remove_file(&filler).unwrap();
     let (sent2, answered2) = drive(1.0);
     assert_eq!(sent2, answered2);
     std::thread::sleep(Duration::from_millis(500));
-    let after = all_valid(&out);
+    let after = read_parts(&out).len();
     assert!(
         after > failed_rows,
         "nothing recorded once space came back ({after} rows)"
@@ -204,7 +131,7 @@ fn record_on_a_full_disk_keeps_forwarding_counts_its_losses_and_recovers() {
     eprintln!("{closing}");
     assert!(write_errors > 0, "{closing}");
     assert_eq!(recorded + lost, forwarded, "{closing}");
-    assert_eq!(all_valid(&out) as u64, recorded, "{closing}");
+    assert_eq!(read_parts(&out).len() as u64, recorded, "{closing}");
     assert!(!lines.contains("panicked"), "{lines}");
 }
 

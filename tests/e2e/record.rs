@@ -45,7 +45,13 @@ pub(crate) fn chat(addr: &str, tokens: u32) -> String {
     let body = format!(
         r#"{{"model":"m","messages":[{{"role":"user","content":"hello there"}}],"max_tokens":{tokens},"ignore_eos":true,"stream":true,"stream_options":{{"include_usage":true}}}}"#
     );
-    // After a kill -9 the proxy is gone: an empty reply then.
+    post_chat(addr, &body)
+}
+
+/// POSTs `body` to `/v1/chat/completions` on a connection of its own (with a credential
+/// that must never reach the disk) and returns the whole answer, or nothing when the proxy
+/// is gone (after a kill -9).
+pub(crate) fn post_chat(addr: &str, body: &str) -> String {
     let Ok(mut s) = TcpStream::connect(addr) else {
         return String::new();
     };

@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 
 use reprise_trace::{DatasetReader, TraceRecord};
 
-use crate::record::{Kill, chat, signal, sim};
+use crate::record::{Kill, chat, post_chat, signal, sim};
 use crate::support::*;
 
 /// Flush interval of the recorder under test, seconds.
 const FLUSH_S: f64 = 0.2;
 
 /// `reprise record` with its stderr collected: the process, its address, its lines.
-fn recorder(
+pub(crate) fn recorder(
     upstream: &str,
     out: &Path,
     dir: &Path,
@@ -75,26 +75,15 @@ fn recorder(
 
 /// A non-streamed request; the whole answer (empty when the proxy is gone).
 fn plain(addr: &str) -> String {
-    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":3,"ignore_eos":true}"#;
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return String::new();
-    };
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let _ = s.write_all(
-        format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
+    post_chat(
+        addr,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":3,"ignore_eos":true}"#,
+    )
 }
 
 /// Client threads sending streamed and plain requests until stopped; they count what they
 /// sent and when each answer came whole.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
     answered: Arc<Mutex<Vec<Instant>>>,
@@ -102,7 +91,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(addr: &str, threads: usize) -> Load {
+    pub(crate) fn start(addr: &str, threads: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let answered = Arc::new(Mutex::new(Vec::new()));
@@ -140,7 +129,7 @@ impl Load {
     }
 
     /// Stops the clients; returns (sent, answer instants).
-    fn finish(self) -> (u64, Vec<Instant>) {
+    pub(crate) fn finish(self) -> (u64, Vec<Instant>) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             let _ = t.join();
@@ -151,7 +140,7 @@ impl Load {
 }
 
 /// Every finished part file of `dir` read; panics naming a file that does not read.
-fn read_parts(dir: &Path) -> Vec<TraceRecord> {
+pub(crate) fn read_parts(dir: &Path) -> Vec<TraceRecord> {
     read_new_parts(dir, &mut HashMap::new())
 }
 
