@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use reprise_trace::{DatasetReader, ResultRecord, TraceRecord};
@@ -15,6 +15,13 @@ use crate::support::*;
 
 /// Starts `reprise <args>` and returns it with the first `http://` address it prints.
 pub(crate) fn start(args: &[&str]) -> (Child, String) {
+    let (child, addr, _lines) = start_logged(args);
+    (child, addr)
+}
+
+/// Starts `reprise <args>` in the repository; returns it, the first `http://` address it
+/// prints on stderr, and every stderr line as it comes.
+pub(crate) fn start_logged(args: &[&str]) -> (Child, String, Arc<Mutex<Vec<String>>>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_reprise"))
         .args(args)
         .current_dir(repo())
@@ -23,22 +30,27 @@ pub(crate) fn start(args: &[&str]) -> (Child, String) {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line
-                .split("http://")
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-            {
-                let _ = tx.send(addr.to_owned());
+    {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line
+                    .split("http://")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                {
+                    let _ = tx.send(addr.to_owned());
+                }
+                lines.lock().unwrap().push(line);
             }
-        }
-    });
+        });
+    }
     let addr = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("address printed");
-    (child, addr)
+    (child, addr, lines)
 }
 
 pub(crate) fn chat(addr: &str, tokens: u32) -> String {

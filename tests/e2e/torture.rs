@@ -8,17 +8,17 @@
 //! CI runs; `scripts/torture` runs the long mode, 200).
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reprise_trace::{DatasetReader, TraceRecord};
 
-use crate::record::{Kill, chat, post_chat, signal, sim};
+use crate::record::{Kill, chat, post_chat, signal, sim, start_logged};
 use crate::support::*;
 
 /// Flush interval of the recorder under test, seconds.
@@ -45,32 +45,8 @@ pub(crate) fn recorder(
         FLUSH_S.to_string(),
     ];
     args.extend(extra.iter().map(|a| a.to_string()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reprise"))
-        .args(&args)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = mpsc::channel();
-    {
-        let lines = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line
-                    .split("http://")
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-                {
-                    let _ = tx.send(addr.to_owned());
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-    }
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("address");
-    (child, addr, lines)
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    start_logged(&args)
 }
 
 /// A non-streamed request; the whole answer (empty when the proxy is gone).
