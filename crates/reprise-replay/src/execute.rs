@@ -201,9 +201,21 @@ pub async fn run(
         complete = false;
     }
     drop(done_tx);
-    let recorded = writer_thread
+    let written = writer_thread
         .join()
-        .map_err(|_| ReplayError::Config("the result writer panicked".into()))??;
+        .map_err(|_| ReplayError::Config("the result writer panicked".into()))
+        .and_then(|r| r);
+    let recorded = match written {
+        Ok(rows) => rows,
+        Err(e) => {
+            // The results could not be kept: the samplers and events stop with the run.
+            events_task.abort();
+            if let Some(m) = monitor {
+                let _ = m.stop();
+            }
+            return Err(e);
+        }
+    };
     let summary = summary.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let overall = summary.overall();
     let intended_s = config.intended.map(|d| d.as_secs_f64());
