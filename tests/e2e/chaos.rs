@@ -135,3 +135,71 @@ fn a_flaky_target_gives_every_request_one_row_and_one_class() {
         }
     }
 }
+
+/// After a signal, requests still in flight get `--drain`, then end as `cancelled` rows:
+/// the replay stops in time and every request it sent has its row, open loop and closed.
+#[test]
+fn after_a_stop_every_request_in_flight_ends_in_a_row_within_the_drain() {
+    // Every stream stalls for a minute after its first token.
+    let sim = SimProcess::start(&[
+        "--model",
+        "m",
+        "--speedup",
+        "20",
+        "--stall-rate",
+        "1",
+        "--stall-ms",
+        "1200000",
+        "--stall-after",
+        "1",
+    ]);
+    for (mode, load) in [
+        ("open", ["--rate", "20", "--run-for", "60"]),
+        ("closed", ["--concurrency", "8", "--run-for", "60"]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_reprise"))
+            .args(["replay", "--target", &sim.url, "--model", "m"])
+            .args(load)
+            .args(["--token-timeout", "300", "--timeout", "600", "--drain", "1"])
+            .args(["--no-host-metrics", "--out", s(&run)])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let stopped = Instant::now();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let out = child.wait_with_output().unwrap();
+        let took = stopped.elapsed();
+        // One second of drain, then the run is written: not the minute the streams stall.
+        assert!(
+            took < Duration::from_secs(6),
+            "{mode}: stopping took {took:?}"
+        );
+        // Every measured request failed (they were all cancelled): the default gate.
+        assert_eq!(out.status.code(), Some(1), "{mode}: {}", show(&out));
+        let rows = DatasetReader::<ResultRecord>::open(run.join("requests.parquet"))
+            .unwrap()
+            .read_all()
+            .unwrap();
+        let info = run_json(&run);
+        assert_eq!(info["complete"], false, "{mode}");
+        assert!(!rows.is_empty(), "{mode}: no request was sent");
+        assert_eq!(info["summary"]["recorded"], rows.len() as u64, "{mode}");
+        for r in &rows {
+            assert_eq!(r.error_kind.as_deref(), Some("cancelled"), "{mode}: {r:?}");
+        }
+        eprintln!(
+            "{mode} loop: {} requests cancelled, stopped in {took:?}",
+            rows.len()
+        );
+    }
+}

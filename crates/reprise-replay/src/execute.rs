@@ -128,6 +128,21 @@ pub async fn run(
         },
     );
 
+    // After a stop, requests in flight get `drain` to finish; then they are cancelled, each
+    // still ending in its row.
+    let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
+    let drain_watch = {
+        let (stop, drain) = (stop.clone(), config.drain);
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(drain).await;
+            let _ = cancel_tx.send(true);
+            // Held until the run ends, so that waiting receivers see the value.
+            std::future::pending::<()>().await;
+        })
+    };
     let ctx = Arc::new(SendCtx {
         client: client.clone(),
         lean: lean_targets(&config, &urls),
@@ -140,6 +155,7 @@ pub async fn run(
         timeouts: config.timeouts,
         stream: config.shape.stream,
         progress: progress.clone(),
+        cancel,
     });
     let shared = Shared {
         config: config.clone(),
@@ -197,6 +213,7 @@ pub async fn run(
     // In-flight requests were awaited where they were sent: the open loop drains its own
     // (bounded by `drain` after a stop), a closed-loop step waits for its users.
     drop(shared);
+    drain_watch.abort();
     if stop.load(Ordering::Relaxed) {
         complete = false;
     }

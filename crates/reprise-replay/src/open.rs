@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use crate::execute::Shared;
 use crate::row::Job;
@@ -66,8 +65,8 @@ pub(crate) async fn run(
 }
 
 /// The open loop, on the pacer's own runtime: each request spawned at its deadline, then
-/// the requests in flight awaited (bounded by the drain time after a stop). `false` when
-/// stopped early or not drained.
+/// the requests in flight awaited (after a stop they get the drain time, then are cancelled,
+/// each still ending in a row). `false` when stopped early.
 async fn open_loop(
     plan: Box<dyn Iterator<Item = Planned> + Send>,
     first: usize,
@@ -107,24 +106,8 @@ async fn open_loop(
         // Reap finished tasks as we go (costs only what finished).
         while tasks.try_join_next().is_some() {}
     }
-    let drain_deadline = Instant::now() + config.drain;
-    loop {
-        let next = if stop.load(Ordering::Relaxed) {
-            let left = drain_deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, tasks.join_next()).await {
-                Ok(n) => n,
-                Err(_) => {
-                    complete = false;
-                    break;
-                }
-            }
-        } else {
-            tasks.join_next().await
-        };
-        if next.is_none() {
-            break;
-        }
-    }
-    tasks.abort_all();
+    // The requests in flight end on their own: answered, failed, or cancelled once the
+    // drain time after a stop has run out (`send::send_job`), each in its row.
+    while tasks.join_next().await.is_some() {}
     complete
 }

@@ -109,6 +109,8 @@ pub(crate) struct SendCtx {
     pub(crate) timeouts: Timeouts,
     pub(crate) stream: bool,
     pub(crate) progress: Arc<Progress>,
+    /// Set when the drain time after a stop has run out.
+    pub(crate) cancel: tokio::sync::watch::Receiver<bool>,
 }
 
 pub(crate) async fn send_job(mut job: Job, ctx: Arc<SendCtx>) {
@@ -117,6 +119,7 @@ pub(crate) async fn send_job(mut job: Job, ctx: Arc<SendCtx>) {
         None => None,
     };
     ctx.progress.sent.fetch_add(1, Ordering::Relaxed);
+    let started = std::time::Instant::now();
     let body = std::mem::take(&mut job.body);
     let transport = match ctx.lean.get(job.target).and_then(Option::as_deref) {
         Some(target) => client::Transport::H1(target),
@@ -126,13 +129,24 @@ pub(crate) async fn send_job(mut job: Job, ctx: Arc<SendCtx>) {
             headers: &ctx.headers,
         },
     };
-    let measured = client::send(
+    let send = client::send(
         transport,
         bytes::Bytes::from(body),
         ctx.stream,
         ctx.timeouts,
-    )
-    .await;
+    );
+    // Still in flight when the drain time after a stop runs out: the request ends here, in
+    // a row of its own (class `cancelled`), rather than vanishing with its task.
+    let mut cancel = ctx.cancel.clone();
+    let measured = tokio::select! {
+        m = send => m,
+        _ = cancel.wait_for(|c| *c) => Measured {
+            sent: Some(started),
+            error_kind: Some("cancelled"),
+            error: Some("still in flight when the drain time after the stop ran out".into()),
+            ..Measured::default()
+        },
+    };
     ctx.progress.finished.fetch_add(1, Ordering::Relaxed);
     let _ = ctx.done_tx.send(Done { job, measured });
 }

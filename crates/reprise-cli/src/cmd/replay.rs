@@ -263,7 +263,8 @@ pub struct Args {
     /// A command during the run: `SECONDS=COMMAND` (run with sh -c). Repeatable.
     #[arg(long, value_name = "SPEC")]
     event_cmd: Vec<String>,
-    /// After Ctrl-C or SIGTERM, wait this long for in-flight requests, seconds.
+    /// After Ctrl-C or SIGTERM, wait this long for in-flight requests, then cancel them (each
+    /// a row of class `cancelled`), seconds.
     #[arg(long, default_value_t = 30.0)]
     drain: f64,
 }
