@@ -467,16 +467,27 @@ fn hostile_clients_do_not_slow_a_well_behaved_one() {
     );
     drop(idle);
     drop(slow_readers);
+    let median = |v: &[f64]| v[v.len() / 2];
     eprintln!(
-        "well-behaved p99 {:.2} ms alone, {:.2} ms beside hostile clients; proxy RSS {} -> {} KiB",
+        "well-behaved median {:.2} / p99 {:.2} ms alone, {:.2} / {:.2} ms beside hostile clients; proxy RSS {} -> {} KiB",
+        median(&base) * 1e3,
         p99(&base) * 1e3,
+        median(&during) * 1e3,
         p99(&during) * 1e3,
         rss_before,
         rss_during
     );
-    // p99 within 1.5x (plus 2 ms for a 2-core machine's scheduling noise).
+    // The median and the p99 within 1.5x. The test shares a 2-core machine with the rest of
+    // the suite, so each bound has an absolute allowance for scheduling noise: 2 ms on the
+    // median, 10 ms on the p99 (one request in a hundred delayed by a busy core).
     assert!(
-        p99(&during) <= 1.5 * p99(&base) + 0.002,
+        median(&during) <= 1.5 * median(&base) + 0.002,
+        "median {:.2} ms beside hostile clients, {:.2} ms alone",
+        median(&during) * 1e3,
+        median(&base) * 1e3
+    );
+    assert!(
+        p99(&during) <= 1.5 * p99(&base) + 0.010,
         "p99 {:.2} ms beside hostile clients, {:.2} ms alone",
         p99(&during) * 1e3,
         p99(&base) * 1e3
