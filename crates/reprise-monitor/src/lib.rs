@@ -46,4 +46,13 @@ pub enum MonitorError {
     /// Anything else.
     #[error("{0}")]
     Other(String),
+    /// A named setting has an unusable value. `setting` is the option's name as the
+    /// binary spells its flag (`scrape`, `clock-offset`), so that it can name the flag.
+    #[error("{setting} {message}")]
+    Setting {
+        /// The setting.
+        setting: &'static str,
+        /// What is wrong with its value.
+        message: String,
+    },
 }

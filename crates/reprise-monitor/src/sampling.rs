@@ -51,18 +51,21 @@ impl Sampling {
             } else if u.starts_with("http://") || u.starts_with("https://") {
                 scrape.push(u.clone());
             } else {
-                return Err(MonitorError::Input(format!(
-                    "scrape `{u}`: expected http(s)://host:port/path or `target`"
-                )));
+                return Err(MonitorError::Setting {
+                    setting: "scrape",
+                    message: format!("`{u}`: expected http(s)://host:port/path or `target`"),
+                });
             }
         }
         let mut offsets = BTreeMap::new();
         for o in &self.clock_offset {
-            let (url, ms) = o.rsplit_once('=').ok_or_else(|| {
-                MonitorError::Input(format!("clock offset `{o}`: expected URL=MS"))
+            let (url, ms) = o.rsplit_once('=').ok_or_else(|| MonitorError::Setting {
+                setting: "clock-offset",
+                message: format!("`{o}`: expected URL=MS"),
             })?;
-            let ms: f64 = ms.parse().map_err(|_| {
-                MonitorError::Input(format!("clock offset `{o}`: `{ms}` is not a number of ms"))
+            let ms: f64 = ms.parse().map_err(|_| MonitorError::Setting {
+                setting: "clock-offset",
+                message: format!("`{o}`: `{ms}` is not a number of ms"),
             })?;
             offsets.insert(url.to_owned(), ms);
         }

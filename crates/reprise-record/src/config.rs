@@ -109,30 +109,42 @@ impl RecordConfig {
 impl RecordConfig {
     /// Checks the settings and parses the upstream URL.
     pub fn check(&self) -> Result<reqwest::Url, RecordError> {
-        let upstream = reqwest::Url::parse(&self.upstream)
-            .map_err(|e| RecordError::Config(format!("upstream `{}`: {e}", self.upstream)))?;
+        let upstream = reqwest::Url::parse(&self.upstream).map_err(|e| RecordError::Setting {
+            setting: "upstream",
+            message: format!("`{}`: {e}", self.upstream),
+        })?;
         if !matches!(upstream.scheme(), "http" | "https") {
-            return Err(RecordError::Config(format!(
-                "upstream `{}`: must be http:// or https://",
-                self.upstream
-            )));
+            return Err(RecordError::Setting {
+                setting: "upstream",
+                message: format!("`{}`: must be http:// or https://", self.upstream),
+            });
         }
         if self.limits.max_header_bytes < 8192 {
-            return Err(RecordError::Config(format!(
-                "the request head limit must be at least 8192 bytes, got {}",
-                self.limits.max_header_bytes
-            )));
+            return Err(RecordError::Setting {
+                setting: "max-header-bytes",
+                message: format!(
+                    "{}: the request head limit must be at least 8192 bytes",
+                    self.limits.max_header_bytes
+                ),
+            });
         }
-        if self.limits.max_connections == 0 || self.limits.header_timeout.is_zero() {
-            return Err(RecordError::Config(
-                "the connection limit and the header timeout must be positive".into(),
-            ));
+        if self.limits.max_connections == 0 {
+            return Err(RecordError::Setting {
+                setting: "max-connections",
+                message: "0: the connection limit must be positive".into(),
+            });
+        }
+        if self.limits.header_timeout.is_zero() {
+            return Err(RecordError::Setting {
+                setting: "header-timeout",
+                message: "0: the header timeout must be positive".into(),
+            });
         }
         if !(self.sample > 0.0 && self.sample <= 1.0) {
-            return Err(RecordError::Config(format!(
-                "the sampled fraction must be in (0, 1], got {}",
-                self.sample
-            )));
+            return Err(RecordError::Setting {
+                setting: "sample",
+                message: format!("{}: the sampled fraction must be in (0, 1]", self.sample),
+            });
         }
         Ok(upstream)
     }

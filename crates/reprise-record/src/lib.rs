@@ -70,6 +70,15 @@ pub enum RecordError {
     /// A setting is unusable.
     #[error("{0}")]
     Config(String),
+    /// A named setting has an unusable value. `setting` is the option's name as the
+    /// binary spells its flag (`upstream`, `max-header-bytes`), so that it can name the flag.
+    #[error("{setting} {message}")]
+    Setting {
+        /// The setting.
+        setting: &'static str,
+        /// What is wrong with its value.
+        message: String,
+    },
 }
 
 /// A running capture proxy.

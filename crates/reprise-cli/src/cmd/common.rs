@@ -102,13 +102,10 @@ impl MonitorArgs {
 
 /// A monitoring error with the flag it came from.
 pub fn monitor_error(e: reprise_monitor::MonitorError) -> anyhow::Error {
-    let text = e.to_string();
-    let flagged = if let Some(rest) = text.strip_prefix("scrape ") {
-        format!("--scrape {rest}")
-    } else if let Some(rest) = text.strip_prefix("clock offset ") {
-        format!("--clock-offset {rest}")
-    } else {
-        text
-    };
-    anyhow::anyhow!(flagged)
+    match e {
+        reprise_monitor::MonitorError::Setting { setting, message } => {
+            anyhow::anyhow!("--{setting} {message}")
+        }
+        e => anyhow::Error::new(e),
+    }
 }

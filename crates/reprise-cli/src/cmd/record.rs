@@ -8,7 +8,7 @@ use super::common::secs;
 use anyhow::{Context, Result};
 use clap::Parser;
 use reprise_record::salt::Salt;
-use reprise_record::{RecordConfig, Recorder};
+use reprise_record::{RecordConfig, RecordError, Recorder};
 
 /// Put a capture proxy in front of an LLM server and record its traffic to trace/1.
 ///
@@ -135,20 +135,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let recorder = Recorder::start(config).await.map_err(|e| {
+        let recorder = Recorder::start(config).await.map_err(|e| match e {
             // The library names the setting; the flag it came from is added here.
-            let text = e.to_string();
-            if text.starts_with("upstream `") {
-                anyhow::anyhow!("--{text}")
-            } else if text.starts_with("the sampled fraction") {
-                anyhow::anyhow!("--sample: {text}")
-            } else if text.starts_with("the request head limit") {
-                anyhow::anyhow!("--max-header-bytes: {text}")
-            } else if text.starts_with("the connection limit") {
-                anyhow::anyhow!("--max-connections, --header-timeout: {text}")
-            } else {
-                anyhow::Error::new(e)
-            }
+            RecordError::Setting { setting, message } => anyhow::anyhow!("--{setting} {message}"),
+            e => anyhow::Error::new(e),
         })?;
         eprintln!(
             "reprise record: http://{} -> {} recording to {}{}; Ctrl-C stops",
