@@ -344,8 +344,79 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Raises this process's open-files limit towards `want` (children inherit it); the limit
+/// now in force.
+fn raise_fd_limit(want: u64) -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    let soft = limit.current.unwrap_or(u64::MAX);
+    if soft >= want {
+        return soft;
+    }
+    let target = limit.maximum.map_or(want, |hard| hard.min(want));
+    limit.current = Some(target);
+    match setrlimit(Resource::Nofile, limit) {
+        Ok(()) => target,
+        Err(_) => soft,
+    }
+}
+
+/// Idle connections the hostile-client test opens: 10,000 (the proxy's default
+/// `--max-connections`, so new clients past it make room), fewer where the open-files limit
+/// cannot be raised that far.
+fn idle_flood() -> usize {
+    let limit = raise_fd_limit(10_600);
+    let n = (limit.saturating_sub(600) as usize).min(10_000);
+    if n < 10_000 {
+        eprintln!("open-files limit {limit}: {n} idle connections instead of 10,000");
+    }
+    n
+}
+
+#[test]
+fn idle_connections_past_the_limit_make_room_for_a_new_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, upstream) = sim();
+    let _sim = Kill(sim);
+    let (proxy, addr, _lines) = recorder(
+        &upstream,
+        &dir.path().join("capture"),
+        dir.path(),
+        &["--max-connections", "50", "--header-timeout", "60"],
+    );
+    let _proxy = Kill(proxy);
+    // 200 clients that connect and say nothing: each past the 50th closes the oldest.
+    let idle: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    // A real client is served at once, not after the 60 s header timeout.
+    let t = Instant::now();
+    assert!(chat(&addr, 4).contains("data: [DONE]"));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "served after {:?}",
+        t.elapsed()
+    );
+    // The oldest idle connections were closed, the newest are still open.
+    let open = |s: &TcpStream| {
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        // A read that times out means open; 0 bytes (or a reset) means closed.
+        let mut reader: &TcpStream = s;
+        matches!(
+            reader.read(&mut buf),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut
+        )
+    };
+    assert!(!open(&idle[0]), "the oldest idle connection is still open");
+    assert!(!open(&idle[100]), "an old idle connection is still open");
+    assert!(open(&idle[199]), "the newest idle connection was closed");
+}
+
 #[test]
 fn hostile_clients_do_not_slow_a_well_behaved_one() {
+    let flood = idle_flood();
     let dir = tempfile::tempdir().unwrap();
     let (sim, upstream) = sim();
     let _sim = Kill(sim);
@@ -389,8 +460,9 @@ fn hostile_clients_do_not_slow_a_well_behaved_one() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut hostile = Vec::new();
-    // 500 idle connections, and 20 slowloris heads at a byte every 200 ms.
-    let idle: Vec<TcpStream> = (0..500)
+    // 10,000 idle connections (the default limit: every new client past it closes the
+    // connection idle longest), and 20 slowloris heads at a byte every 200 ms.
+    let idle: Vec<TcpStream> = (0..flood)
         .map(|_| TcpStream::connect(&addr).unwrap())
         .collect();
     for _ in 0..20 {
@@ -454,7 +526,7 @@ fn hostile_clients_do_not_slow_a_well_behaved_one() {
     assert!(body.starts_with("HTTP/1.1 413"), "{:.80}", body);
     assert!(garbage.starts_with("HTTP/1.1 400"), "{:.80}", garbage);
     assert!(!half.starts_with("HTTP/1.1 2"), "{:.80}", half);
-    // The idle connections were closed by the header timeout.
+    // The idle connections were closed, to make room or by the header timeout.
     let mut buf = [0u8; 16];
     let mut first = &idle[0];
     first

@@ -57,7 +57,9 @@ pub struct Limits {
     /// Time to send a whole request head, idle keep-alive time included: a slower client
     /// (slowloris, or idle) is disconnected.
     pub header_timeout: Duration,
-    /// Client connections open at once; more wait in the listen backlog.
+    /// Client connections open at once. Past it a new client makes the connection idle
+    /// longest close (as nginx does with keep-alive connections); when every one is busy
+    /// with an exchange, the new client waits for one to end.
     pub max_connections: usize,
 }
 

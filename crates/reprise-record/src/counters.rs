@@ -23,6 +23,8 @@ pub struct Counters {
     pub upstream_errors: AtomicU64,
     /// Exchanges in flight.
     pub in_flight: AtomicU64,
+    /// Idle client connections closed to make room for a new one past `max_connections`.
+    pub idle_closed: AtomicU64,
 }
 
 impl Counters {
@@ -48,6 +50,11 @@ impl Counters {
                 "upstream_errors",
                 "Exchanges that failed upstream.",
                 &self.upstream_errors,
+            ),
+            (
+                "idle_connections_closed",
+                "Idle client connections closed to make room past the connection limit.",
+                &self.idle_closed,
             ),
         ] {
             out.push_str(&format!(

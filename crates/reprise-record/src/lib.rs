@@ -25,6 +25,7 @@
 mod admin;
 mod body;
 pub mod config;
+mod conns;
 pub mod counters;
 pub mod observe;
 mod proxy;
@@ -98,12 +99,8 @@ where
     Fut: std::future::Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let limits = shared.config.limits;
-    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let table = conns::Table::new(limits.max_connections);
     loop {
-        // Past the connection limit, clients wait in the listen backlog.
-        let Ok(permit) = connections.clone().acquire_owned().await else {
-            break;
-        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -114,23 +111,50 @@ where
                 continue;
             }
         };
+        // Past the connection limit, the connection idle longest makes room.
+        let Some(entry) = table
+            .admit(|| {
+                shared
+                    .sink
+                    .counters
+                    .idle_closed
+                    .fetch_add(1, Ordering::Relaxed);
+            })
+            .await
+        else {
+            break;
+        };
         if shared.stopping.load(Ordering::Relaxed) {
             break;
         }
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        let (shared, table) = (shared.clone(), table.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let conn = entry.conn.clone();
             let svc = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(f(shared, req).await) }
+                let (shared, busy) = (shared.clone(), table.busy(&conn));
+                async move {
+                    let response = f(shared, req).await;
+                    Ok::<_, std::convert::Infallible>(
+                        response.map(|body| conns::Marked { body, _busy: busy }),
+                    )
+                }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let serving = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .max_buf_size(limits.max_header_bytes)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await;
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            tokio::pin!(serving);
+            tokio::select! {
+                _ = serving.as_mut() => {}
+                _ = entry.conn.close.notified() => {
+                    // Closes at once when idle; an exchange begun meanwhile is finished.
+                    serving.as_mut().graceful_shutdown();
+                    let _ = serving.await;
+                }
+            }
+            drop(entry);
         });
     }
 }

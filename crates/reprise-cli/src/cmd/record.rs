@@ -90,7 +90,8 @@ pub struct Args {
         help_heading = "Limits"
     )]
     header_timeout: f64,
-    /// Client connections open at once; more wait in the listen backlog.
+    /// Client connections open at once. Past it, a new client makes the connection idle
+    /// longest close (as nginx does); when all are busy with exchanges, it waits for one.
     #[arg(
         long,
         value_name = "N",
