@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
 use crate::closed::ClosedLoop;
+use crate::live::{self, Live, RateProfile};
+use crate::prepare::MetricsEndpoint;
 use crate::send::{Done, SendCtx, endpoint_urls, header_map, http_client, lean_targets};
 use crate::summary::Summarizer;
 use crate::{Pacing, ReplayConfig, ReplayError, RunSummary, closed, events, open, write};
@@ -72,9 +74,58 @@ pub async fn run(
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
 ) -> Result<RunSummary, ReplayError> {
+    run_with(config, pacing, stop, progress, None).await
+}
+
+/// [`run`], serving live metrics on `metrics` while it runs (and for its linger time
+/// after).
+pub async fn run_with(
+    config: ReplayConfig,
+    pacing: Pacing,
+    stop: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+    metrics: Option<MetricsEndpoint>,
+) -> Result<RunSummary, ReplayError> {
     if config.targets.is_empty() {
         return Err(ReplayError::Config("no target".into()));
     }
+    let live = match metrics {
+        None => None,
+        Some(endpoint) => {
+            let listener = tokio::net::TcpListener::from_std(endpoint.listener)
+                .map_err(|e| ReplayError::Config(format!("serving metrics: {e}")))?;
+            let profile = match &pacing {
+                Pacing::Open(plan) => RateProfile::of(plan),
+                Pacing::Closed { .. } => RateProfile::None,
+            };
+            let live = Arc::new(Live::new(&config.run_id, 0, &config.shape.model, profile));
+            let server = tokio::spawn(live::serve(listener, live.clone(), progress.clone()));
+            Some((live, server, endpoint.linger))
+        }
+    };
+    let result = run_inner(
+        config,
+        pacing,
+        stop,
+        progress,
+        live.as_ref().map(|(l, _, _)| l.clone()),
+    )
+    .await;
+    if let Some((_, server, linger)) = live {
+        // Scrapers take the final values.
+        tokio::time::sleep(linger).await;
+        server.abort();
+    }
+    result
+}
+
+async fn run_inner(
+    config: ReplayConfig,
+    pacing: Pacing,
+    stop: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+    live: Option<Arc<Live>>,
+) -> Result<RunSummary, ReplayError> {
     let writer = write::create(&config)?;
     let requests_file = config.run_dir.join("requests.parquet");
     let headers = header_map(&config.headers)?;
@@ -98,6 +149,9 @@ pub async fn run(
     };
 
     let clock = Arc::new(Clock::new(Duration::from_millis(20)));
+    if let Some(l) = &live {
+        l.start(clock.t0);
+    }
     // The samplers share the run's clock: their rows line up with the requests'.
     let monitor = match &config.monitor {
         Some(m) => {
@@ -125,6 +179,7 @@ pub async fn run(
             progress: progress.clone(),
             stop: stop.clone(),
             aborted: aborted.clone(),
+            live: live.as_ref().map(|l| l.observer(config.queue_limit_ms)),
         },
     );
 
@@ -156,6 +211,7 @@ pub async fn run(
         stream: config.shape.stream,
         progress: progress.clone(),
         cancel,
+        live,
     });
     let shared = Shared {
         config: config.clone(),

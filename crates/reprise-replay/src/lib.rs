@@ -20,7 +20,8 @@
 //! token counts with shared prefixes), [`sizing`] (prompts sized by the server's or a local
 //! tokenizer), [`summary`] (HDR histograms for the terminal; the analyzer's exact
 //! percentiles are authoritative), [`gate`] (exit-status gates), [`events`] (HTTP calls and
-//! commands during a run), [`clock`] (one wall-clock anchor, monotonic offsets).
+//! commands during a run), [`clock`] (one wall-clock anchor, monotonic offsets), [`live`]
+//! (Prometheus metrics served while the run goes: [`execute::run_with`]).
 //!
 //! Where changes go: a load mode is a [`Load`] variant and its arm in [`Load::pacing`];
 //! a backend dialect is a [`client::Backend`] variant and its arm in
@@ -36,6 +37,7 @@ pub mod events;
 pub mod execute;
 pub mod gate;
 pub mod h1;
+pub mod live;
 pub mod load;
 mod open;
 pub mod pace;
@@ -55,9 +57,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use reprise_trace::Timestamp;
 
 pub use config::{HttpClient, Pacing, ReplayConfig, StopRule};
-pub use execute::{Progress, raise_open_files_limit, run};
+pub use execute::{Progress, raise_open_files_limit, run, run_with};
 pub use load::{Knobs, Load, Ramp, Scenario};
-pub use prepare::{PrepareError, Prepared, SizerChoice, Spec, prepare, stop_sims};
+pub use prepare::{MetricsEndpoint, PrepareError, Prepared, SizerChoice, Spec, prepare, stop_sims};
 pub use reprise_trace::run::{RunInfo, RunSummary};
 pub use target::Target;
 

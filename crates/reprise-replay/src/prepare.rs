@@ -52,6 +52,9 @@ pub struct Spec {
     pub events: Vec<RunEvent>,
     /// What to sample beside the run.
     pub sampling: Option<reprise_monitor::Sampling>,
+    /// Where to serve live metrics (`/metrics`), and how long to go on serving them after
+    /// the run so that a scraper takes the final values.
+    pub metrics: Option<(std::net::SocketAddr, Duration)>,
     /// Everything else; `targets`, `target_names`, the model, `prompts.block_tokens`,
     /// `prompt_words`, `intended`, `events` and `monitor` are filled in.
     pub config: ReplayConfig,
@@ -67,6 +70,32 @@ pub struct Prepared {
     pub sims: Vec<SimServer>,
     /// How the prompts were sized, when not by cl100k.
     pub sizing: Option<SizedPrompts>,
+    /// The live metrics' address, bound.
+    pub metrics: Option<MetricsEndpoint>,
+}
+
+/// The bound address of a run's live metrics (see [`crate::live`]).
+#[derive(Debug)]
+pub struct MetricsEndpoint {
+    /// The listener, bound before anything else starts.
+    pub listener: std::net::TcpListener,
+    /// How long `/metrics` is still served after the run.
+    pub linger: Duration,
+}
+
+impl MetricsEndpoint {
+    /// Binds `addr`: a port in use is an error before the run starts.
+    pub fn bind(addr: std::net::SocketAddr, linger: Duration) -> Result<Self, PrepareError> {
+        let listener = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| PrepareError::MetricsListen { addr, source })?;
+        Ok(MetricsEndpoint { listener, linger })
+    }
+
+    /// The address bound (with the port chosen when asked for port 0).
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        self.listener.local_addr().ok()
+    }
 }
 
 /// What prompt sizing did, for one line on the terminal.
@@ -133,6 +162,14 @@ pub enum PrepareError {
     /// Monitoring options that cannot be used.
     #[error(transparent)]
     Monitor(#[from] reprise_monitor::MonitorError),
+    /// The live metrics' address cannot be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The trace, the plan or the configuration.
     #[error(transparent)]
     Replay(#[from] ReplayError),
@@ -155,8 +192,13 @@ pub async fn prepare(
         sizer,
         events,
         sampling,
+        metrics,
         mut config,
     } = spec;
+    // The metrics port first: in use, nothing else starts.
+    let metrics = metrics
+        .map(|(addr, linger)| MetricsEndpoint::bind(addr, linger))
+        .transpose()?;
     // Targets: start the in-process simulator where asked; a URL must accept connections.
     let mut sims = Vec::new();
     let mut bases = Vec::new();
@@ -265,6 +307,7 @@ pub async fn prepare(
         pacing,
         sims,
         sizing,
+        metrics,
     })
 }
 
@@ -275,6 +318,7 @@ impl std::fmt::Debug for Prepared {
             .field("pacing", &self.pacing)
             .field("sims", &self.sims.len())
             .field("sizing", &self.sizing)
+            .field("metrics", &self.metrics)
             .finish()
     }
 }

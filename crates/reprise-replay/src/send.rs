@@ -111,6 +111,8 @@ pub(crate) struct SendCtx {
     pub(crate) progress: Arc<Progress>,
     /// Set when the drain time after a stop has run out.
     pub(crate) cancel: tokio::sync::watch::Receiver<bool>,
+    /// Live metrics, when served.
+    pub(crate) live: Option<Arc<crate::live::Live>>,
 }
 
 pub(crate) async fn send_job(mut job: Job, ctx: Arc<SendCtx>) {
@@ -119,6 +121,9 @@ pub(crate) async fn send_job(mut job: Job, ctx: Arc<SendCtx>) {
         None => None,
     };
     ctx.progress.sent.fetch_add(1, Ordering::Relaxed);
+    if let Some(live) = &ctx.live {
+        live.on_send(&job);
+    }
     let started = std::time::Instant::now();
     let body = std::mem::take(&mut job.body);
     let transport = match ctx.lean.get(job.target).and_then(Option::as_deref) {

@@ -304,6 +304,18 @@ impl RatePlan {
         }
     }
 
+    /// Each step's end (seconds from the start) and rate.
+    pub fn step_ends(&self) -> Vec<(f64, f64)> {
+        let mut end = 0.0;
+        self.steps
+            .iter()
+            .map(|s| {
+                end += s.duration.as_secs_f64();
+                (end, s.rate)
+            })
+            .collect()
+    }
+
     /// Requests expected (exact for evenly spaced arrivals, the mean for random ones).
     pub fn expected_len(&self) -> u64 {
         let by_time: u64 = self

@@ -44,6 +44,8 @@ pub(crate) struct Sink {
     pub(crate) stop: Arc<AtomicBool>,
     /// Set, with `stop`, when a request shows the target is wrong (fail-fast).
     pub(crate) aborted: Arc<Mutex<Option<String>>>,
+    /// Live metrics, when served.
+    pub(crate) live: Option<crate::live::Observer>,
 }
 
 /// Starts the writer thread; it ends when every sender of `done` is dropped and returns
@@ -61,6 +63,7 @@ pub(crate) fn spawn(
             progress,
             stop,
             aborted,
+            mut live,
         } = sink;
         let ctx = RowContext {
             run_id: config.run_id.clone(),
@@ -96,6 +99,9 @@ pub(crate) fn spawn(
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .add(&sample);
+            if let Some(live) = live.as_mut() {
+                live.observe(record.status, &sample);
+            }
             match writer.as_mut().map(|w| w.write(&record)) {
                 Some(Ok(())) => rows += 1,
                 Some(Err(e)) => {

@@ -19,7 +19,7 @@ use reprise_replay::target::{DEFAULT_SIM_PROFILE, parse_target};
 use reprise_replay::workload::{Process, TraceWindow};
 use reprise_replay::{
     HttpClient, Knobs, Load, PrepareError, Progress, Ramp, ReplayConfig, RunSummary, SizerChoice,
-    Spec, StopRule, new_run_id, prepare, run, stop_sims,
+    Spec, StopRule, new_run_id, prepare, run_with, stop_sims,
 };
 
 use super::common::{MonitorArgs, monitor_error, positive, secs, shutdown_signal};
@@ -147,6 +147,20 @@ pub struct Args {
     /// for all (https:// always does).
     #[arg(long, value_enum, default_value = "auto")]
     http_client: HttpClientArg,
+    /// Serve live Prometheus metrics (histograms of TTFT, ITL, TPOT, E2E and schedule lag;
+    /// request, token and error counters; rate, in-flight and phase gauges) on
+    /// http://ADDR/metrics while the run goes (docs/live.md). Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", help_heading = "Live metrics")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// After the run, go on serving /metrics this long so that a scraper takes the final
+    /// values (set it to at least the scrape interval).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 0.0,
+        help_heading = "Live metrics"
+    )]
+    metrics_linger: f64,
     #[command(flatten)]
     monitoring: MonitorArgs,
     /// Replay at most this many requests of the trace.
@@ -580,6 +594,10 @@ fn spec(args: &Args, run_id: String, run_dir: PathBuf) -> Result<Spec> {
         sizer,
         events,
         sampling: Some(args.monitoring.sampling()),
+        metrics: match args.metrics_listen {
+            Some(addr) => Some((addr, secs(args.metrics_linger, "--metrics-linger")?)),
+            None => None,
+        },
         config,
     })
 }
@@ -601,6 +619,9 @@ fn flagged(e: PrepareError, tokenizer: &str) -> anyhow::Error {
         PrepareError::Tokenizer(e) => anyhow!("--tokenizer: {e}"),
         PrepareError::Sizing(e) => anyhow!("--tokenizer {tokenizer}: {e}"),
         PrepareError::Monitor(e) => monitor_error(e),
+        PrepareError::MetricsListen { addr, source } => {
+            anyhow!("--metrics-listen {addr}: cannot listen: {source}")
+        }
         PrepareError::Replay(reprise_replay::ReplayError::EmptyWindow { path }) => anyhow!(
             "{}: no request in the window asked for (--start/--duration/--limit)",
             path.display()
@@ -691,8 +712,18 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
     if let Some(s) = &prepared.sizing {
         print_sizing(s);
     }
+    if let Some(addr) = prepared.metrics.as_ref().and_then(|m| m.addr()) {
+        eprintln!("live metrics on http://{addr}/metrics");
+    }
     let (bar, ticker) = progress_view(progress.clone());
-    let summary = run(prepared.config, prepared.pacing, stop, progress).await;
+    let summary = run_with(
+        prepared.config,
+        prepared.pacing,
+        stop,
+        progress,
+        prepared.metrics,
+    )
+    .await;
     signals.abort();
     ticker.abort();
     bar.finish_and_clear();
