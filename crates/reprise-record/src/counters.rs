@@ -2,11 +2,17 @@
 //! it reports when it stops ([`RecordSummary`]).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use reprise_live::{Format, Histogram, Registry, buckets};
+use reprise_trace::TraceRecord;
 
 /// Counters, also served on the admin port's `/metrics`.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Latency histograms of the exchanges recorded (the same buckets as a replay's).
+    pub latency: Latency,
     /// Requests forwarded.
     pub forwarded: AtomicU64,
     /// Requests left out by sampling or filters.
@@ -27,10 +33,57 @@ pub struct Counters {
     pub idle_closed: AtomicU64,
 }
 
+/// TTFT, inter-token gaps and E2E of the exchanges seen, as live histograms.
+#[derive(Debug)]
+pub struct Latency {
+    registry: Registry,
+    ttft: Arc<Histogram>,
+    itl: Arc<Histogram>,
+    e2e: Arc<Histogram>,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let bounds: Arc<[f64]> = Arc::from(buckets::latency());
+        let h = |name, help| registry.histogram(name, help, Vec::new(), &bounds);
+        Latency {
+            ttft: h(
+                "reprise_record_ttft_seconds",
+                "Time to first token of the exchanges recorded, from the request's arrival.",
+            ),
+            itl: h(
+                "reprise_record_itl_seconds",
+                "Gaps between content events of the exchanges recorded.",
+            ),
+            e2e: h(
+                "reprise_record_e2e_seconds",
+                "Arrival to the response's end, of the exchanges recorded.",
+            ),
+            registry,
+        }
+    }
+}
+
+impl Latency {
+    /// Counts a row's latencies (failed exchanges have none).
+    pub fn observe(&self, row: &TraceRecord) {
+        if let Some(t) = row.ttft_us {
+            self.ttft.observe_us(t);
+        }
+        if let Some(e) = row.e2e_us {
+            self.e2e.observe_us(e);
+        }
+        for gap in row.itl_us.iter().flatten() {
+            self.itl.observe_us(u64::from(*gap));
+        }
+    }
+}
+
 impl Counters {
-    /// Prometheus text exposition.
+    /// Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
-        let mut out = String::new();
+        let mut out = self.latency.registry.render(Format::Prometheus);
         for (name, help, v) in [
             ("forwarded", "Requests forwarded.", &self.forwarded),
             (
@@ -154,9 +207,31 @@ mod tests {
         );
         // Every line parses as the exposition format: comments or `name value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let (name, value) = line.split_once(' ').unwrap();
+            let (name, value) = line.rsplit_once(' ').unwrap();
             assert!(name.starts_with("reprise_record_"), "{line}");
-            value.parse::<u64>().unwrap();
+            value.parse::<f64>().unwrap();
         }
+    }
+
+    #[test]
+    fn recorded_latencies_fill_the_histograms() {
+        let c = Counters::default();
+        let mut row = TraceRecord::new("r", reprise_trace::Timestamp(0));
+        row.ttft_us = Some(50_000);
+        row.e2e_us = Some(2_000_000);
+        row.itl_us = Some(vec![10_000, 12_000, 900_000]);
+        c.latency.observe(&row);
+        // A failed exchange: no latency.
+        c.latency
+            .observe(&TraceRecord::new("f", reprise_trace::Timestamp(0)));
+        let text = c.render();
+        assert!(
+            text.contains("reprise_record_ttft_seconds_count 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("reprise_record_itl_seconds_count 3\n"));
+        assert!(text.contains("reprise_record_e2e_seconds_sum 2.0\n"));
+        assert!(text.contains("reprise_record_itl_seconds_bucket{le=\"0.01\"} 1\n"));
+        assert!(text.contains("reprise_record_itl_seconds_bucket{le=\"0.01202\"} 2\n"));
     }
 }

@@ -208,7 +208,9 @@ impl Recorder {
                         loop {
                             let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                             let Ok(x) = next else { break };
-                            if tx.try_send(to_record(x, &opts, false)).is_err() {
+                            let row = to_record(x, &opts, false);
+                            counters.latency.observe(&row);
+                            if tx.try_send(row).is_err() {
                                 counters.dropped.fetch_add(1, Ordering::Relaxed);
                             }
                         }

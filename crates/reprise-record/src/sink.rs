@@ -49,7 +49,9 @@ impl Sink {
                 Ok(()) => {}
                 Err(mpsc::TrySendError::Full(x) | mpsc::TrySendError::Disconnected(x)) => {
                     self.counters.backlog.fetch_add(1, Ordering::Relaxed);
-                    self.write_row(to_record(x, &self.observe, true));
+                    let row = to_record(x, &self.observe, true);
+                    self.counters.latency.observe(&row);
+                    self.write_row(row);
                 }
             }
         }
