@@ -12,6 +12,7 @@ mod full_disk;
 mod fuzz_seeds;
 mod import_inspect;
 mod knee_sim;
+mod live;
 mod llama_server;
 mod monitor;
 mod monitor_sim;
