@@ -22,3 +22,4 @@ mod replay;
 mod sim;
 mod synth;
 mod torture;
+mod tui;

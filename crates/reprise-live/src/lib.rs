@@ -17,4 +17,4 @@
 pub mod buckets;
 mod registry;
 
-pub use registry::{Counter, Format, Gauge, Histogram, Kind, Labels, Registry};
+pub use registry::{Counter, Format, Gauge, Histogram, Kind, Labels, Registry, delta, quantile};

@@ -98,6 +98,40 @@ impl Histogram {
     }
 }
 
+/// The `q`-quantile of a histogram given its bounds and cumulative counts (the last being
+/// the total), as Prometheus' `histogram_quantile` computes it: linear within the bucket that
+/// holds the rank (from 0 for the first), the highest finite bound when the rank falls in
+/// `+Inf`; `None` when empty.
+pub fn quantile(bounds: &[f64], cumulative: &[u64], q: f64) -> Option<f64> {
+    let total = *cumulative.last()?;
+    if total == 0 {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let i = cumulative.partition_point(|c| (*c as f64) < rank);
+    if i >= bounds.len() {
+        return bounds.last().copied();
+    }
+    let (lo, below) = if i == 0 {
+        (0.0, 0)
+    } else {
+        (bounds[i - 1], cumulative[i - 1])
+    };
+    let inside = cumulative[i] - below;
+    if inside == 0 {
+        return Some(bounds[i]);
+    }
+    Some(lo + (bounds[i] - lo) * (rank - below as f64) / inside as f64)
+}
+
+/// Cumulative counts `now − then`, bucket by bucket (what happened between two readings).
+pub fn delta(now: &[u64], then: &[u64]) -> Vec<u64> {
+    now.iter()
+        .zip(then.iter().chain(std::iter::repeat(&0)))
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect()
+}
+
 /// What a family holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -227,6 +261,47 @@ impl Registry {
             Metric::Histogram(h) => h,
             _ => unreachable!("kind checked"),
         }
+    }
+
+    /// A histogram family summed over its series: its bounds and cumulative counts (the
+    /// last is the total), as `sum by (le)` would give; `None` before any series exists.
+    pub fn histogram_sum(&self, name: &str) -> Option<(Arc<[f64]>, Vec<u64>)> {
+        let families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        let f = families.iter().find(|f| f.name == name)?;
+        let mut out: Option<(Arc<[f64]>, Vec<u64>)> = None;
+        for (_, m) in &f.series {
+            if let Metric::Histogram(h) = m {
+                let c = h.cumulative();
+                match &mut out {
+                    None => out = Some((h.bounds.clone(), c)),
+                    Some((_, sum)) => sum.iter_mut().zip(c).for_each(|(a, b)| *a += b),
+                }
+            }
+        }
+        out
+    }
+
+    /// A counter family summed by the value of one label.
+    pub fn counter_by(&self, name: &str, label: &str) -> Vec<(String, u64)> {
+        let families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(String, u64)> = Vec::new();
+        for f in families.iter().filter(|f| f.name == name) {
+            for (labels, m) in &f.series {
+                if let Metric::Counter(c) = m {
+                    let key = labels
+                        .iter()
+                        .find(|(k, _)| *k == label)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default();
+                    match out.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, n)) => *n += c.get(),
+                        None => out.push((key, c.get())),
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     /// Every family, in the text format asked for.
@@ -422,6 +497,31 @@ reprise_in_flight 2.0
         );
         assert_eq!(Format::from_accept(Some("text/plain")), Format::Prometheus);
         assert_eq!(Format::from_accept(None), Format::Prometheus);
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_the_bucket_like_histogram_quantile() {
+        let bounds = [1.0, 2.0, 4.0];
+        // 10 values ≤ 1, 10 in (1, 2], none in (2, 4], 5 above 4.
+        let cumulative = [10, 20, 20, 25];
+        assert_eq!(quantile(&bounds, &cumulative, 0.2), Some(0.5));
+        assert_eq!(quantile(&bounds, &cumulative, 0.6), Some(1.5));
+        assert_eq!(quantile(&bounds, &cumulative, 0.99), Some(4.0));
+        assert_eq!(quantile(&bounds, &[0, 0, 0, 0], 0.5), None);
+        assert_eq!(delta(&[10, 20, 20, 25], &[4, 4, 4, 4]), vec![6, 16, 16, 21]);
+        let r = Registry::new();
+        let b: Arc<[f64]> = Arc::from(vec![1.0, 2.0]);
+        r.histogram("h", "h", labels("a"), &b).observe(0.5);
+        r.histogram("h", "h", labels("b"), &b).observe(1.5);
+        assert_eq!(r.histogram_sum("h").unwrap().1, vec![1, 2, 2]);
+        r.counter("c", "c", vec![("k", "x".into())]).add(2);
+        r.counter("c", "c", vec![("k", "y".into())]).add(3);
+        r.counter("c", "c", vec![("k", "x".into()), ("z", "1".into())])
+            .add(1);
+        assert_eq!(
+            r.counter_by("c", "k"),
+            vec![("x".into(), 3), ("y".into(), 3)]
+        );
     }
 
     #[test]

@@ -9,9 +9,11 @@
 //!   the replayer's peak RSS, against its RSS before the run;
 //! - client-added TTFT: replay's median TTFT against a bare hyper client's on the same server;
 //! - SSE parsing: events/s of `SseParser` on one core, against a plain scan for event ends;
+//! - live metrics: the replayer's CPU at 5,000 req/s with `/metrics` scraped once a second,
+//!   and by 100 scrapers a second, against the same run without metrics;
 //! - with `--soak SECONDS`: RSS after 1 minute and at the end of constant load.
 //!
-//! Run: `cargo bench -p reprise-replay --bench pacing [-- --only pacing|max-rate|ttft|concurrency|sse]`
+//! Run: `cargo bench -p reprise-replay --bench pacing [-- --only pacing|max-rate|ttft|concurrency|sse|metrics]`
 //! (`--client lean|reqwest` for one HTTP client; both by default, reqwest as the baseline)
 //! or `[-- --soak 600]`.
 
@@ -227,6 +229,116 @@ fn max_rate(rt: &tokio::runtime::Runtime, base: &str, server_pid: u32) {
         println!(
             "\nhighest rate held by {}: {best:.0} req/s\n",
             client_name(http)
+        );
+    }
+}
+
+/// `--scrape ADDR N`: every second, `N` scrapers fetch `http://ADDR/metrics` at once and
+/// one more reads 1 KiB and drops its connection; until killed. A process of its own, so
+/// that the replayer's CPU figure holds the replayer alone.
+fn scrape_forever(addr: &str, n: usize) {
+    use std::io::{Read, Write};
+    loop {
+        let started = Instant::now();
+        let scrapers: Vec<_> = (0..=n)
+            .map(|i| {
+                let addr = addr.to_owned();
+                std::thread::spawn(move || {
+                    let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
+                        return;
+                    };
+                    let _ = s.write_all(
+                        b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+                    );
+                    let mut buf = vec![0u8; 1024];
+                    if i == n {
+                        // Gone mid-response.
+                        let _ = s.read(&mut buf);
+                        return;
+                    }
+                    while matches!(s.read(&mut buf), Ok(k) if k > 0) {}
+                })
+            })
+            .collect();
+        for s in scrapers {
+            let _ = s.join();
+        }
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(started.elapsed()));
+    }
+}
+
+/// The cost of serving live metrics: the same 5,000 req/s run without `/metrics`, with a
+/// scrape a second, and with 100 scrapers a second (one of them leaving mid-response).
+fn live_metrics(rt: &tokio::runtime::Runtime, base: &str) {
+    let (rate, secs) = (5_000.0, 4.0);
+    println!("\n## Live metrics: /metrics scraped during a {rate:.0} req/s run ({secs} s each)\n");
+    println!(
+        "| scrapers a second | requests ok | replayer CPU s | CPU vs no metrics | queue p50 / p99 µs |"
+    );
+    println!("|---:|---:|---:|---:|---|");
+    let mut baseline = None;
+    for scrapers in [None, Some(1), Some(100)] {
+        std::thread::sleep(Duration::from_secs(1));
+        let endpoint = scrapers.map(|_| {
+            reprise_replay::MetricsEndpoint::bind("127.0.0.1:0".parse().unwrap(), Duration::ZERO)
+                .expect("metrics port")
+        });
+        let scraper = match (scrapers, &endpoint) {
+            (Some(n), Some(e)) => Some(
+                Command::new(std::env::current_exe().expect("exe"))
+                    .args([
+                        "--scrape",
+                        &e.addr().expect("addr").to_string(),
+                        &n.to_string(),
+                    ])
+                    .spawn()
+                    .expect("scraper"),
+            ),
+            _ => None,
+        };
+        let steps = [RateStep {
+            rate,
+            duration: Duration::from_secs_f64(secs),
+            label: "measure".into(),
+        }];
+        let sizes = Sizes::Fixed {
+            input: 16,
+            output: 16,
+        };
+        let plan = RatePlan::new(steps.to_vec(), Process::Fixed, sizes, 0).expect("plan");
+        let dir = tempfile::tempdir().expect("dir");
+        let cpu0 = cpu_secs("self");
+        let s = rt
+            .block_on(reprise_replay::run_with(
+                config(base, dir.path(), HttpClient::Auto),
+                Pacing::Open(plan.into()),
+                Arc::new(AtomicBool::new(false)),
+                Arc::default(),
+                endpoint.map(|e| reprise_replay::LiveRun {
+                    live: Arc::new(reprise_replay::live::Live::new(
+                        "bench",
+                        0,
+                        "m",
+                        reprise_replay::live::RateProfile::None,
+                    )),
+                    endpoint: Some(e),
+                }),
+            ))
+            .expect("run");
+        let cpu = cpu_secs("self") - cpu0;
+        if let Some(mut c) = scraper {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let q = s.overall.queue_ms.expect("queue figures");
+        let base_cpu = *baseline.get_or_insert(cpu);
+        println!(
+            "| {} | {} | {cpu:.2} | {:.3}x | {:.0} / {:.0} |",
+            scrapers.map_or("no /metrics".to_owned(), |n| n.to_string()),
+            s.overall.ok,
+            cpu / base_cpu,
+            q.p50 * 1000.0,
+            q.p99 * 1000.0
         );
     }
 }
@@ -459,6 +571,10 @@ fn soak(rt: &tokio::runtime::Runtime, base: &str, secs: f64) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--scrape") {
+        scrape_forever(&args[i + 1], args[i + 2].parse().expect("scrapers"));
+        return;
+    }
     if args.iter().any(|a| a == "--serve") {
         reprise_stub::sse::serve_forever(reprise_stub::sse::Style::Completion);
         return;
@@ -510,6 +626,9 @@ fn main() {
         }
         if want("sse") {
             sse();
+        }
+        if want("metrics") {
+            live_metrics(&rt, &base);
         }
     }
     let _ = child.kill();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
 use crate::closed::ClosedLoop;
-use crate::live::{self, Live, RateProfile};
+use crate::live::{self, Live};
 use crate::prepare::MetricsEndpoint;
 use crate::send::{Done, SendCtx, endpoint_urls, header_map, http_client, lean_targets};
 use crate::summary::Summarizer;
@@ -77,45 +77,44 @@ pub async fn run(
     run_with(config, pacing, stop, progress, None).await
 }
 
-/// [`run`], serving live metrics on `metrics` while it runs (and for its linger time
-/// after).
+/// Live metrics for [`run_with`]: what is counted, and where it is served.
+#[derive(Debug)]
+pub struct LiveRun {
+    /// The metrics, also read by a live view.
+    pub live: Arc<Live>,
+    /// Where `/metrics` is served, if anywhere.
+    pub endpoint: Option<MetricsEndpoint>,
+}
+
+/// [`run`], counting live metrics (and serving them on the endpoint while it runs and for
+/// its linger time after).
 pub async fn run_with(
     config: ReplayConfig,
     pacing: Pacing,
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
-    metrics: Option<MetricsEndpoint>,
+    live: Option<LiveRun>,
 ) -> Result<RunSummary, ReplayError> {
-    if config.targets.is_empty() {
-        return Err(ReplayError::Config("no target".into()));
-    }
-    let live = match metrics {
-        None => None,
-        Some(endpoint) => {
-            let listener = tokio::net::TcpListener::from_std(endpoint.listener)
-                .map_err(|e| ReplayError::Config(format!("serving metrics: {e}")))?;
-            let profile = match &pacing {
-                Pacing::Open(plan) => RateProfile::of(plan),
-                Pacing::Closed { .. } => RateProfile::None,
-            };
-            let live = Arc::new(Live::new(&config.run_id, 0, &config.shape.model, profile));
-            let server = tokio::spawn(live::serve(listener, live.clone(), progress.clone()));
-            Some((live, server, endpoint.linger))
-        }
+    let Some(LiveRun { live, endpoint }) = live else {
+        return run_inner(config, pacing, stop, progress, None).await;
     };
-    let result = run_inner(
-        config,
-        pacing,
-        stop,
-        progress,
-        live.as_ref().map(|(l, _, _)| l.clone()),
-    )
-    .await;
-    if let Some((_, server, linger)) = live {
+    let ticker = tokio::spawn(live::tick_forever(live.clone(), progress.clone()));
+    let server = match endpoint {
+        Some(e) => {
+            let listener = tokio::net::TcpListener::from_std(e.listener)
+                .map_err(|e| ReplayError::Config(format!("serving metrics: {e}")))?;
+            let task = tokio::spawn(live::serve(listener, live.clone(), progress.clone()));
+            Some((task, e.linger))
+        }
+        None => None,
+    };
+    let result = run_inner(config, pacing, stop, progress, Some(live)).await;
+    if let Some((task, linger)) = server {
         // Scrapers take the final values.
         tokio::time::sleep(linger).await;
-        server.abort();
+        task.abort();
     }
+    ticker.abort();
     result
 }
 
@@ -126,6 +125,9 @@ async fn run_inner(
     progress: Arc<Progress>,
     live: Option<Arc<Live>>,
 ) -> Result<RunSummary, ReplayError> {
+    if config.targets.is_empty() {
+        return Err(ReplayError::Config("no target".into()));
+    }
     let writer = write::create(&config)?;
     let requests_file = config.run_dir.join("requests.parquet");
     let headers = header_map(&config.headers)?;

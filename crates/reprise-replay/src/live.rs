@@ -138,6 +138,59 @@ impl Live {
         }
     }
 
+    /// Metrics for a prepared run (shard 0).
+    pub fn for_run(config: &crate::ReplayConfig, pacing: &crate::Pacing) -> Live {
+        let profile = match pacing {
+            crate::Pacing::Open(plan) => RateProfile::of(plan),
+            crate::Pacing::Closed { .. } => RateProfile::None,
+        };
+        Live::new(&config.run_id, 0, &config.shape.model, profile)
+    }
+
+    /// The figures of the live view, read now.
+    pub fn snapshot(&self, progress: &Progress) -> Snapshot {
+        let hist = |name: &str, bounds: &Arc<[f64]>| {
+            self.registry
+                .histogram_sum(name)
+                .map_or_else(|| vec![0; bounds.len() + 1], |(_, c)| c)
+        };
+        let (phase, step_value) = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Snapshot {
+            at: Instant::now(),
+            sent: progress.sent.load(Ordering::Relaxed),
+            finished: progress.finished.load(Ordering::Relaxed),
+            failed: progress.failed.load(Ordering::Relaxed),
+            planned: progress.planned.load(Ordering::Relaxed),
+            target_rate: self.target_rate.get(),
+            achieved_rate: self.achieved_rate.get(),
+            phase,
+            step: self.step.get() as u64,
+            step_value,
+            latency_bounds: self.latency.clone(),
+            lag_bounds: self.lag.clone(),
+            ttft: hist("reprise_replay_ttft_seconds", &self.latency),
+            itl: hist("reprise_replay_itl_seconds", &self.latency),
+            e2e: hist("reprise_replay_e2e_seconds", &self.latency),
+            lag: hist("reprise_replay_schedule_lag_seconds", &self.lag),
+            by_error: self
+                .registry
+                .counter_by("reprise_replay_requests", "error_class")
+                .into_iter()
+                .filter(|(class, _)| !class.is_empty())
+                .collect(),
+            late: self
+                .registry
+                .counter_by("reprise_replay_late_sends", "run_id")
+                .iter()
+                .map(|(_, n)| n)
+                .sum(),
+        }
+    }
+
     /// Marks the run's start (the clock's zero), for the target rate.
     pub fn start(&self, t0: Instant) {
         *self.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(t0);
@@ -197,6 +250,48 @@ impl Live {
             requests: HashMap::new(),
         }
     }
+}
+
+/// The live view's figures at one instant: counts from the run's progress, gauges, and each
+/// histogram summed over phases (cumulative counts; see [`reprise_live::quantile`]).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// When read.
+    pub at: Instant,
+    /// Requests sent.
+    pub sent: u64,
+    /// Requests finished.
+    pub finished: u64,
+    /// Requests failed.
+    pub failed: u64,
+    /// Requests planned (0 when unknown).
+    pub planned: u64,
+    /// Intended rate now.
+    pub target_rate: f64,
+    /// Requests sent in the last second.
+    pub achieved_rate: f64,
+    /// The phase being sent (empty before the first send).
+    pub phase: String,
+    /// Its index.
+    pub step: u64,
+    /// The step's rate or concurrency.
+    pub step_value: Option<f64>,
+    /// Bounds of the latency histograms, seconds.
+    pub latency_bounds: Arc<[f64]>,
+    /// Bounds of the schedule-lag histogram, seconds.
+    pub lag_bounds: Arc<[f64]>,
+    /// TTFT, cumulative counts.
+    pub ttft: Vec<u64>,
+    /// ITL, cumulative counts.
+    pub itl: Vec<u64>,
+    /// E2E, cumulative counts.
+    pub e2e: Vec<u64>,
+    /// Schedule lag, cumulative counts.
+    pub lag: Vec<u64>,
+    /// Failed requests by error class.
+    pub by_error: Vec<(String, u64)>,
+    /// Late sends.
+    pub late: u64,
 }
 
 /// Per phase and step: the histograms and counters.
@@ -327,25 +422,22 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     tokio::net::TcpListener::bind(addr).await
 }
 
-/// Serves `/metrics` on `listener` until the task is dropped, and ticks the gauges once a
-/// second. A scraper's connection is served on a task of its own, so a slow or vanished
-/// scraper holds nothing else.
+/// Refreshes the gauges once a second, until the task is dropped.
+pub async fn tick_forever(live: Arc<Live>, progress: Arc<Progress>) {
+    let mut last_sent = 0;
+    let mut last = Instant::now();
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        let dt = last.elapsed().as_secs_f64();
+        last = Instant::now();
+        live.tick(&progress, &mut last_sent, dt);
+    }
+}
+
+/// Serves `/metrics` on `listener` until the task is dropped. A scraper's connection is
+/// served on a task of its own, so a slow or vanished scraper holds nothing else.
 pub async fn serve(listener: tokio::net::TcpListener, live: Arc<Live>, progress: Arc<Progress>) {
-    let ticker = {
-        let (live, progress) = (live.clone(), progress.clone());
-        tokio::spawn(async move {
-            let mut last_sent = 0;
-            let mut last = Instant::now();
-            let mut every = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                every.tick().await;
-                let dt = last.elapsed().as_secs_f64();
-                last = Instant::now();
-                live.tick(&progress, &mut last_sent, dt);
-            }
-        })
-    };
-    let _ticker = AbortOnDrop(ticker);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -361,14 +453,6 @@ pub async fn serve(listener: tokio::net::TcpListener, live: Arc<Live>, progress:
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                 .await;
         });
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

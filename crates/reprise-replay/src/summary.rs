@@ -269,7 +269,8 @@ impl Summarizer {
     }
 }
 
-fn fmt_ms(l: &Option<Latency>, f: impl Fn(&Latency) -> f64) -> String {
+/// One figure of a latency, ms, to one decimal (`-` when there is none).
+pub fn fmt_ms(l: &Option<Latency>, f: impl Fn(&Latency) -> f64) -> String {
     l.as_ref()
         .map_or_else(|| "-".into(), |l| format!("{:.1}", f(l)))
 }

@@ -9,3 +9,4 @@ pub mod replay;
 pub mod sim;
 pub mod synth;
 pub mod trace;
+pub mod tui;

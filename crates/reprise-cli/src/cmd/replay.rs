@@ -12,17 +12,19 @@ use reprise_protocol::openai::Api;
 use reprise_replay::client::{Backend, RequestShape, Timeouts};
 use reprise_replay::events::RunEvent;
 use reprise_replay::gate::{Gate, Gates, judge};
+use reprise_replay::live::Live;
 use reprise_replay::prepare::SizedPrompts;
 use reprise_replay::prompt::PromptBuilder;
-use reprise_replay::summary::render;
+use reprise_replay::summary::{fmt_ms, render};
 use reprise_replay::target::{DEFAULT_SIM_PROFILE, parse_target};
 use reprise_replay::workload::{Process, TraceWindow};
 use reprise_replay::{
-    HttpClient, Knobs, Load, PrepareError, Progress, Ramp, ReplayConfig, RunSummary, SizerChoice,
-    Spec, StopRule, new_run_id, prepare, run_with, stop_sims,
+    HttpClient, Knobs, LiveRun, Load, PrepareError, Progress, Ramp, ReplayConfig, RunSummary,
+    SizerChoice, Spec, StopRule, new_run_id, prepare, run_with, stop_sims,
 };
 
 use super::common::{MonitorArgs, monitor_error, positive, secs, shutdown_signal};
+use super::tui;
 
 /// Named load-test scenarios (presets over the flags below).
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -161,6 +163,13 @@ pub struct Args {
         help_heading = "Live metrics"
     )]
     metrics_linger: f64,
+    /// A full-screen live view (rate, latency percentiles, errors, schedule lag) on the
+    /// terminal; `q` stops the run like Ctrl-C. Without a terminal, the progress line.
+    #[arg(long, help_heading = "Live metrics")]
+    tui: bool,
+    /// The progress line even where --tui is given (e.g. in an alias).
+    #[arg(long, help_heading = "Live metrics")]
+    no_tui: bool,
     #[command(flatten)]
     monitoring: MonitorArgs,
     /// Replay at most this many requests of the trace.
@@ -649,6 +658,37 @@ fn print_sizing(s: &SizedPrompts) {
     );
 }
 
+/// How the run is shown while it goes.
+enum View {
+    /// The progress line.
+    Line(indicatif::ProgressBar, tokio::task::JoinHandle<()>),
+    /// The full-screen live view.
+    Tui(tui::Tui),
+}
+
+/// The final figures for the live view's last frame, worded as the summary prints them.
+fn final_lines(s: &RunSummary) -> Vec<String> {
+    let o = &s.overall;
+    let mut lines = vec![format!(
+        "requests {} ok, {} failed{}",
+        o.ok,
+        o.requests - o.ok,
+        if s.complete { "" } else { " (run INCOMPLETE)" }
+    )];
+    let p = |name: &str, l: &Option<reprise_replay::summary::Latency>| {
+        format!(
+            "{name} p50 {} / p90 {} / p99 {} ms",
+            fmt_ms(l, |l| l.p50).trim(),
+            fmt_ms(l, |l| l.p90).trim(),
+            fmt_ms(l, |l| l.p99).trim()
+        )
+    };
+    lines.push(p("TTFT", &o.ttft_ms));
+    lines.push(p("E2E", &o.e2e_ms));
+    lines.push(p("queue", &o.queue_ms));
+    lines
+}
+
 /// A spinner with the live counts, until aborted.
 fn progress_view(progress: Arc<Progress>) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
     let bar = indicatif::ProgressBar::new_spinner().with_style(
@@ -715,18 +755,53 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
     if let Some(addr) = prepared.metrics.as_ref().and_then(|m| m.addr()) {
         eprintln!("live metrics on http://{addr}/metrics");
     }
-    let (bar, ticker) = progress_view(progress.clone());
+    let tui = args.tui && !args.no_tui && {
+        let ok = tui::available();
+        if !ok {
+            eprintln!("--tui: stderr is not a terminal; showing the progress line");
+        }
+        ok
+    };
+    let live = (tui || prepared.metrics.is_some())
+        .then(|| Arc::new(Live::for_run(&prepared.config, &prepared.pacing)));
+    let view = match &live {
+        Some(live) if tui => View::Tui(tui::start(
+            live.clone(),
+            progress.clone(),
+            stop.clone(),
+            format!("reprise replay {run_id}"),
+            prepared.config.intended,
+        )?),
+        _ => {
+            let (bar, ticker) = progress_view(progress.clone());
+            View::Line(bar, ticker)
+        }
+    };
     let summary = run_with(
         prepared.config,
         prepared.pacing,
         stop,
         progress,
-        prepared.metrics,
+        live.map(|live| LiveRun {
+            live,
+            endpoint: prepared.metrics,
+        }),
     )
     .await;
     signals.abort();
-    ticker.abort();
-    bar.finish_and_clear();
+    match view {
+        View::Line(bar, ticker) => {
+            ticker.abort();
+            bar.finish_and_clear();
+        }
+        View::Tui(t) => {
+            let lines = match &summary {
+                Ok(s) => final_lines(s),
+                Err(e) => vec![format!("the run failed: {e}")],
+            };
+            t.finish(tui::Final { lines })?;
+        }
+    }
     let summary = summary?;
     stop_sims(prepared.sims, &sim_runtime).await;
     if let Some(why) = &summary.aborted {
