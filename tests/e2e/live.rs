@@ -271,3 +271,30 @@ fn prometheus_scrapes_a_replay_and_every_dashboard_panel_has_data() {
         }
     }
 }
+
+#[test]
+fn a_metrics_port_in_use_is_one_line_before_the_run_starts() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let err = fails(&reprise(&[
+        "replay",
+        "--target",
+        "sim",
+        "--rate",
+        "5",
+        "--requests",
+        "5",
+        "--out",
+        s(&run),
+        "--metrics-listen",
+        &addr,
+    ]));
+    assert!(
+        err.contains(&format!("--metrics-listen {addr}: cannot listen")),
+        "{err}"
+    );
+    // Nothing ran: no run directory.
+    assert!(!run.join("requests.parquet").exists());
+}

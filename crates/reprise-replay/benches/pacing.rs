@@ -268,79 +268,142 @@ fn scrape_forever(addr: &str, n: usize) {
 }
 
 /// The cost of serving live metrics: the same 5,000 req/s run without `/metrics`, with a
-/// scrape a second, and with 100 scrapers a second (one of them leaving mid-response).
+/// scrape a second, and with 100 scrapers a second (one of them leaving mid-response),
+/// interleaved over three rounds (medians reported: this machine is noisy).
 fn live_metrics(rt: &tokio::runtime::Runtime, base: &str) {
-    let (rate, secs) = (5_000.0, 4.0);
-    println!("\n## Live metrics: /metrics scraped during a {rate:.0} req/s run ({secs} s each)\n");
+    let (rate, secs, rounds) = (5_000.0, 4.0, 3);
     println!(
-        "| scrapers a second | requests ok | replayer CPU s | CPU vs no metrics | queue p50 / p99 µs |"
+        "\n## Live metrics: /metrics scraped during a {rate:.0} req/s run ({secs} s each, median of {rounds} interleaved rounds)\n"
     );
-    println!("|---:|---:|---:|---:|---|");
-    let mut baseline = None;
-    for scrapers in [None, Some(1), Some(100)] {
-        std::thread::sleep(Duration::from_secs(1));
-        let endpoint = scrapers.map(|_| {
-            reprise_replay::MetricsEndpoint::bind("127.0.0.1:0".parse().unwrap(), Duration::ZERO)
+    let setups = [None, Some(1), Some(100)];
+    // Per setup: (CPU s, queue p99 µs, requests ok) of each round.
+    let mut results: Vec<Vec<(f64, f64, u64)>> = vec![Vec::new(); setups.len()];
+    for _ in 0..rounds {
+        for (k, scrapers) in setups.iter().enumerate() {
+            std::thread::sleep(Duration::from_secs(1));
+            let endpoint = scrapers.map(|_| {
+                reprise_replay::MetricsEndpoint::bind(
+                    "127.0.0.1:0".parse().expect("addr"),
+                    Duration::ZERO,
+                )
                 .expect("metrics port")
-        });
-        let scraper = match (scrapers, &endpoint) {
-            (Some(n), Some(e)) => Some(
-                Command::new(std::env::current_exe().expect("exe"))
-                    .args([
-                        "--scrape",
-                        &e.addr().expect("addr").to_string(),
-                        &n.to_string(),
-                    ])
-                    .spawn()
-                    .expect("scraper"),
-            ),
-            _ => None,
-        };
-        let steps = [RateStep {
-            rate,
-            duration: Duration::from_secs_f64(secs),
-            label: "measure".into(),
-        }];
-        let sizes = Sizes::Fixed {
-            input: 16,
-            output: 16,
-        };
-        let plan = RatePlan::new(steps.to_vec(), Process::Fixed, sizes, 0).expect("plan");
-        let dir = tempfile::tempdir().expect("dir");
-        let cpu0 = cpu_secs("self");
-        let s = rt
-            .block_on(reprise_replay::run_with(
-                config(base, dir.path(), HttpClient::Auto),
-                Pacing::Open(plan.into()),
-                Arc::new(AtomicBool::new(false)),
-                Arc::default(),
-                endpoint.map(|e| reprise_replay::LiveRun {
-                    live: Arc::new(reprise_replay::live::Live::new(
-                        "bench",
-                        0,
-                        "m",
-                        reprise_replay::live::RateProfile::None,
-                    )),
-                    endpoint: Some(e),
-                }),
-            ))
-            .expect("run");
-        let cpu = cpu_secs("self") - cpu0;
-        if let Some(mut c) = scraper {
-            let _ = c.kill();
-            let _ = c.wait();
+            });
+            let scraper = match (scrapers, &endpoint) {
+                (Some(n), Some(e)) => Some(
+                    Command::new(std::env::current_exe().expect("exe"))
+                        .args([
+                            "--scrape",
+                            &e.addr().expect("addr").to_string(),
+                            &n.to_string(),
+                        ])
+                        .spawn()
+                        .expect("scraper"),
+                ),
+                _ => None,
+            };
+            let steps = [RateStep {
+                rate,
+                duration: Duration::from_secs_f64(secs),
+                label: "measure".into(),
+            }];
+            let sizes = Sizes::Fixed {
+                input: 16,
+                output: 16,
+            };
+            let plan = RatePlan::new(steps.to_vec(), Process::Fixed, sizes, 0).expect("plan");
+            let dir = tempfile::tempdir().expect("dir");
+            let config = config(base, dir.path(), HttpClient::Auto);
+            let pacing = Pacing::Open(plan.into());
+            let live = endpoint.map(|e| reprise_replay::LiveRun {
+                live: Arc::new(reprise_replay::live::Live::for_run(&config, &pacing)),
+                endpoint: Some(e),
+            });
+            let cpu0 = cpu_secs("self");
+            let s = rt
+                .block_on(reprise_replay::run_with(
+                    config,
+                    pacing,
+                    Arc::new(AtomicBool::new(false)),
+                    Arc::default(),
+                    live,
+                ))
+                .expect("run");
+            let cpu = cpu_secs("self") - cpu0;
+            if let Some(mut c) = scraper {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            let q = s.overall.queue_ms.expect("queue figures");
+            results[k].push((cpu, q.p99 * 1000.0, s.overall.ok));
         }
-        let q = s.overall.queue_ms.expect("queue figures");
-        let base_cpu = *baseline.get_or_insert(cpu);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    // The deterministic part, beside it: what counting one request and rendering one scrape
+    // cost on one core.
+    let live = Arc::new(reprise_replay::live::Live::new(
+        "bench",
+        0,
+        "m",
+        reprise_replay::live::RateProfile::None,
+    ));
+    let mut observer = live.observer(1.0);
+    let sample = reprise_replay::summary::Sample {
+        phase: "measure".into(),
+        ok: true,
+        queue_us: Some(15),
+        ttft_us: Some(2_000),
+        e2e_us: Some(9_000),
+        tpot_us: Some(450),
+        itl_us: vec![450; 15],
+        n_in: 16,
+        n_out: 16,
+        ..Default::default()
+    };
+    let n = 1_000_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        observer.observe(Some(200), std::hint::black_box(&sample));
+    }
+    let per_request_ns = t.elapsed().as_secs_f64() * 1e9 / f64::from(n);
+    let t = Instant::now();
+    let mut bytes = 0;
+    for _ in 0..100 {
+        bytes = std::hint::black_box(live.render(reprise_live::Format::Prometheus)).len();
+    }
+    let render_ms = t.elapsed().as_secs_f64() * 1e3 / 100.0;
+    let run_cpu_per_request_ns = base_cpu_of(&results[0]) * 1e9 / (rate * secs);
+    println!(
+        "counting one finished request (16 tokens): {per_request_ns:.0} ns, {:.2}% of the replayer's {:.0} µs of CPU a request; rendering one scrape ({} KiB): {render_ms:.2} ms, {:.2}% of a core at one scrape a second\n",
+        per_request_ns / run_cpu_per_request_ns * 100.0,
+        run_cpu_per_request_ns / 1e3,
+        bytes / 1024,
+        render_ms / 10.0
+    );
+    println!(
+        "| scrapers a second | requests ok (each run) | replayer CPU s | CPU vs no metrics | queue p99 µs |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    let base_cpu = median(results[0].iter().map(|r| r.0).collect());
+    for (scrapers, runs) in setups.iter().zip(&results) {
+        let cpu = median(runs.iter().map(|r| r.0).collect());
         println!(
-            "| {} | {} | {cpu:.2} | {:.3}x | {:.0} / {:.0} |",
+            "| {} | {} | {cpu:.2} | {:.3}x | {:.0} |",
             scrapers.map_or("no /metrics".to_owned(), |n| n.to_string()),
-            s.overall.ok,
+            runs.iter().map(|r| r.2).min().unwrap_or(0),
             cpu / base_cpu,
-            q.p50 * 1000.0,
-            q.p99 * 1000.0
+            median(runs.iter().map(|r| r.1).collect())
         );
     }
+}
+
+/// Median CPU seconds of a setup's runs.
+fn base_cpu_of(runs: &[(f64, f64, u64)]) -> f64 {
+    let mut v: Vec<f64> = runs.iter().map(|r| r.0).collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// The clients compared (`--client lean|reqwest` for one).

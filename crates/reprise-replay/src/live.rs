@@ -8,7 +8,6 @@
 //! time come from [`Progress`]. Labels are bounded: `run_id`, `worker`, `model`, `phase`,
 //! `step`, `status_class`, `error_class` — never a prompt, a session or a URL.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -246,8 +245,8 @@ impl Live {
         Observer {
             live: self.clone(),
             late_us: (queue_limit_ms * 1000.0) as u64,
-            series: HashMap::new(),
-            requests: HashMap::new(),
+            series: Vec::new(),
+            requests: Vec::new(),
         }
     }
 }
@@ -313,8 +312,11 @@ struct Series {
 pub struct Observer {
     live: Arc<Live>,
     late_us: u64,
-    series: HashMap<(String, Option<u64>), Series>,
-    requests: HashMap<(String, Option<u64>, &'static str, String), Arc<Counter>>,
+    /// By phase and step (few: one a step), found by comparison, so that a request costs
+    /// no allocation.
+    series: Vec<(String, Option<u64>, Series)>,
+    /// By phase, step, status class and error class.
+    requests: Vec<(String, Option<u64>, &'static str, String, Arc<Counter>)>,
 }
 
 fn step_label(step: Option<f64>) -> String {
@@ -336,43 +338,65 @@ impl Observer {
     /// Counts one finished request, given its HTTP status.
     pub fn observe(&mut self, status: Option<u16>, sample: &Sample) {
         let live = &self.live;
-        let key = (sample.phase.clone(), sample.step_value.map(f64::to_bits));
+        let step = sample.step_value.map(f64::to_bits);
         let labels = || {
             let mut l = live.base.clone();
             l.push(("phase", sample.phase.clone()));
             l.push(("step", step_label(sample.step_value)));
             l
         };
-        let s = self.series.entry(key.clone()).or_insert_with(|| {
-            let r = &live.registry;
-            let h = |name, help, bounds| r.histogram(name, help, labels(), bounds);
-            let c = |name, help| r.counter(name, help, labels());
-            Series {
-                ttft: h("reprise_replay_ttft_seconds", "Time to first token, from the send.", &live.latency),
-                itl: h("reprise_replay_itl_seconds", "Gaps between content events.", &live.latency),
-                tpot: h(
-                    "reprise_replay_tpot_seconds",
-                    "Time per output token after the first.",
-                    &live.latency,
-                ),
-                e2e: h("reprise_replay_e2e_seconds", "Send to last byte.", &live.latency),
-                lag: h(
-                    "reprise_replay_schedule_lag_seconds",
-                    "Client queue: sent minus scheduled.",
-                    &live.lag,
-                ),
-                prompt_tokens: c("reprise_replay_prompt_tokens", "Prompt tokens sent."),
-                output_tokens: c("reprise_replay_output_tokens", "Output tokens received."),
-                late: c(
-                    "reprise_replay_late_sends",
-                    "Requests sent later than the queue limit after their scheduled time.",
-                ),
-                mismatches: c(
-                    "reprise_replay_token_mismatches",
-                    "Successful requests whose prompt or output token count differs from the trace's.",
-                ),
+        let i = match self
+            .series
+            .iter()
+            .position(|(p, st, _)| *p == sample.phase && *st == step)
+        {
+            Some(i) => i,
+            None => {
+                let r = &live.registry;
+                let h = |name, help, bounds| r.histogram(name, help, labels(), bounds);
+                let c = |name, help| r.counter(name, help, labels());
+                let series = Series {
+                    ttft: h(
+                        "reprise_replay_ttft_seconds",
+                        "Time to first token, from the send.",
+                        &live.latency,
+                    ),
+                    itl: h(
+                        "reprise_replay_itl_seconds",
+                        "Gaps between content events.",
+                        &live.latency,
+                    ),
+                    tpot: h(
+                        "reprise_replay_tpot_seconds",
+                        "Time per output token after the first.",
+                        &live.latency,
+                    ),
+                    e2e: h(
+                        "reprise_replay_e2e_seconds",
+                        "Send to last byte.",
+                        &live.latency,
+                    ),
+                    lag: h(
+                        "reprise_replay_schedule_lag_seconds",
+                        "Client queue: sent minus scheduled.",
+                        &live.lag,
+                    ),
+                    prompt_tokens: c("reprise_replay_prompt_tokens", "Prompt tokens sent."),
+                    output_tokens: c("reprise_replay_output_tokens", "Output tokens received."),
+                    late: c(
+                        "reprise_replay_late_sends",
+                        "Requests sent later than the queue limit after their scheduled time.",
+                    ),
+                    mismatches: c(
+                        "reprise_replay_token_mismatches",
+                        "Successful requests whose prompt or output token count differs from the trace's.",
+                    ),
+                };
+                self.series.push((sample.phase.clone(), step, series));
+                self.series.len() - 1
             }
-        });
+        };
+        let s = &self.series[i].2;
         if let Some(v) = sample.ttft_us {
             s.ttft.observe_us(v);
         }
@@ -397,22 +421,24 @@ impl Observer {
             s.mismatches.inc();
         }
         let class = status_class(status);
-        let error = sample.error_kind.clone().unwrap_or_default();
-        let rkey = (key.0, key.1, class, error);
-        if let Some(c) = self.requests.get(&rkey) {
+        let error = sample.error_kind.as_deref().unwrap_or_default();
+        if let Some((.., c)) = self.requests.iter().find(|(p, st, cl, e, _)| {
+            *p == sample.phase && *st == step && *cl == class && *e == error
+        }) {
             c.inc();
             return;
         }
         let mut l = labels();
         l.push(("status_class", class.to_owned()));
-        l.push(("error_class", rkey.3.clone()));
+        l.push(("error_class", error.to_owned()));
         let c = live.registry.counter(
             "reprise_replay_requests",
             "Requests finished, by status class and error class.",
             l,
         );
         c.inc();
-        self.requests.insert(rkey, c);
+        self.requests
+            .push((sample.phase.clone(), step, class, error.to_owned(), c));
     }
 }
 
