@@ -307,6 +307,16 @@ struct Series {
     mismatches: Arc<Counter>,
 }
 
+/// The request counter of one phase, step, status class and error class.
+#[derive(Debug)]
+struct RequestCounter {
+    phase: String,
+    step: Option<u64>,
+    class: &'static str,
+    error: String,
+    counter: Arc<Counter>,
+}
+
 /// Feeds finished requests into the metrics (owned by the writer thread).
 #[derive(Debug)]
 pub struct Observer {
@@ -316,7 +326,7 @@ pub struct Observer {
     /// no allocation.
     series: Vec<(String, Option<u64>, Series)>,
     /// By phase, step, status class and error class.
-    requests: Vec<(String, Option<u64>, &'static str, String, Arc<Counter>)>,
+    requests: Vec<RequestCounter>,
 }
 
 fn step_label(step: Option<f64>) -> String {
@@ -422,10 +432,10 @@ impl Observer {
         }
         let class = status_class(status);
         let error = sample.error_kind.as_deref().unwrap_or_default();
-        if let Some((.., c)) = self.requests.iter().find(|(p, st, cl, e, _)| {
-            *p == sample.phase && *st == step && *cl == class && *e == error
+        if let Some(r) = self.requests.iter().find(|r| {
+            r.phase == sample.phase && r.step == step && r.class == class && r.error == error
         }) {
-            c.inc();
+            r.counter.inc();
             return;
         }
         let mut l = labels();
@@ -437,8 +447,13 @@ impl Observer {
             l,
         );
         c.inc();
-        self.requests
-            .push((sample.phase.clone(), step, class, error.to_owned(), c));
+        self.requests.push(RequestCounter {
+            phase: sample.phase.clone(),
+            step,
+            class,
+            error: error.to_owned(),
+            counter: c,
+        });
     }
 }
 
