@@ -188,7 +188,10 @@ impl View {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one frame is drawn from all the view holds; a struct of them would only rename them"
+    )]
     fn draw(
         &self,
         f: &mut ratatui::Frame,
