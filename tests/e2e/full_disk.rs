@@ -137,7 +137,7 @@ fn record_on_a_full_disk_keeps_forwarding_counts_its_losses_and_recovers() {
 
 #[test]
 fn replay_on_a_full_disk_stops_cleanly_and_says_what_was_not_written() {
-    let Some(disk) = SmallDisk::mount("256k") else {
+    let Some(disk) = SmallDisk::mount("128k") else {
         return;
     };
     let run = disk.path.join("run");

@@ -8,7 +8,7 @@
 //! Without a `prometheus` on PATH the test says SKIPPED, unless
 //! `REPRISE_REQUIRE_PROMETHEUS=1` (CI sets it once the package is installed) makes it fail.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -36,6 +36,37 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Starts Prometheus with `config` on a free port (again on another when the port was taken
+/// meanwhile), and waits until it is ready: the process (killed when dropped) and its
+/// address.
+fn start_prometheus(binary: &Path, config: &Path, tsdb: &Path) -> (Kill, String) {
+    for _ in 0..5 {
+        let prom = format!("127.0.0.1:{}", free_port());
+        let mut server = Command::new(binary)
+            .arg(format!("--config.file={}", s(config)))
+            .arg(format!("--storage.tsdb.path={}", s(tsdb)))
+            .arg(format!("--web.listen-address={prom}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if get(&prom, "/-/ready").map(|r| r.0) == Some(200) {
+                return (Kill(server), prom);
+            }
+            if server.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+    panic!("Prometheus did not start");
 }
 
 /// Percent-encodes a query parameter.
@@ -151,40 +182,23 @@ fn prometheus_scrapes_a_replay_and_every_dashboard_panel_has_data() {
         "m",
     ]);
     let _sim = Kill(sim);
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let prom = format!("127.0.0.1:{}", free_port());
+    // The replay's metrics port is its own choice (port 0): Prometheus learns it from a
+    // file-based service discovery file written once the replay says where it listens.
     let config = dir.path().join("prometheus.yml");
+    let targets = dir.path().join("reprise-targets.json");
+    std::fs::write(&targets, "[]").unwrap();
     std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: reprise\n    static_configs:\n      - targets: [\"{metrics}\"]\n  - job_name: sim\n    static_configs:\n      - targets: [\"{sim_addr}\"]\n"
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: reprise\n    file_sd_configs:\n      - files: [\"{}\"]\n        refresh_interval: 1s\n  - job_name: sim\n    static_configs:\n      - targets: [\"{sim_addr}\"]\n",
+            s(&targets)
         ),
     )
     .unwrap();
-    let server = Command::new(prometheus)
-        .arg(format!("--config.file={}", s(&config)))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            s(&dir.path().join("tsdb"))
-        ))
-        .arg(format!("--web.listen-address={prom}"))
-        .arg("--log.level=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _server = Kill(server);
-    let started = Instant::now();
-    while get(&prom, "/-/ready").map(|r| r.0) != Some(200) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "Prometheus not ready"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (_server, prom) = start_prometheus(&prometheus, &config, &dir.path().join("tsdb"));
 
     let run = dir.path().join("run");
-    let out = Command::new(env!("CARGO_BIN_EXE_reprise"))
+    let mut replay = Command::new(env!("CARGO_BIN_EXE_reprise"))
         .current_dir(repo())
         .args([
             "replay",
@@ -200,19 +214,35 @@ fn prometheus_scrapes_a_replay_and_every_dashboard_panel_has_data() {
             "--out",
             s(&run),
             "--metrics-listen",
-            &metrics,
+            "127.0.0.1:0",
             "--metrics-linger",
             "3",
         ])
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let mut stderr = String::new();
+    let mut lines = BufReader::new(replay.stderr.take().unwrap()).lines();
+    let metrics = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("the replay never said where its metrics are:\n{stderr}"))
+            .unwrap();
+        stderr.push_str(&line);
+        stderr.push('\n');
+        if let Some(rest) = line.strip_prefix("live metrics on http://") {
+            break rest.trim_end_matches("/metrics").to_owned();
+        }
+    };
+    std::fs::write(&targets, format!("[{{\"targets\": [\"{metrics}\"]}}]")).unwrap();
+    for line in lines {
+        stderr.push_str(&line.unwrap());
+        stderr.push('\n');
+    }
+    let status = replay.wait().unwrap();
     let ended = now_s();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains(&format!("live metrics on http://{metrics}/metrics")),
-        "{stderr}"
-    );
+    assert!(status.success(), "{stderr}");
     let report = analyze(&run, &Options::default()).unwrap();
     let run_id = report.run_id.clone();
     assert!(report.rows > 50, "{} rows", report.rows);

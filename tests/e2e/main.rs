@@ -5,6 +5,7 @@
 
 mod support;
 
+mod cache_sim;
 mod chaos;
 mod cli;
 mod contract;

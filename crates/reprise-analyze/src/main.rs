@@ -171,6 +171,11 @@ struct AnalyzeArgs {
     /// Knee: error rate that breaks a step.
     #[arg(long, default_value_t = 0.05)]
     knee_error_rate: f64,
+    /// The server's prefix-cache size in blocks of the trace's `block_tokens`: the hit rate
+    /// the trace implies is also given for an LRU cache of that size (vLLM: the KV cache's
+    /// tokens over the trace's block size).
+    #[arg(long, value_name = "BLOCKS")]
+    cache_blocks: Option<u64>,
     /// Print summary.json to stdout instead of the terminal summary.
     #[arg(long)]
     json: bool,
@@ -185,6 +190,7 @@ fn analyze(a: AnalyzeArgs) -> Result<ExitCode> {
         },
         window_s: a.window,
         corr_bin_s: a.corr_bin,
+        cache_blocks: a.cache_blocks,
         rules: Rules {
             min_gain: a.knee_min_gain,
             p99_rise: a.knee_p99_rise,

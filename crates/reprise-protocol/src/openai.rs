@@ -223,6 +223,7 @@ impl GenerationRequest {
 
 /// Token accounting of one response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "UsageJson", into = "UsageJson")]
 pub struct Usage {
     /// Prompt tokens.
     pub prompt_tokens: u32,
@@ -230,6 +231,50 @@ pub struct Usage {
     pub completion_tokens: u32,
     /// Their sum.
     pub total_tokens: u32,
+    /// Prompt tokens the server took from its prefix cache
+    /// (`usage.prompt_tokens_details.cached_tokens`: OpenAI, vLLM with
+    /// `--enable-prompt-tokens-details`, SGLang, llama.cpp), when it says.
+    pub cached_tokens: Option<u32>,
+}
+
+/// `usage` on the wire, with OpenAI's nested `prompt_tokens_details`.
+#[derive(Serialize, Deserialize)]
+struct UsageJson {
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    total_tokens: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prompt_tokens_details: Option<PromptDetailsJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PromptDetailsJson {
+    #[serde(default)]
+    cached_tokens: Option<u32>,
+}
+
+impl From<UsageJson> for Usage {
+    fn from(u: UsageJson) -> Usage {
+        Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.total_tokens,
+            cached_tokens: u.prompt_tokens_details.and_then(|d| d.cached_tokens),
+        }
+    }
+}
+
+impl From<Usage> for UsageJson {
+    fn from(u: Usage) -> UsageJson {
+        UsageJson {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.total_tokens,
+            prompt_tokens_details: u.cached_tokens.map(|c| PromptDetailsJson {
+                cached_tokens: Some(c),
+            }),
+        }
+    }
 }
 
 impl Usage {
@@ -239,6 +284,15 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            cached_tokens: None,
+        }
+    }
+
+    /// The same, saying how many prompt tokens came from the prefix cache.
+    pub fn with_cached(self, cached_tokens: u32) -> Self {
+        Usage {
+            cached_tokens: Some(cached_tokens),
+            ..self
         }
     }
 
@@ -324,6 +378,15 @@ struct UsageRepr {
     prompt_tokens: Option<u32>,
     completion_tokens: Option<u32>,
     total_tokens: Option<u32>,
+    #[serde(default)]
+    prompt_tokens_details: Option<DetailsRepr>,
+}
+
+/// `usage.prompt_tokens_details` as servers send it (possibly `null`, or without the count).
+#[derive(Deserialize)]
+struct DetailsRepr {
+    #[serde(default)]
+    cached_tokens: Option<u32>,
 }
 
 /// Reads one chunk's [`ChunkFacts`]; an error when it is not a JSON object of that shape.
@@ -346,6 +409,7 @@ pub fn chunk_facts(data: &str) -> Result<ChunkFacts, serde_json::Error> {
                 prompt_tokens: u.prompt_tokens?,
                 completion_tokens: u.completion_tokens?,
                 total_tokens: u.total_tokens?,
+                cached_tokens: u.prompt_tokens_details.and_then(|d| d.cached_tokens),
             })
         }),
         error: c.error.filter(|e| !e.is_null()).map(|e| e.to_string()),
@@ -364,6 +428,45 @@ pub fn has_choices(chunk: &Value) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn cached_prompt_tokens_are_read_and_written_as_openai_nests_them() {
+        let with = json!({"usage": {"prompt_tokens": 30, "completion_tokens": 2,
+            "total_tokens": 32, "prompt_tokens_details": {"cached_tokens": 16}}});
+        let u = Usage::from_value(&with).unwrap();
+        assert_eq!(u, Usage::new(30, 2).with_cached(16));
+        assert_eq!(chunk_facts(&with.to_string()).unwrap().usage, Some(u));
+        assert_eq!(
+            serde_json::to_value(u).unwrap()["prompt_tokens_details"]["cached_tokens"],
+            16
+        );
+        // Absent, null, or without the count: not known (never 0).
+        for usage in [
+            json!({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}),
+            json!({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5,
+                "prompt_tokens_details": null}),
+            json!({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5,
+                "prompt_tokens_details": {"audio_tokens": 0}}),
+        ] {
+            let v = json!({ "usage": usage });
+            assert_eq!(Usage::from_value(&v).unwrap().cached_tokens, None, "{v}");
+            assert_eq!(
+                chunk_facts(&v.to_string())
+                    .unwrap()
+                    .usage
+                    .unwrap()
+                    .cached_tokens,
+                None
+            );
+        }
+        // Written without details when unknown, as before.
+        assert!(
+            serde_json::to_value(Usage::new(3, 2))
+                .unwrap()
+                .get("prompt_tokens_details")
+                .is_none()
+        );
+    }
 
     #[test]
     fn chunk_facts_agree_with_the_value_readers() {

@@ -3,7 +3,7 @@
 //!
 //! The writer thread feeds every finished request to an [`Observer`] (histograms of TTFT,
 //! ITL, TPOT, E2E and the schedule lag, counters of requests, tokens, late sends and token
-//! mismatches); the send path says which phase and step it is in ([`Live::on_send`]); a
+//! mismatches); the send path says which phase and step it is in (`Live::on_send`); a
 //! ticker turns the sent count into the achieved rate once a second; gauges read at scrape
 //! time come from [`Progress`]. Labels are bounded: `run_id`, `worker`, `model`, `phase`,
 //! `step`, `status_class`, `error_class` — never a prompt, a session or a URL.

@@ -91,6 +91,7 @@ pub fn row(job: &Job, m: &Measured, clock: &Clock, ctx: &RowContext) -> (ResultR
         itl_us: (!itl.is_empty()).then(|| itl.clone()),
         n_in_usage: m.usage.map(|u| u.prompt_tokens),
         n_out_usage: m.usage.map(|u| u.completion_tokens),
+        n_cached_usage: m.usage.and_then(|u| u.cached_tokens),
         n_out_counted: Some(m.n_out_counted),
         status: m.status,
         error_kind: m.error_kind.map(str::to_owned),
@@ -216,15 +217,12 @@ mod tests {
     #[test]
     fn usage_decides_n_out_and_mismatches() {
         let (clock, job, ctx) = setup();
-        let usage = Usage {
-            prompt_tokens: 101,
-            completion_tokens: 7,
-            total_tokens: 108,
-        };
+        let usage = Usage::new(101, 7).with_cached(64);
         let (r, s) = row(&job, &streamed(&clock, Some(usage)), &clock, &ctx);
         // TPOT over the server's 7 tokens: 60 ms / 6.
         assert_eq!(r.tpot_us, Some(10_000));
         assert_eq!((r.n_in_usage, r.n_out_usage), (Some(101), Some(7)));
+        assert_eq!(r.n_cached_usage, Some(64));
         assert_eq!(
             (s.input_mismatch, s.output_mismatch),
             (Some(true), Some(true))

@@ -29,6 +29,11 @@ pub(crate) fn create(config: &ReplayConfig) -> Result<DatasetWriter<ResultRecord
     }
     .with_meta("reprise.run_id", config.run_id.clone())
     .with_meta("reprise.tokenizer", tokenizer_label(config));
+    // The trace's prefix-block size, so that the analyzer can tell what its hashes imply.
+    let options = match config.prompts.block_tokens {
+        Some(b) => options.with_meta(reprise_trace::writer::META_BLOCK_TOKENS, b.to_string()),
+        None => options,
+    };
     Ok(DatasetWriter::<ResultRecord>::create(
         Output::File(config.run_dir.join("requests.parquet")),
         options,

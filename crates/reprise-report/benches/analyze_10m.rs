@@ -118,6 +118,7 @@ fn generate(dir: &Path, n: u64) {
                 itl_us: Some(gaps),
                 n_in_usage: Some(n_in),
                 n_out_usage: Some(n_out),
+                n_cached_usage: None,
                 n_out_counted: Some(n_out),
                 status: Some(200),
                 error_kind: None,

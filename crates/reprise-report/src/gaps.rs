@@ -737,6 +737,7 @@ mod tests {
             itl_us: Some(gaps),
             n_in_usage: None,
             n_out_usage: None,
+            n_cached_usage: None,
             n_out_counted: None,
             status: Some(200),
             error_kind: None,

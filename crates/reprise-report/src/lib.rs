@@ -17,6 +17,7 @@
 //!
 //! [`analyze`] runs them all on one run.
 
+pub mod cache;
 pub mod compare;
 pub mod correlate;
 pub mod export;
@@ -78,6 +79,9 @@ pub struct Options {
     pub event_context_s: f64,
     /// Bin length of the GPU/server correlation, s.
     pub corr_bin_s: f64,
+    /// The server's prefix-cache size in blocks of the trace's `block_tokens`, for the hit
+    /// rate the trace implies with an LRU cache of that size (else unbounded only).
+    pub cache_blocks: Option<u64>,
 }
 
 impl Default for Options {
@@ -88,6 +92,7 @@ impl Default for Options {
             rules: Rules::default(),
             event_context_s: 30.0,
             corr_bin_s: 2.0,
+            cache_blocks: None,
         }
     }
 }
@@ -147,6 +152,9 @@ pub struct Report {
     pub cdf: std::collections::BTreeMap<String, Vec<(f64, f64)>>,
     /// The knee and its diagnosis, for ramps.
     pub knee: Option<Knee>,
+    /// The server's prefix-cache hit rate beside the one the trace implies, when either is
+    /// known.
+    pub cache: Option<cache::CacheFidelity>,
     /// GPU and server series against the requests, when `gpu.parquet` or `server.parquet`
     /// exist.
     pub correlation: Option<correlate::Correlation>,
@@ -330,6 +338,8 @@ fn polars_stages(
     mark("knee");
     let events = event_reports(run, &measured, opts, t0)?;
     mark("events");
+    let cache = cache::fidelity(run, overall.prefix_cache_hit_rate, opts.cache_blocks)?;
+    mark("prefix cache");
     let info = run.info.as_ref();
     let client_behind = overall
         .p("queue", "p99")
@@ -355,6 +365,7 @@ fn polars_stages(
         windows,
         cdf,
         knee,
+        cache,
         correlation,
         events,
         queue_limit_ms: run.queue_limit_ms,

@@ -48,6 +48,9 @@ pub struct Run {
     pub events: Vec<Event>,
     /// The client's queue limit (ms) above which it "could not keep up".
     pub queue_limit_ms: f64,
+    /// Tokens a `prefix_hashes` block covers (`reprise.block_tokens` of the replayed
+    /// trace, carried into the result file), when known.
+    pub block_tokens: Option<u32>,
 }
 
 impl std::fmt::Debug for Run {
@@ -111,7 +114,7 @@ fn files(path: &Path) -> Result<Vec<PathBuf>, ReportError> {
     reprise_trace::reader::dataset_files(path).map_err(|e| ReportError::Input(e.to_string()))
 }
 
-fn scan(files: &[PathBuf]) -> Result<LazyFrame, ReportError> {
+pub(crate) fn scan(files: &[PathBuf]) -> Result<LazyFrame, ReportError> {
     let frames = files
         .iter()
         .map(|f| {
@@ -150,7 +153,22 @@ pub fn open(dir: &Path) -> Result<Run, ReportError> {
             path.display()
         )));
     }
-    let requests = scan(&parts)?.select([
+    let block_tokens = checked
+        .metadata()
+        .get(reprise_trace::writer::META_BLOCK_TOKENS)
+        .and_then(|v| v.parse().ok());
+    let mut lf = scan(&parts)?;
+    // Files written before the column existed have no cached-token counts.
+    let cached = if lf
+        .collect_schema()
+        .map(|s| s.contains("n_cached_usage"))
+        .unwrap_or(false)
+    {
+        f64c("n_cached_usage")
+    } else {
+        lit(NULL).cast(DataType::Float64)
+    };
+    let requests = lf.select([
         col("phase"),
         col("step_value").cast(DataType::Float64),
         col("target"),
@@ -178,6 +196,7 @@ pub fn open(dir: &Path) -> Result<Run, ReportError> {
         f64c("n_out_usage")
             .fill_null(f64c("n_out_counted"))
             .alias("n_out"),
+        cached.alias("n_cached"),
     ]);
     let dir_of_run = if dir.is_file() {
         dir.parent().unwrap_or(Path::new(".")).to_owned()
@@ -231,6 +250,7 @@ pub fn open(dir: &Path) -> Result<Run, ReportError> {
         server: optional("server.parquet")?,
         events,
         queue_limit_ms,
+        block_tokens,
         dir: dir_of_run,
     })
 }

@@ -149,6 +149,9 @@ pub struct Stats {
     pub slo_attainment: Option<f64>,
     /// Latency distributions (ms) by metric name (see [`LATENCIES`]), plus `itl`.
     pub latency: BTreeMap<String, Dist>,
+    /// Prompt tokens the server served from its prefix cache over the prompt tokens of
+    /// the successful requests whose server said (`n_cached_usage`); `None` when none did.
+    pub prefix_cache_hit_rate: Option<f64>,
 }
 
 impl Stats {
@@ -365,6 +368,14 @@ pub fn agg_exprs(slo: &Slo) -> Vec<Expr> {
         if_ok(col("n_out").fill_null(lit(0.0)) + col("n_in").fill_null(lit(0.0)))
             .sum()
             .alias("all_tokens"),
+        if_ok(col("n_cached")).sum().alias("cached_tokens"),
+        if_ok(
+            when(col("n_cached").is_not_null())
+                .then(col("n_in"))
+                .otherwise(lit(NULL)),
+        )
+        .sum()
+        .alias("cached_of"),
     ];
     for (name, column) in LATENCIES {
         v.extend(dist_exprs(name, col(column) / lit(1000.0)));
@@ -443,6 +454,10 @@ pub fn stats_from_row(df: &DataFrame, row: usize, slo: &Slo) -> Stats {
         goodput: good.map(per_s),
         slo_attainment: good.map(|n| if ok > 0 { n / ok as f64 } else { 0.0 }),
         latency,
+        prefix_cache_hit_rate: match (g("cached_tokens"), g("cached_of")) {
+            (Some(c), Some(of)) if of > 0.0 => Some(c / of),
+            _ => None,
+        },
     }
 }
 

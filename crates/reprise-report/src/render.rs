@@ -225,6 +225,9 @@ pub fn markdown(r: &Report) -> String {
         pct(o.error_rate),
         errors_line(o)
     );
+    if let Some(c) = &r.cache {
+        let _ = writeln!(m, "\n{}", cache_line(c));
+    }
     if r.client_behind {
         let _ = writeln!(
             m,
@@ -351,6 +354,25 @@ pub fn write(r: &Report, dir: &Path) -> Result<(), ReportError> {
     Ok(())
 }
 
+/// One line on the prefix cache: the server's hit rate, the trace's, and the warning.
+pub fn cache_line(c: &crate::cache::CacheFidelity) -> String {
+    let rate =
+        |r: Option<f64>| r.map_or("not reported".to_owned(), |r| format!("{:.1}%", r * 100.0));
+    let mut line = format!(
+        "Prefix cache: server hit rate {}; the trace implies {} (unbounded cache)",
+        rate(c.observed),
+        rate(c.implied_unbounded)
+    );
+    if let (Some(lru), Some(blocks)) = (c.implied_lru, c.cache_blocks) {
+        line.push_str(&format!(", {} (LRU of {blocks} blocks)", rate(Some(lru))));
+    }
+    line.push('.');
+    if let Some(w) = &c.warning {
+        line.push_str(&format!(" WARNING: {w}."));
+    }
+    line
+}
+
 /// The terminal summary (`color`: ANSI colors).
 pub fn terminal(r: &Report, color: bool) -> String {
     let (b, red, green, yellow, z) = if color {
@@ -389,6 +411,10 @@ pub fn terminal(r: &Report, color: bool) -> String {
                 ms(Some(d.max))
             );
         }
+    }
+    if let Some(c) = &r.cache {
+        let color = if c.warning.is_some() { yellow } else { "" };
+        let _ = writeln!(t, "{color}{}{z}", cache_line(c));
     }
     if r.client_behind {
         let _ = writeln!(

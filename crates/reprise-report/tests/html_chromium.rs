@@ -114,6 +114,7 @@ fn write_run(dir: &Path) {
                 itl_us: Some(gaps),
                 n_in_usage: Some(100),
                 n_out_usage: Some(21),
+                n_cached_usage: None,
                 n_out_counted: Some(21),
                 status: Some(200),
                 error_kind: None,

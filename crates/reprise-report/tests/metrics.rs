@@ -39,6 +39,7 @@ fn ok(i: usize, phase: &str, sent_s: f64, ttft_ms: u64, n_out: u32) -> ResultRec
         itl_us: Some(gaps),
         n_in_usage: Some(100),
         n_out_usage: Some(n_out),
+        n_cached_usage: None,
         n_out_counted: Some(n_out),
         status: Some(200),
         error_kind: None,

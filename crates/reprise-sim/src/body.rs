@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use reprise_tokenizer::output_word;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Sleep;
 
-use crate::driver::SeqEvent;
+use crate::driver::{NOT_ADMITTED, SeqEvent};
 use crate::faults::Drawn;
 use crate::metrics::Metrics;
 
@@ -27,6 +28,14 @@ pub enum BodyError {
     /// The engine stopped.
     #[error("engine stopped")]
     EngineGone,
+}
+
+/// `usage` with the prompt tokens the prefix cache served, once the engine has said.
+pub fn with_cached(usage: Usage, cached: &AtomicU32) -> Usage {
+    match cached.load(Ordering::Relaxed) {
+        NOT_ADMITTED => usage,
+        n => usage.with_cached(n),
+    }
 }
 
 /// What a finished stream reports.
@@ -42,6 +51,8 @@ pub struct StreamSpec {
     pub model_json: String,
     /// Prompt tokens for `usage`.
     pub prompt_tokens: u32,
+    /// Prompt tokens served from the prefix cache, set by the engine at admission.
+    pub cached: Arc<AtomicU32>,
     /// Send a final usage chunk.
     pub include_usage: bool,
     /// `length` or `stop`.
@@ -140,8 +151,11 @@ impl SseStream {
                 Api::Chat => "chat.completion.chunk",
                 Api::Completions => "text_completion",
             };
-            let usage = serde_json::to_string(&Usage::new(s.prompt_tokens, self.generated))
-                .unwrap_or_default();
+            let usage = serde_json::to_string(&with_cached(
+                Usage::new(s.prompt_tokens, self.generated),
+                &s.cached,
+            ))
+            .unwrap_or_default();
             self.pending.push_back(Bytes::from(format!(
                 "data: {{\"id\":\"{}\",\"object\":\"{object}\",\"created\":{},\"model\":{},\"choices\":[],\"usage\":{usage}}}\n\n",
                 s.id, s.created, s.model_json

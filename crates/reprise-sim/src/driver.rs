@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -39,13 +39,20 @@ pub enum Msg {
         spec: SeqSpec,
         /// Where its events go.
         events: UnboundedSender<SeqEvent>,
+        /// Set at its first admission to the prompt tokens served from the prefix cache
+        /// ([`NOT_ADMITTED`] until then), for `usage.prompt_tokens_details.cached_tokens`.
+        cached: Arc<AtomicU32>,
     },
     /// Pause the engine (a model reload): no steps for this long (wall clock, already scaled).
     Pause(Duration),
 }
 
+/// The value of a request's `cached` count before it is admitted.
+pub const NOT_ADMITTED: u32 = u32::MAX;
+
 struct Live {
     events: UnboundedSender<SeqEvent>,
+    cached: Arc<AtomicU32>,
     arrived: Instant,
     first: bool,
 }
@@ -131,6 +138,17 @@ fn run(mut engine: Engine, speedup: f64, metrics: Arc<Metrics>, mut rx: Unbounde
         metrics
             .generation_tokens
             .fetch_add(out.emits.len() as u64, Ordering::Relaxed);
+        for (id, cached) in out.admitted.iter().zip(&out.cached_tokens) {
+            // The first admission counts (a preempted sequence recomputes, as in vLLM).
+            if let Some(l) = live.get(id) {
+                let _ = l.cached.compare_exchange(
+                    NOT_ADMITTED,
+                    *cached,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+        }
         for emit in out.emits {
             let (id, last) = match emit {
                 Emit::Token(id) => (id, false),
@@ -172,7 +190,11 @@ fn handle(
     metrics: &Metrics,
 ) {
     match msg {
-        Msg::Submit { spec, events } => {
+        Msg::Submit {
+            spec,
+            events,
+            cached,
+        } => {
             let id = spec.id;
             let prompt = u64::from(spec.prompt_tokens);
             match engine.submit(spec) {
@@ -183,6 +205,7 @@ fn handle(
                             id,
                             Live {
                                 events,
+                                cached,
                                 arrived: Instant::now(),
                                 first: true,
                             },

@@ -54,6 +54,8 @@ pub struct StepOutcome {
     pub prefill_tokens: u64,
     /// Sequences admitted this step.
     pub admitted: Vec<SeqId>,
+    /// Each admitted sequence's prompt tokens served from the prefix cache (same order).
+    pub cached_tokens: Vec<u32>,
     /// Prompt tokens admitted this step, and how many of them hit the prefix cache.
     pub prefix_queried_tokens: u64,
     /// Prefix-cache hit tokens among `prefix_queried_tokens`.
@@ -432,6 +434,8 @@ impl Engine {
                 out.prefix_hit_tokens += u64::from(seq.computed).min(prompt);
             }
             out.admitted.push(seq.spec.id);
+            out.cached_tokens
+                .push(seq.computed.min(seq.spec.prompt_tokens));
             self.prefill_chunk(i, &mut budget, &mut out, &mut emits_idx);
         }
 

@@ -2,7 +2,7 @@
 //! `/tokenize` and the admin routes for faults and reloads.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,8 +19,8 @@ use reprise_tokenizer::{Cl100k, Tokenizer, block_hashes, output_word};
 use serde_json::json;
 use tokio::sync::mpsc::{self, UnboundedSender};
 
-use crate::body::{SimBody, SseStream, StreamSpec};
-use crate::driver::{Msg, SeqEvent};
+use crate::body::{SimBody, SseStream, StreamSpec, with_cached};
+use crate::driver::{Msg, NOT_ADMITTED, SeqEvent};
 use crate::engine::{Rejection, SeqSpec};
 use crate::faults::Faults;
 use crate::metrics::Metrics;
@@ -368,7 +368,13 @@ async fn generate(api: Api, req: Request<Incoming>, state: Arc<State>) -> Reply 
         block_hashes: block_hashes(&tokens, profile.block_size as usize, state.seed),
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
-    if state.engine.send(Msg::Submit { spec, events: tx }).is_err() {
+    let cached = Arc::new(AtomicU32::new(NOT_ADMITTED));
+    let submit = Msg::Submit {
+        spec,
+        events: tx,
+        cached: cached.clone(),
+    };
+    if state.engine.send(submit).is_err() {
         return Ok(engine_stopped());
     }
     match rx.recv().await {
@@ -417,6 +423,7 @@ async fn generate(api: Api, req: Request<Incoming>, state: Arc<State>) -> Reply 
             created,
             model_json,
             prompt_tokens,
+            cached,
             include_usage: request.include_usage,
             finish_reason,
             faults: drawn,
@@ -452,7 +459,7 @@ async fn generate(api: Api, req: Request<Incoming>, state: Arc<State>) -> Reply 
         }
     }
     count_finish(&state);
-    let usage = Usage::new(prompt_tokens, generated);
+    let usage = with_cached(Usage::new(prompt_tokens, generated), &cached);
     let choice = match api {
         Api::Chat => json!({
             "index": 0, "message": {"role": "assistant", "content": text},

@@ -45,10 +45,50 @@ async fn streamed_chat_is_framed_like_vllm_with_exact_usage() {
     let prompt_tokens = Cl100k.count(PROMPT) as u64;
     assert_eq!(
         usage["usage"],
-        json!({"prompt_tokens": prompt_tokens, "completion_tokens": 7, "total_tokens": prompt_tokens + 7})
+        json!({"prompt_tokens": prompt_tokens, "completion_tokens": 7, "total_tokens": prompt_tokens + 7,
+            "prompt_tokens_details": {"cached_tokens": 0}})
     );
     let ids: std::collections::HashSet<_> = chunks.iter().map(|(_, c)| c["id"].clone()).collect();
     assert_eq!(ids.len(), 1, "one id per response");
+}
+
+#[tokio::test]
+async fn a_repeated_prompt_reports_its_cached_prefix_as_vllm_does() {
+    let s = sim().await;
+    let prompt = "the quick brown fox jumps over the lazy dog ".repeat(20);
+    let prompt_tokens = u64::from(Cl100k.count(&prompt) as u32);
+    let mut cached = Vec::new();
+    for stream in [false, true] {
+        let r = post(
+            &s.base_url(),
+            "/v1/completions",
+            json!({
+                "model": "m", "prompt": prompt, "max_tokens": 2, "ignore_eos": true,
+                "stream": stream, "stream_options": {"include_usage": true}
+            }),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        let usage = if stream {
+            r.chunks().last().unwrap().1["usage"].clone()
+        } else {
+            serde_json::from_str::<serde_json::Value>(&r.text()).unwrap()["usage"].clone()
+        };
+        cached.push(
+            usage["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    // The first computes everything; the second finds the prompt's full blocks (all but the
+    // last token at most) in the prefix cache.
+    assert_eq!(cached[0], 0);
+    let block = 16;
+    assert_eq!(
+        cached[1],
+        ((prompt_tokens / block) * block).min(prompt_tokens - 1),
+        "{cached:?}"
+    );
 }
 
 #[tokio::test]

@@ -135,6 +135,9 @@ record! {
         pub n_in_usage: Option<u32>,
         /// Output tokens from the server's `usage`.
         pub n_out_usage: Option<u32>,
+        /// Prompt tokens the server served from its prefix cache
+        /// (`usage.prompt_tokens_details.cached_tokens`), when it says.
+        pub n_cached_usage: Option<u32>,
         /// Output tokens counted by the client.
         pub n_out_counted: Option<u32>,
         /// HTTP status (0 = transport error).

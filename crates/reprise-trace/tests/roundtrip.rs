@@ -101,6 +101,7 @@ fn result_gpu_and_server_round_trip() {
             itl_us: Some(vec![]),
             n_in_usage: Some(3),
             n_out_usage: None,
+            n_cached_usage: None,
             n_out_counted: Some(7),
             status: Some(if i == 3 { 0 } else { 200 }),
             error_kind: (i == 3).then(|| "connect".into()),
