@@ -87,6 +87,21 @@ fn config(target: &str, dir: &std::path::Path, http: HttpClient) -> ReplayConfig
     }
 }
 
+/// Evenly spaced 16-in/16-out requests at `rate` for `secs`, drawn as the run goes (as
+/// `reprise replay --rate` does: the plan takes no memory).
+fn fixed_rate(rate: f64, secs: f64) -> RatePlan {
+    let steps = vec![RateStep {
+        rate,
+        duration: Duration::from_secs_f64(secs),
+        label: "measure".into(),
+    }];
+    let sizes = Sizes::Fixed {
+        input: 16,
+        output: 16,
+    };
+    RatePlan::new(steps, Process::Fixed, sizes, 0).expect("plan")
+}
+
 /// An open-loop fixed-rate replay of 16-in/16-out requests.
 fn replay(
     rt: &tokio::runtime::Runtime,
@@ -96,17 +111,7 @@ fn replay(
     progress: Arc<Progress>,
     http: HttpClient,
 ) -> RunSummary {
-    let steps = [RateStep {
-        rate,
-        duration: Duration::from_secs_f64(secs),
-        label: "measure".into(),
-    }];
-    let sizes = Sizes::Fixed {
-        input: 16,
-        output: 16,
-    };
-    // Drawn as the run goes, as `reprise replay --rate` does: the plan takes no memory.
-    let plan = RatePlan::new(steps.to_vec(), Process::Fixed, sizes, 0).expect("plan");
+    let plan = fixed_rate(rate, secs);
     let dir = tempfile::tempdir().expect("dir");
     rt.block_on(run(
         config(target, dir.path(), http),
@@ -301,16 +306,7 @@ fn live_metrics(rt: &tokio::runtime::Runtime, base: &str) {
                 ),
                 _ => None,
             };
-            let steps = [RateStep {
-                rate,
-                duration: Duration::from_secs_f64(secs),
-                label: "measure".into(),
-            }];
-            let sizes = Sizes::Fixed {
-                input: 16,
-                output: 16,
-            };
-            let plan = RatePlan::new(steps.to_vec(), Process::Fixed, sizes, 0).expect("plan");
+            let plan = fixed_rate(rate, secs);
             let dir = tempfile::tempdir().expect("dir");
             let config = config(base, dir.path(), HttpClient::Auto);
             let pacing = Pacing::Open(plan.into());
