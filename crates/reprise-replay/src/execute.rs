@@ -98,16 +98,19 @@ pub async fn run_with(
     let Some(LiveRun { live, endpoint }) = live else {
         return run_inner(config, pacing, stop, progress, None).await;
     };
-    let ticker = tokio::spawn(live::tick_forever(live.clone(), progress.clone()));
-    let server = match endpoint {
-        Some(e) => {
-            let listener = tokio::net::TcpListener::from_std(e.listener)
-                .map_err(|e| ReplayError::Config(format!("serving metrics: {e}")))?;
-            let task = tokio::spawn(live::serve(listener, live.clone(), progress.clone()));
-            Some((task, e.linger))
-        }
+    let listener = match endpoint {
+        Some(e) => Some((
+            tokio::net::TcpListener::from_std(e.listener)
+                .map_err(|e| ReplayError::Config(format!("serving metrics: {e}")))?,
+            e.linger,
+        )),
         None => None,
     };
+    let server = listener.map(|(listener, linger)| {
+        let task = tokio::spawn(live::serve(listener, live.clone(), progress.clone()));
+        (task, linger)
+    });
+    let ticker = tokio::spawn(live::tick_forever(live.clone(), progress.clone()));
     let result = run_inner(config, pacing, stop, progress, Some(live)).await;
     if let Some((task, linger)) = server {
         // Scrapers take the final values.
