@@ -4,7 +4,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use crate::support::repo;
+use crate::support::{fails, repo, reprise, s};
 
 #[path = "../../fuzz/src/targets.rs"]
 mod targets;
@@ -71,4 +71,15 @@ fn the_lean_clients_parser_reads_what_servers_send() {
     let bad = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n";
     assert!(parse_response(bad, 3).is_err());
     assert!(parse_response(b"HTTP/1.1 2", 0).is_err());
+}
+
+#[test]
+fn a_footer_pointing_outside_the_file_is_one_line_not_a_panic() {
+    // Found by `scripts/fuzz` in CI: a column chunk with a negative offset made the Parquet
+    // library panic while reading.
+    let seed =
+        repo().join("fuzz/seeds/read_parquet/crash-1e5f5610b70ba1c823a4e6b20e45ab0ea5c558f2");
+    let err = fails(&reprise(&["trace", "inspect", s(&seed)]));
+    assert!(err.contains("outside the file"), "{err}");
+    assert!(err.contains("crash-1e5f5610"), "{err}");
 }

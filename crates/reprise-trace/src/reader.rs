@@ -111,10 +111,46 @@ fn check_magic(path: &Path) -> Result<File> {
 
 fn open_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
     let file = check_magic(path)?;
-    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| TraceError::NotParquet {
-        path: path.to_owned(),
-        detail: e.to_string(),
-    })
+    let len = file.metadata().map_err(|e| TraceError::io(path, e))?.len();
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| TraceError::NotParquet {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+    check_chunks(path, &builder, len)?;
+    Ok(builder)
+}
+
+/// Every column chunk the footer lists lies inside the file: the Parquet library panics on a
+/// negative offset or size (found by fuzzing), and a chunk past the end is a truncated file.
+fn check_chunks(
+    path: &Path,
+    builder: &ParquetRecordBatchReaderBuilder<File>,
+    file_len: u64,
+) -> Result<()> {
+    for (g, group) in builder.metadata().row_groups().iter().enumerate() {
+        for chunk in group.columns() {
+            let start = chunk
+                .dictionary_page_offset()
+                .unwrap_or_else(|| chunk.data_page_offset());
+            let size = chunk.compressed_size();
+            let inside = start >= 0
+                && size >= 0
+                && (start as u64)
+                    .checked_add(size as u64)
+                    .is_some_and(|end| end <= file_len);
+            if !inside {
+                return Err(TraceError::NotParquet {
+                    path: path.to_owned(),
+                    detail: format!(
+                        "row group {g}, column {}: chunk at offset {start}, {size} bytes, outside the file's {file_len} bytes",
+                        chunk.column_path()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn key_values(builder: &ParquetRecordBatchReaderBuilder<File>) -> BTreeMap<String, String> {
