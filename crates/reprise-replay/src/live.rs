@@ -219,11 +219,17 @@ impl Live {
         }
     }
 
-    /// Refreshes the gauges read from the run's progress; `dt` since the last tick.
-    fn tick(&self, progress: &Progress, last_sent: &mut u64, dt: f64) {
+    /// Sets the in-flight gauge from the run's progress; the requests sent so far.
+    fn refresh_in_flight(&self, progress: &Progress) -> u64 {
         let sent = progress.sent.load(Ordering::Relaxed);
         let finished = progress.finished.load(Ordering::Relaxed);
         self.in_flight.set(sent.saturating_sub(finished) as f64);
+        sent
+    }
+
+    /// Refreshes the gauges read from the run's progress; `dt` since the last tick.
+    fn tick(&self, progress: &Progress, last_sent: &mut u64, dt: f64) {
+        let sent = self.refresh_in_flight(progress);
         if dt > 0.0 {
             self.achieved_rate
                 .set(sent.saturating_sub(*last_sent) as f64 / dt);
@@ -501,9 +507,7 @@ fn answer<B>(live: &Live, progress: &Progress, req: &Request<B>) -> Response<Ful
     match req.uri().path() {
         "/metrics" => {
             // In flight as of this scrape, not the last tick.
-            let sent = progress.sent.load(Ordering::Relaxed);
-            let finished = progress.finished.load(Ordering::Relaxed);
-            live.in_flight.set(sent.saturating_sub(finished) as f64);
+            live.refresh_in_flight(progress);
             let format = Format::from_accept(
                 req.headers()
                     .get(hyper::header::ACCEPT)
