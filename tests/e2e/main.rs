@@ -20,6 +20,7 @@ mod monitor_sim;
 mod record;
 mod record_sim;
 mod replay;
+mod sessions;
 mod sim;
 mod synth;
 mod torture;

@@ -133,5 +133,5 @@ def test_replay_results_read_with_the_documented_dtypes(replay_run):
     pdf = pd.read_parquet(replay_run / "requests.parquet")
     assert str(pdf["scheduled"].dtype) == "datetime64[ns, UTC]"
     schema_meta = pq.read_table(replay_run / "requests.parquet").schema.metadata
-    assert schema_meta[b"reprise.format"] == b"result/1"
+    assert schema_meta[b"reprise.format"] == b"result/1.1"
     assert schema_meta[b"reprise.run_id"] == run["run_id"].encode()

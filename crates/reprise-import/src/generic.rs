@@ -54,6 +54,8 @@ pub struct ColumnMap {
     pub model: Option<String>,
     /// Session or conversation key.
     pub session: Option<String>,
+    /// Turn number within the session (rows are numbered in arrival order without it).
+    pub turn: Option<String>,
     /// Request id (generated when absent).
     pub request_id: Option<String>,
     /// Requested `max_tokens`.
@@ -71,6 +73,7 @@ impl Default for ColumnMap {
             output: Some("output_tokens".into()),
             model: None,
             session: None,
+            turn: None,
             request_id: None,
             max_tokens: None,
             prefix_hashes: None,
@@ -84,6 +87,14 @@ fn parse_time(ctx: &Context<'_>, map: &ColumnMap, text: &str) -> Result<Timestam
             parse_datetime(text).map_err(|e| format!("column `{}`: {e}", map.time))
         }
         unit => relative_time(ctx.anchor, text, &map.time, unit.ns_per_unit()),
+    }
+}
+
+fn parse_turn(text: &str, column: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(0) => Err(format!("column `{column}`: turns are counted from 1")),
+        Ok(t) => Ok(t),
+        Err(_) => Err(format!("column `{column}`: `{text}` is not a turn number")),
     }
 }
 
@@ -132,6 +143,7 @@ pub(crate) fn csv(
         let output = opt(&map.output)?;
         let model = opt(&map.model)?;
         let session = opt(&map.session)?;
+        let turn = opt(&map.turn)?;
         let id = opt(&map.request_id)?;
         let max_tokens = opt(&map.max_tokens)?;
         let hashes = opt(&map.prefix_hashes)?;
@@ -158,6 +170,9 @@ pub(crate) fn csv(
             }
             if let Some((v, _)) = present(&session) {
                 r.session_id = Some(v.to_owned());
+            }
+            if let Some((v, n)) = present(&turn) {
+                r.turn = Some(parse_turn(v, n)?);
             }
             if let Some((v, n)) = present(&hashes) {
                 r.prefix_hashes = Some(parse_hash_list(v, n)?);
@@ -209,6 +224,12 @@ pub(crate) fn jsonl(
             r.model = m;
         }
         r.session_id = json_string(obj, &map.session);
+        if let Some(k) = &map.turn {
+            r.turn = json_u32(obj, k)?;
+            if r.turn == Some(0) {
+                return Err(format!("field `{k}`: turns are counted from 1"));
+            }
+        }
         if let Some(k) = &map.prefix_hashes {
             r.prefix_hashes = json_hashes(obj, k)?;
         }

@@ -10,6 +10,11 @@
 //!   `Elapsed time`); zero-token failure rows are kept and marked in `failure`;
 //! - [`Source::Csv`] / [`Source::Jsonl`] — any other table, through a [`ColumnMap`].
 //!
+//! Rows of a session (a `session_id`) are numbered and get their think time as they are
+//! read ([`reprise_trace::sessions::SessionTracker`]); each source declares whether its
+//! prompt lengths are cumulative or per turn ([`Source::turn_lengths`]; per-turn lengths
+//! are made cumulative, the trace's convention).
+//!
 //! [`import`] runs a source into a [`DatasetWriter`]. A bad row stops the import with its
 //! line number and the reason ([`ImportError::Row`]), or, with
 //! [`ImportOptions::skip_bad`], is skipped and counted in the [`ImportSummary`]. Nothing is
@@ -24,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use reprise_trace::sessions::{SessionTracker, TurnLengths};
 use reprise_trace::writer::{META_BLOCK_TOKENS, META_SOURCE};
 use reprise_trace::{
     DatasetWriter, Output, Timestamp, TraceError, TraceRecord, WriteSummary, WriterOptions,
@@ -57,6 +63,14 @@ impl Source {
             Source::Jsonl(_) => "jsonl",
         }
     }
+
+    /// How the source counts a turn's prompt tokens. BurstGPT's `Request tokens` are the
+    /// API's prompt tokens (Azure OpenAI's `usage`), which hold the whole conversation sent:
+    /// cumulative. Azure and Mooncake have no sessions. Generic tables say so with
+    /// [`ImportOptions::turn_lengths`] (cumulative unless told).
+    pub fn turn_lengths(&self) -> TurnLengths {
+        TurnLengths::Cumulative
+    }
 }
 
 /// Options common to every source.
@@ -75,6 +89,9 @@ pub struct ImportOptions {
     pub writer: WriterOptions,
     /// Bytes of input read so far, updated as the import goes (for progress bars).
     pub progress: Option<Arc<AtomicU64>>,
+    /// How the input counts a session turn's prompt tokens, when it differs from the
+    /// source's own ([`Source::turn_lengths`]).
+    pub turn_lengths: Option<TurnLengths>,
 }
 
 /// A reader that counts the bytes read through it.
@@ -239,6 +256,18 @@ fn run_rows(
         path,
         anchor: options.anchor.unwrap_or_default(),
         model: options.model.clone().unwrap_or_default(),
+    };
+    // Every good row is numbered within its session before the sink sees it.
+    let mut sessions = SessionTracker::new(
+        options
+            .turn_lengths
+            .unwrap_or_else(|| source.turn_lengths()),
+    );
+    let sink = &mut |mut parsed: ParsedRow| {
+        if let Ok(r) = &mut parsed.row {
+            sessions.observe(r);
+        }
+        sink(parsed)
     };
     match source {
         Source::Azure => sources::azure(&ctx, reader, sink),

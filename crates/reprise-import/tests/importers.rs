@@ -4,6 +4,7 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use reprise_import::{ColumnMap, ImportOptions, Source, TimeUnit, import, parse_all};
+use reprise_trace::sessions::TurnLengths;
 use reprise_trace::time::parse_datetime;
 use reprise_trace::{DatasetReader, Output, Timestamp, TraceRecord};
 
@@ -130,6 +131,74 @@ fn burstgpt_v1_and_v3_keep_and_mark_failures() {
     assert_eq!(v3[0].e2e_us, Some(1_250_000));
     assert_eq!(v3[0].arrival, Timestamp(500_000_000));
     assert!(v3[1].failure.is_some());
+    // Sessions: turns in arrival order; think time from the previous turn's end (arrival +
+    // Elapsed time); none where a turn came before its predecessor ended (1.5 < 1.75).
+    let turns: Vec<_> = v3.iter().map(|r| (r.turn, r.think_us)).collect();
+    assert_eq!(
+        turns,
+        [
+            (Some(1), None),
+            (Some(2), None),
+            (Some(1), None),
+            (Some(3), Some(3_400_000)),
+            (Some(2), Some(7_000_000)),
+            (None, None),
+        ]
+    );
+    // BurstGPT's request tokens are cumulative (the API's prompt tokens): kept as they are.
+    let total: u32 = v3.iter().filter_map(|r| r.input_tokens).sum();
+    assert_eq!(total, 100 + 150 + 40 + 200 + 80 + 10);
+}
+
+#[test]
+fn per_turn_lengths_are_made_cumulative_and_given_turns_kept() {
+    let map = ColumnMap {
+        time: "t".into(),
+        time_unit: TimeUnit::Seconds,
+        session: Some("conv".into()),
+        turn: Some("k".into()),
+        ..ColumnMap::default()
+    };
+    let text = "t,conv,k,input_tokens,output_tokens\n\
+                0,a,1,50,10\n1,b,1,7,3\n4,a,2,20,30\n9,a,3,5,1\n9,b,2,1,1\n";
+    let per_turn = ImportOptions {
+        turn_lengths: Some(TurnLengths::PerTurn),
+        ..ImportOptions::default()
+    };
+    let rows = parse_all(
+        &Source::Csv(map.clone()),
+        Path::new("in.csv"),
+        Cursor::new(text.to_owned()),
+        &per_turn,
+    )
+    .unwrap();
+    let inputs: Vec<_> = rows.iter().map(|r| r.input_tokens.unwrap()).collect();
+    // a: 50; 50 + 10 + 20 = 80; 80 + 30 + 5 = 115. b: 7; 7 + 3 + 1 = 11.
+    assert_eq!(inputs, [50, 7, 80, 115, 11]);
+    // The totals: every turn's own tokens plus the history it carries.
+    let own: u32 = [50, 7, 20, 5, 1].iter().sum();
+    let history: u32 = (50 + 10) + (80 + 30) + (7 + 3);
+    assert_eq!(inputs.iter().sum::<u32>(), own + history);
+    assert_eq!(rows[3].turn, Some(3));
+    // Cumulative (the default): lengths as given.
+    let rows = parse(&Source::Csv(map), text).unwrap();
+    let inputs: Vec<_> = rows.iter().map(|r| r.input_tokens.unwrap()).collect();
+    assert_eq!(inputs, [50, 7, 20, 5, 1]);
+    // A turn 0 is refused, naming the column.
+    let err = parse(
+        &Source::Csv(ColumnMap {
+            time: "t".into(),
+            session: Some("conv".into()),
+            turn: Some("k".into()),
+            ..ColumnMap::default()
+        }),
+        "t,conv,k,input_tokens,output_tokens\n0,a,0,1,1\n",
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("in.csv:2: column `k`: turns are counted from 1"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -214,6 +283,7 @@ fn generic_csv_and_jsonl_with_column_maps() {
         output: Some("out".into()),
         model: Some("m".into()),
         session: Some("conv".into()),
+        turn: None,
         request_id: Some("id".into()),
         max_tokens: None,
         prefix_hashes: Some("h".into()),

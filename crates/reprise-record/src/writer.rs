@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use reprise_trace::sessions::{SessionTracker, TurnLengths};
 use reprise_trace::{DatasetWriter, Output, TraceRecord, WriterOptions};
 
 use crate::config::RecordConfig;
@@ -61,10 +62,15 @@ pub(crate) fn writer_loop(
         }
     };
     let mut pending = 0u64;
+    // Turns of a session are numbered, and their think time taken from the previous turn's
+    // end, in the order their exchanges finish (their arrival order, unless a turn was sent
+    // before the one before it ended).
+    let mut sessions = SessionTracker::new(TurnLengths::Cumulative);
     loop {
         let msg = rows.recv_timeout(config.flush_interval.min(Duration::from_millis(200)));
         let closed = matches!(msg, Err(mpsc::RecvTimeoutError::Disconnected));
-        if let Ok(row) = msg {
+        if let Ok(mut row) = msg {
+            sessions.observe(&mut row);
             if writer.is_none() {
                 writer = open().ok();
             }

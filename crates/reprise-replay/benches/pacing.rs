@@ -74,10 +74,7 @@ fn shape() -> RequestShape {
 fn config(target: &str, dir: &std::path::Path, http: HttpClient) -> ReplayConfig {
     ReplayConfig {
         shape: shape(),
-        prompts: PromptBuilder {
-            block_tokens: None,
-            salt: 0,
-        },
+        prompts: PromptBuilder::new(None, 0),
         run_id: "bench".into(),
         drain: Duration::from_secs(10),
         // The server has the other core.
@@ -478,14 +475,7 @@ fn concurrency(rt: &tokio::runtime::Runtime, base: &str) {
 fn bare_ttft(rt: &tokio::runtime::Runtime, base: &str, n: usize) -> f64 {
     let addr = base.trim_start_matches("http://").to_owned();
     let body = shape()
-        .body(
-            &PromptBuilder {
-                block_tokens: None,
-                salt: 0,
-            }
-            .build("x", 16, None),
-            16,
-        )
+        .body(&PromptBuilder::new(None, 0).build("x", 16, None), 16)
         .to_string();
     rt.block_on(async move {
         let tcp = tokio::net::TcpStream::connect(&addr)

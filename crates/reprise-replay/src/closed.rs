@@ -138,6 +138,7 @@ impl User {
                 // Closed loop: a user means to send now.
                 scheduled: Instant::now(),
                 target: (self.index + i as usize) % run.ctx.urls.len(),
+                turn: None,
             };
             send_job(job, run.ctx.clone()).await;
             if !self.think.is_zero() {

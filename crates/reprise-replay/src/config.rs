@@ -97,6 +97,8 @@ pub struct ReplayConfig {
     /// How long the workload was meant to last ([`workload::OpenPlan::intended_duration`]),
     /// for throughput over the intended duration beside the measured span.
     pub intended: Option<Duration>,
+    /// How the trace's sessions are replayed, when it has sessions.
+    pub sessions: Option<workload::SessionMode>,
 }
 
 impl ReplayConfig {
@@ -119,10 +121,7 @@ impl ReplayConfig {
             },
             max_in_flight: None,
             warmup: 0,
-            prompts: PromptBuilder {
-                block_tokens: None,
-                salt: 1,
-            },
+            prompts: PromptBuilder::new(None, 1),
             run_dir: run_dir.into(),
             run_id: "run".into(),
             queue_limit_ms: 1.0,
@@ -137,6 +136,7 @@ impl ReplayConfig {
             fail_fast: false,
             target_names: Vec::new(),
             intended: None,
+            sessions: None,
         }
     }
 

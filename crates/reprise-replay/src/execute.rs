@@ -330,6 +330,7 @@ async fn run_inner(
             .map(|s| overall.ok as f64 / s),
         overall,
         phases: summary.phases(),
+        sessions: summary.sessions(),
         stopped_early,
         requests_file,
         events: event_records,

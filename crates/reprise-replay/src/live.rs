@@ -40,7 +40,8 @@ impl RateProfile {
         match plan {
             OpenPlan::Listed(v) => {
                 let mut counts = Vec::new();
-                for p in v {
+                // A closed session's later turns count at their recorded arrivals.
+                for p in v.iter().flat_map(crate::workload::Planned::turns) {
                     let s = p.offset.as_secs() as usize;
                     if counts.len() <= s {
                         counts.resize(s + 1, 0u32);
@@ -539,6 +540,7 @@ mod tests {
             scheduled: Instant::now(),
             body: Vec::new(),
             target: 0,
+            turn: None,
         }
     }
 

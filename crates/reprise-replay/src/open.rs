@@ -5,11 +5,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use crate::execute::Shared;
-use crate::row::Job;
+use crate::row::{Job, TurnMark};
 use crate::send::{SendCtx, build_body, lean_targets, phase_for, send_job};
-use crate::workload::{OpenPlan, Planned};
+use crate::workload::{After, Chain, OpenPlan, Planned, SessionMode};
 use crate::{ReplayError, pace};
 
 /// Runs the plan on one sender thread per client in `clients` (built before the clock
@@ -64,9 +65,43 @@ pub(crate) async fn run(
     Ok(complete)
 }
 
+/// A request ready to go: its deadline, its plan entry and its body.
+struct Ready {
+    deadline: Instant,
+    planned: Planned,
+    body: Vec<u8>,
+    turn: Option<TurnMark>,
+}
+
+/// Session turns waiting for their deadline, earliest first (then in arrival order).
+struct Due(Ready, u64);
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        (self.0.deadline, self.1) == (other.0.deadline, other.1)
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Reversed: the heap's top is the earliest.
+        (other.0.deadline, other.1).cmp(&(self.0.deadline, self.1))
+    }
+}
+
 /// The open loop, on the pacer's own runtime: each request spawned at its deadline, then
 /// the requests in flight awaited (after a stop they get the drain time, then are cancelled,
 /// each still ending in a row). `false` when stopped early.
+///
+/// In a closed-session replay, a turn's end schedules the session's next turn
+/// ([`crate::workload::After`]) on this same sender: the loop then waits for whichever
+/// comes first, the next planned request or a turn that has become due, and wakes when a
+/// turn ends in case its successor is due sooner.
 async fn open_loop(
     plan: Box<dyn Iterator<Item = Planned> + Send>,
     first: usize,
@@ -81,28 +116,132 @@ async fn open_loop(
         ctx,
     } = run;
     let n_targets = config.targets.len();
+    let closed_sessions = config.sessions == Some(SessionMode::Closed);
     let mut tasks = tokio::task::JoinSet::new();
     let mut complete = true;
     let mut pacer = pace::Pacer::new();
-    for (j, p) in plan.enumerate() {
-        let i = first + j * stride;
-        let body = build_body(&config, &p.request);
-        let deadline = clock.t0 + p.offset;
-        pacer.until(deadline).await;
+    let (turn_tx, mut turn_rx) = tokio::sync::mpsc::unbounded_channel::<Ready>();
+    let mut due = std::collections::BinaryHeap::new();
+    let mut turns_in_flight = 0usize;
+    let mut arrivals = 0u64;
+    let mut plan = plan.map(|p| {
+        let turn = (closed_sessions && p.request.session_id.is_some()).then(|| TurnMark {
+            recorded: clock.t0 + p.offset,
+            first: true,
+            last: p.then.is_none(),
+            after_end: false,
+        });
+        Ready {
+            deadline: clock.t0 + p.offset,
+            body: build_body(&config, &p.request),
+            planned: p,
+            turn,
+        }
+    });
+    let mut next_listed = plan.next();
+    let mut j = 0usize;
+    loop {
+        while let Ok(r) = turn_rx.try_recv() {
+            turns_in_flight -= 1;
+            arrivals += 1;
+            due.push(Due(r, arrivals));
+        }
+        let listed = next_listed.as_ref().map(|r| r.deadline);
+        let turn = due.peek().map(|d: &Due| d.0.deadline);
+        let (deadline, from_listed) = match (listed, turn) {
+            (Some(a), Some(b)) => (a.min(b), a <= b),
+            (Some(a), None) => (a, true),
+            (None, Some(b)) => (b, false),
+            (None, None) if turns_in_flight == 0 => break,
+            (None, None) => {
+                // Only turns in flight: their ends bring what comes next.
+                if let Some(r) = turn_rx.recv().await {
+                    turns_in_flight -= 1;
+                    arrivals += 1;
+                    due.push(Due(r, arrivals));
+                }
+                continue;
+            }
+        };
+        if turns_in_flight > 0 {
+            tokio::select! {
+                biased;
+                r = turn_rx.recv() => {
+                    if let Some(r) = r {
+                        turns_in_flight -= 1;
+                        arrivals += 1;
+                        due.push(Due(r, arrivals));
+                    }
+                    continue;
+                }
+                () = pacer.until(deadline) => {}
+            }
+        } else {
+            pacer.until(deadline).await;
+        }
         if stop.load(Ordering::Relaxed) {
             complete = false;
             break;
         }
-        let phase = phase_for(&sent_counter, &config, &p.phase);
+        let ready = if from_listed {
+            let r = next_listed.take().expect("a listed request was due");
+            next_listed = plan.next();
+            r
+        } else {
+            due.pop().expect("a turn was due").0
+        };
+        let i = first + j * stride;
+        j += 1;
+        let Ready {
+            deadline,
+            mut planned,
+            body,
+            turn,
+        } = ready;
+        let phase = phase_for(&sent_counter, &config, &planned.phase);
+        let then = planned.then.take();
         let job = Job {
             planned_phase: phase,
-            step_value: p.step_value,
-            request: p.request,
+            step_value: planned.step_value,
+            request: planned.request,
             scheduled: deadline,
             body,
             target: i % n_targets,
+            turn,
         };
-        tasks.spawn(send_job(job, ctx.clone()));
+        match then {
+            None => {
+                let ctx = ctx.clone();
+                tasks.spawn(async move {
+                    send_job(job, ctx).await;
+                });
+            }
+            Some(chain) => {
+                // The session's next turn is made ready when this one ends.
+                turns_in_flight += 1;
+                let (ctx, config, tx, t0) =
+                    (ctx.clone(), config.clone(), turn_tx.clone(), clock.t0);
+                tasks.spawn(async move {
+                    let ended = send_job(job, ctx).await;
+                    let Chain { after, next } = *chain;
+                    let recorded = t0 + next.offset;
+                    let deadline = after.deadline(ended.end, recorded);
+                    let turn = Some(TurnMark {
+                        recorded,
+                        first: false,
+                        last: next.then.is_none(),
+                        after_end: matches!(after, After::End(_)),
+                    });
+                    let body = build_body(&config, &next.request);
+                    let _ = tx.send(Ready {
+                        deadline,
+                        planned: next,
+                        body,
+                        turn,
+                    });
+                });
+            }
+        }
         // Reap finished tasks as we go (costs only what finished).
         while tasks.try_join_next().is_some() {}
     }

@@ -247,6 +247,20 @@ pub async fn prepare(
         seed,
     })?;
     drop(loaded);
+    // Session turns repeat their conversation (both modes); closed sessions are chained.
+    if let Pacing::Open(OpenPlan::Listed(plan)) = &pacing
+        && plan.iter().any(|p| p.request.session_id.is_some())
+    {
+        config.sessions = Some(if plan.iter().any(|p| p.then.is_some()) {
+            crate::workload::SessionMode::Closed
+        } else {
+            crate::workload::SessionMode::Open
+        });
+        let conversations = crate::workload::conversations(plan);
+        if !conversations.is_empty() {
+            config.prompts.conversations = Some(std::sync::Arc::new(conversations));
+        }
+    }
     config.intended = pacing.intended_duration();
     config.events = events
         .into_iter()
@@ -280,9 +294,11 @@ pub async fn prepare(
                 pacing = Pacing::Open(OpenPlan::Listed(plan.iter().collect()));
             }
             let requests: Vec<reprise_trace::TraceRecord> = match &pacing {
-                Pacing::Open(OpenPlan::Listed(plan)) => {
-                    plan.iter().map(|p| p.request.clone()).collect()
-                }
+                Pacing::Open(OpenPlan::Listed(plan)) => plan
+                    .iter()
+                    .flat_map(crate::workload::Planned::turns)
+                    .map(|p| p.request.clone())
+                    .collect(),
                 Pacing::Open(OpenPlan::Rates(_)) => Vec::new(),
                 Pacing::Closed { requests, .. } => requests.clone(),
             };

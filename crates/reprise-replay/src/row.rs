@@ -23,6 +23,21 @@ pub struct Job {
     pub body: Vec<u8>,
     /// Index of the target it goes to.
     pub target: usize,
+    /// Where it stands in its session, in a closed-session replay.
+    pub turn: Option<TurnMark>,
+}
+
+/// A closed session's turn, for the run's session figures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TurnMark {
+    /// When the trace had it arrive (the run's start + its recorded offset).
+    pub recorded: Instant,
+    /// Its session's first turn.
+    pub first: bool,
+    /// Its session's last turn.
+    pub last: bool,
+    /// Sent a think time after the previous turn's end (`scheduled` is that instant).
+    pub after_end: bool,
 }
 
 /// What a row needs from the run.
@@ -156,6 +171,7 @@ mod tests {
             scheduled: clock.t0 + Duration::from_millis(10),
             body: Vec::new(),
             target: 1,
+            turn: None,
         };
         let ctx = RowContext {
             run_id: "run-a".into(),

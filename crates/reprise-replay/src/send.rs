@@ -115,7 +115,13 @@ pub(crate) struct SendCtx {
     pub(crate) live: Option<Arc<crate::live::Live>>,
 }
 
-pub(crate) async fn send_job(mut job: Job, ctx: Arc<SendCtx>) {
+/// When a request's response ended (or it failed).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ended {
+    pub(crate) end: std::time::Instant,
+}
+
+pub(crate) async fn send_job(mut job: Job, ctx: Arc<SendCtx>) -> Ended {
     let _permit = match &ctx.limiter {
         Some(l) => l.clone().acquire_owned().await.ok(),
         None => None,
@@ -152,8 +158,11 @@ pub(crate) async fn send_job(mut job: Job, ctx: Arc<SendCtx>) {
             ..Measured::default()
         },
     };
+    let end = std::time::Instant::now();
     ctx.progress.finished.fetch_add(1, Ordering::Relaxed);
+    let ended = Ended { end };
     let _ = ctx.done_tx.send(Done { job, measured });
+    ended
 }
 
 /// The extra headers as `reqwest` sends them, marked sensitive (never logged).

@@ -297,10 +297,7 @@ mod tests {
                 r
             })
             .collect();
-        let prompts = PromptBuilder {
-            block_tokens: None,
-            salt: 1,
-        };
+        let prompts = PromptBuilder::new(None, 1);
         let (sizing, report) = size_prompts(&sizer, &prompts, &requests).await.unwrap();
         assert_eq!(
             report,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
 
-pub use reprise_trace::run::{Latency, PhaseSummary};
+pub use reprise_trace::run::{Latency, PhaseSummary, SessionsSummary};
 
 #[derive(Debug, Clone)]
 struct Hist(Histogram<u64>);
@@ -213,11 +213,71 @@ impl Acc {
     }
 }
 
+/// One finished turn of a closed session, as the session figures need it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TurnSample {
+    /// Its session's first turn.
+    pub first: bool,
+    /// Its session's last turn.
+    pub last: bool,
+    /// Sent a think time after its predecessor's end.
+    pub after_end: bool,
+    /// `scheduled − recorded arrival`, ns (negative: earlier than recorded).
+    pub delay_ns: i64,
+    /// `sent − scheduled`, µs, when it was sent.
+    pub queue_us: Option<u64>,
+    /// Cancelled by a stop's drain.
+    pub cancelled: bool,
+}
+
+/// Accumulates the turns of a closed-session replay.
+#[derive(Debug, Clone)]
+struct Sessions {
+    figures: SessionsSummary,
+    delay: Hist,
+    think_error: Hist,
+}
+
+impl Sessions {
+    fn add(&mut self, t: &TurnSample) {
+        let f = &mut self.figures;
+        let sent = t.queue_us.is_some();
+        if !sent {
+            return;
+        }
+        f.turns += 1;
+        f.started += u64::from(t.first);
+        f.completed += u64::from(t.last && !t.cancelled);
+        if !t.first {
+            f.later_turns += 1;
+            if t.delay_ns > 1_000_000 {
+                f.delayed += 1;
+                self.delay.record_us((t.delay_ns / 1000) as u64);
+            } else if t.delay_ns < 0 {
+                f.earlier += 1;
+            }
+            if let (true, Some(q)) = (t.after_end, t.queue_us) {
+                self.think_error.record_us(q);
+            }
+        }
+    }
+
+    fn report(&self) -> SessionsSummary {
+        SessionsSummary {
+            mode: "closed".into(),
+            delay_ms: self.delay.latency(),
+            think_error_ms: self.think_error.latency(),
+            ..self.figures.clone()
+        }
+    }
+}
+
 /// Accumulates samples per phase and overall (warm-up excluded from the overall figures).
 #[derive(Debug, Clone)]
 pub struct Summarizer {
     overall: Acc,
     phases: Vec<(String, Acc)>,
+    sessions: Option<Sessions>,
 }
 
 impl Default for Summarizer {
@@ -225,11 +285,28 @@ impl Default for Summarizer {
         Summarizer {
             overall: Acc::new(None),
             phases: Vec::new(),
+            sessions: None,
         }
     }
 }
 
 impl Summarizer {
+    /// Adds one turn of a closed session (beside its request's [`Sample`]).
+    pub fn add_turn(&mut self, t: &TurnSample) {
+        self.sessions
+            .get_or_insert_with(|| Sessions {
+                figures: SessionsSummary::default(),
+                delay: Hist::new(),
+                think_error: Hist::new(),
+            })
+            .add(t);
+    }
+
+    /// The session figures, in a closed-session replay.
+    pub fn sessions(&self) -> Option<SessionsSummary> {
+        self.sessions.as_ref().map(Sessions::report)
+    }
+
     /// Adds one request.
     pub fn add(&mut self, s: &Sample) {
         let i = match self.phases.iter().position(|(p, _)| *p == s.phase) {
@@ -273,6 +350,29 @@ impl Summarizer {
 pub fn fmt_ms(l: &Option<Latency>, f: impl Fn(&Latency) -> f64) -> String {
     l.as_ref()
         .map_or_else(|| "-".into(), |l| format!("{:.1}", f(l)))
+}
+
+/// The terminal lines of a closed-session replay's figures.
+pub fn render_sessions(s: &SessionsSummary) -> String {
+    let mut out = format!(
+        "sessions {} started, {} completed; {} turns ({} after a first)\n",
+        s.started, s.completed, s.turns, s.later_turns
+    );
+    out.push_str(&format!(
+        "turns delayed by the target {} (p50 {} ms, p99 {} ms, max {} ms later than recorded), {} earlier than recorded\n",
+        s.delayed,
+        fmt_ms(&s.delay_ms, |l| l.p50),
+        fmt_ms(&s.delay_ms, |l| l.p99),
+        fmt_ms(&s.delay_ms, |l| l.max),
+        s.earlier
+    ));
+    if let Some(t) = &s.think_error_ms {
+        out.push_str(&format!(
+            "think-time error (sent − previous end − think) p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms\n",
+            t.p50, t.p99, t.max
+        ));
+    }
+    out
 }
 
 /// The terminal table of a summary.
@@ -375,6 +475,51 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_figures_count_turns_delays_and_think_errors() {
+        let mut s = Summarizer::default();
+        assert_eq!(s.sessions(), None);
+        let turn = |first, last, delay_ms: i64, queue_us| TurnSample {
+            first,
+            last,
+            after_end: !first,
+            delay_ns: delay_ms * 1_000_000,
+            queue_us,
+            cancelled: false,
+        };
+        s.add_turn(&turn(true, false, 0, Some(10)));
+        s.add_turn(&turn(false, false, 250, Some(40)));
+        s.add_turn(&turn(false, true, -30, Some(20)));
+        s.add_turn(&turn(true, true, 0, Some(5)));
+        // A second session's later turn never sent (a stop): not counted.
+        s.add_turn(&turn(false, true, 0, None));
+        let f = s.sessions().unwrap();
+        assert_eq!(
+            (
+                f.started,
+                f.completed,
+                f.turns,
+                f.later_turns,
+                f.delayed,
+                f.earlier
+            ),
+            (2, 2, 4, 2, 1, 1)
+        );
+        // HDR precision: 3 significant digits.
+        let max = f.delay_ms.as_ref().map_or(0.0, |l| l.max);
+        assert!((max - 250.0).abs() <= 0.25, "{max}");
+        assert_eq!(f.think_error_ms.as_ref().map(|l| l.count), Some(2));
+        let text = render_sessions(&f);
+        assert!(
+            text.contains("sessions 2 started, 2 completed; 4 turns (2 after a first)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("turns delayed by the target 1 (p50 250.1 ms"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn warmup_is_excluded_and_rates_use_sent_to_done() {

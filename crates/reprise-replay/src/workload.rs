@@ -24,6 +24,60 @@ pub struct Planned {
     pub step_value: Option<f64>,
     /// The source request.
     pub request: TraceRecord,
+    /// The session's next turn, sent when this one allows (closed-session replay).
+    pub then: Option<Box<Chain>>,
+}
+
+/// A session's next turn and what it waits for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chain {
+    /// When the turn may go, relative to the turn before it.
+    pub after: After,
+    /// The turn (its `offset` is its recorded arrival / speed, for reference).
+    pub next: Planned,
+}
+
+/// What a session's turn waits for (closed-session replay).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum After {
+    /// The previous turn's response to end, then this think time (divided by the speed).
+    End(Duration),
+    /// The previous turn's response to end, and not before its recorded arrival: the think
+    /// time is unknown (the trace has no end of the previous turn, or has this turn arrive
+    /// before it ended, as an agent's parallel calls do).
+    EndOrRecorded,
+}
+
+impl After {
+    /// When the turn goes, given the previous turn's end and its own recorded instant:
+    /// never before that end.
+    pub fn deadline(
+        self,
+        previous_end: std::time::Instant,
+        recorded: std::time::Instant,
+    ) -> std::time::Instant {
+        match self {
+            After::End(think) => previous_end + think,
+            After::EndOrRecorded => previous_end.max(recorded),
+        }
+    }
+}
+
+impl Planned {
+    /// This request and the session turns chained after it.
+    pub fn turns(&self) -> impl Iterator<Item = &Planned> {
+        std::iter::successors(Some(self), |p| p.then.as_deref().map(|c| &c.next))
+    }
+}
+
+/// How a trace's sessions are replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionMode {
+    /// A session's first turn at its recorded time, each next turn after the previous
+    /// turn's response has ended plus its think time ([`After`]).
+    Closed,
+    /// Every turn at its recorded time.
+    Open,
 }
 
 /// Which part of a trace to replay, and how fast.
@@ -40,6 +94,8 @@ pub struct TraceWindow {
     /// Prompt and output lengths multiplied by this (rounded, at least 1 token), for a
     /// server smaller than the trace's; prefix blocks past a shortened prompt are dropped.
     pub length_scale: f64,
+    /// How sessions are replayed; `None`: closed when the trace has sessions.
+    pub sessions: Option<SessionMode>,
 }
 
 impl Default for TraceWindow {
@@ -50,6 +106,7 @@ impl Default for TraceWindow {
             duration: None,
             limit: None,
             length_scale: 1.0,
+            sessions: None,
         }
     }
 }
@@ -63,7 +120,8 @@ pub struct LoadedTrace {
     pub block_tokens: Option<usize>,
 }
 
-/// Reads a trace/1 dataset and sorts it by arrival (out-of-order input is allowed).
+/// Reads a trace/1 dataset and sorts it by arrival (out-of-order input is allowed); the
+/// turns of sessions are numbered and their think times derived where the file lacks them.
 pub fn load_trace(path: &Path) -> Result<LoadedTrace, ReplayError> {
     let reader = DatasetReader::<TraceRecord>::open(path)?;
     let block_tokens = reader
@@ -72,6 +130,7 @@ pub fn load_trace(path: &Path) -> Result<LoadedTrace, ReplayError> {
         .and_then(|v| v.parse().ok());
     let mut requests = reader.read_all()?;
     requests.sort_by_key(|r| r.arrival);
+    reprise_trace::sessions::derive(&mut requests);
     Ok(LoadedTrace {
         requests,
         block_tokens,
@@ -118,9 +177,85 @@ pub fn trace_plan(trace: &LoadedTrace, window: &TraceWindow) -> Result<Vec<Plann
             phase: "measure".into(),
             step_value: None,
             request,
+            then: None,
         });
     }
+    let has_sessions = plan.iter().any(|p| p.request.session_id.is_some());
+    if has_sessions && window.sessions.unwrap_or(SessionMode::Closed) == SessionMode::Closed {
+        plan = chain_sessions(plan, window.speed);
+    }
     Ok(plan)
+}
+
+/// Closed sessions: each session's turns (in turn order) chained after its first, which
+/// keeps its place in the plan; what each turn waits for is [`After`].
+fn chain_sessions(plan: Vec<Planned>, speed: f64) -> Vec<Planned> {
+    let mut sessions: std::collections::HashMap<String, Vec<Planned>> =
+        std::collections::HashMap::new();
+    let mut heads: Vec<Planned> = Vec::new();
+    for p in plan {
+        match p.request.session_id.clone() {
+            Some(s) => sessions.entry(s).or_default().push(p),
+            None => heads.push(p),
+        }
+    }
+    let scaled = |us: u64| Duration::from_nanos((us as f64 * 1000.0 / speed).round() as u64);
+    for (_, mut turns) in sessions {
+        turns.sort_by_key(|p| (p.request.turn, p.request.arrival));
+        let mut chain: Option<Box<Chain>> = None;
+        while let Some(mut turn) = turns.pop() {
+            turn.then = chain.take();
+            if turns.is_empty() {
+                heads.push(turn);
+                break;
+            }
+            let after = match turn.request.think_us {
+                Some(think) => After::End(scaled(think)),
+                None => After::EndOrRecorded,
+            };
+            chain = Some(Box::new(Chain { after, next: turn }));
+        }
+    }
+    heads.sort_by_key(|p| p.offset);
+    heads
+}
+
+/// The conversations of a plan's sessions (chained or not), for prompts that repeat them
+/// ([`crate::prompt::Conversations`]); lengths as the requests are sent.
+pub fn conversations(plan: &[Planned]) -> crate::prompt::Conversations {
+    let mut sessions: std::collections::BTreeMap<&str, Vec<&TraceRecord>> =
+        std::collections::BTreeMap::new();
+    for p in plan.iter().flat_map(Planned::turns) {
+        if let Some(s) = p.request.session_id.as_deref() {
+            sessions.entry(s).or_default().push(&p.request);
+        }
+    }
+    let mut out = crate::prompt::Conversations::default();
+    for (_, mut turns) in sessions {
+        if turns.len() < 2 {
+            continue;
+        }
+        turns.sort_by_key(|r| (r.turn, r.arrival));
+        let ids: Vec<String> = turns.iter().map(|r| r.request_id.clone()).collect();
+        let lengths = turns
+            .iter()
+            .map(|r| {
+                (
+                    r.input_tokens.unwrap_or(16),
+                    r.output_tokens.or(r.max_tokens).unwrap_or(128).max(1),
+                )
+            })
+            .collect();
+        out.add(
+            &ids,
+            crate::prompt::Conversation {
+                first_id: turns[0].request_id.clone(),
+                first_hashes: turns[0].prefix_hashes.clone(),
+                turns: lengths,
+            },
+        );
+    }
+    out
 }
 
 /// How inter-arrival gaps are drawn at a given rate.
@@ -384,6 +519,7 @@ impl Iterator for RateIter {
             let request = synthetic_request(self.i, &self.plan.sizes);
             self.i += 1;
             return Some(Planned {
+                then: None,
                 offset: Duration::from_secs_f64(t),
                 phase: step.label.clone(),
                 step_value: Some(step.rate),
@@ -418,7 +554,7 @@ impl OpenPlan {
     /// Requests planned (expected, for random arrivals).
     pub fn expected_len(&self) -> u64 {
         match self {
-            OpenPlan::Listed(v) => v.len() as u64,
+            OpenPlan::Listed(v) => v.iter().map(|p| p.turns().count() as u64).sum(),
             OpenPlan::Rates(p) => p.expected_len(),
         }
     }
@@ -427,7 +563,13 @@ impl OpenPlan {
     /// replay's speed), or the rate plan's [`RatePlan::intended_duration`].
     pub fn intended_duration(&self) -> Duration {
         match self {
-            OpenPlan::Listed(v) => v.last().map_or(Duration::ZERO, |p| p.offset),
+            // A session's later turns go by their recorded arrivals here.
+            OpenPlan::Listed(v) => v
+                .iter()
+                .flat_map(Planned::turns)
+                .map(|p| p.offset)
+                .max()
+                .unwrap_or(Duration::ZERO),
             OpenPlan::Rates(p) => p.intended_duration(),
         }
     }
@@ -504,6 +646,123 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(trace_plan(&t, &w).unwrap().len(), 1);
+    }
+
+    fn session_row(id: &str, session: &str, at: f64, think_ms: Option<u64>) -> TraceRecord {
+        let mut r = TraceRecord::new(id, Timestamp::from_secs_f64(1000.0 + at));
+        r.session_id = Some(session.to_owned());
+        r.think_us = think_ms.map(|t| t * 1000);
+        r.input_tokens = Some(10);
+        r
+    }
+
+    fn loaded(mut requests: Vec<TraceRecord>) -> LoadedTrace {
+        requests.sort_by_key(|r| r.arrival);
+        reprise_trace::sessions::derive(&mut requests);
+        LoadedTrace {
+            requests,
+            block_tokens: None,
+        }
+    }
+
+    #[test]
+    fn closed_sessions_chain_later_turns_behind_the_first() {
+        let t = loaded(vec![
+            session_row("a1", "a", 0.0, None),
+            TraceRecord::new("x", Timestamp::from_secs_f64(1000.5)),
+            session_row("a2", "a", 2.0, Some(1000)),
+            session_row("b1", "b", 1.0, None),
+            session_row("a3", "a", 4.0, None),
+        ]);
+        let w = TraceWindow {
+            speed: 2.0,
+            ..TraceWindow::default()
+        };
+        let plan = trace_plan(&t, &w).unwrap();
+        let heads: Vec<_> = plan.iter().map(|p| p.request.request_id.as_str()).collect();
+        assert_eq!(heads, ["a1", "x", "b1"]);
+        let a: Vec<_> = plan[0]
+            .turns()
+            .map(|p| p.request.request_id.as_str())
+            .collect();
+        assert_eq!(a, ["a1", "a2", "a3"]);
+        let chain = plan[0].then.as_ref().unwrap();
+        // The think time is divided by the speed; a turn without one waits for its
+        // predecessor's end and its recorded time.
+        assert_eq!(chain.after, After::End(Duration::from_millis(500)));
+        assert_eq!(chain.next.offset, Duration::from_secs(1));
+        assert_eq!(
+            chain.next.then.as_ref().unwrap().after,
+            After::EndOrRecorded
+        );
+        let listed = OpenPlan::from(plan.clone());
+        assert_eq!(listed.expected_len(), 5);
+        assert_eq!(listed.intended_duration(), Duration::from_secs(2));
+        // Open sessions: every turn listed at its recorded time.
+        let open = trace_plan(
+            &t,
+            &TraceWindow {
+                sessions: Some(SessionMode::Open),
+                ..w
+            },
+        )
+        .unwrap();
+        assert_eq!(open.len(), 5);
+        assert!(open.iter().all(|p| p.then.is_none()));
+        // The conversations are the same in both modes.
+        assert_eq!(conversations(&plan), conversations(&open));
+        assert_eq!(conversations(&plan).len(), 3, "a's three turns (b has one)");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// Whatever the trace and however long the server takes, a closed session's turn is
+        /// never due before its predecessor's end, and is due exactly a think time after it
+        /// when the trace knows the think time; every row is planned once.
+        #[test]
+        fn no_turn_is_due_before_its_predecessors_end(
+            rows in proptest::collection::vec(
+                (0u8..5, 0u32..20_000, proptest::option::of(0u64..3_000), 1u64..5_000),
+                1..40,
+            ),
+            speed in 0.5f64..8.0,
+        ) {
+            let records: Vec<TraceRecord> = rows
+                .iter()
+                .enumerate()
+                .map(|(i, &(s, at_ms, think, _))| {
+                    session_row(&format!("r{i}"), &format!("s{s}"), f64::from(at_ms) / 1000.0, think)
+                })
+                .collect();
+            let service: std::collections::HashMap<String, Duration> = rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("r{i}"), Duration::from_millis(r.3)))
+                .collect();
+            let plan = trace_plan(&loaded(records), &TraceWindow { speed, ..TraceWindow::default() }).unwrap();
+            let t0 = std::time::Instant::now();
+            let mut planned = 0;
+            for head in &plan {
+                // Walk the chain as the sender does: each turn ends `service` after its send.
+                let mut sent = t0 + head.offset;
+                let mut turn = head;
+                planned += 1;
+                while let Some(chain) = &turn.then {
+                    let end = sent + service[&turn.request.request_id];
+                    let due = chain.after.deadline(end, t0 + chain.next.offset);
+                    proptest::prop_assert!(due >= end);
+                    if let Some(think) = chain.next.request.think_us {
+                        let want = Duration::from_nanos((think as f64 * 1000.0 / speed).round() as u64);
+                        proptest::prop_assert_eq!(due, end + want);
+                    }
+                    proptest::prop_assert!(chain.next.request.turn > turn.request.turn);
+                    sent = due;
+                    turn = &chain.next;
+                    planned += 1;
+                }
+            }
+            proptest::prop_assert_eq!(planned, rows.len());
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use reprise_trace::{DatasetWriter, Output, ResultRecord, WriterOptions};
 use crate::clock::Clock;
 use crate::row::{RowContext, row};
 use crate::send::{Done, tokenizer_label, wrong_target};
-use crate::summary::Summarizer;
+use crate::summary::{Summarizer, TurnSample};
 use crate::{Progress, ReplayConfig, ReplayError, RunSummary};
 
 /// Opens `requests.parquet` in the run directory (created).
@@ -100,10 +100,22 @@ pub(crate) fn spawn(
             if !sample.ok {
                 progress.failed.fetch_add(1, Ordering::Relaxed);
             }
-            summary
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .add(&sample);
+            {
+                let mut summary = summary.lock().unwrap_or_else(|e| e.into_inner());
+                summary.add(&sample);
+                if let Some(t) = &done.job.turn {
+                    summary.add_turn(&TurnSample {
+                        first: t.first,
+                        last: t.last,
+                        after_end: t.after_end,
+                        delay_ns: signed_ns(done.job.scheduled, t.recorded),
+                        queue_us: done.measured.sent.map(|s| {
+                            s.saturating_duration_since(done.job.scheduled).as_micros() as u64
+                        }),
+                        cancelled: done.measured.error_kind == Some("cancelled"),
+                    });
+                }
+            }
             if let Some(live) = live.as_mut() {
                 live.observe(record.status, &sample);
             }
@@ -157,6 +169,14 @@ pub(crate) fn spawn(
             }),
         }
     })
+}
+
+/// `a − b` in nanoseconds, negative when `a` is earlier.
+fn signed_ns(a: Instant, b: Instant) -> i64 {
+    match a.checked_duration_since(b) {
+        Some(d) => d.as_nanos() as i64,
+        None => -(b.duration_since(a).as_nanos() as i64),
+    }
 }
 
 /// Writes `events.json` (when the run had events).

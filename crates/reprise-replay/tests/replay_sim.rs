@@ -34,10 +34,7 @@ fn config(
             request: Duration::from_secs(30),
             gap: Duration::from_secs(10),
         },
-        prompts: PromptBuilder {
-            block_tokens,
-            salt: 1,
-        },
+        prompts: PromptBuilder::new(block_tokens, 1),
         run_id: "test".into(),
         queue_limit_ms: 5.0,
         command: vec!["test".into()],

@@ -44,6 +44,8 @@ fn to_json(r: &TraceRecord) -> Vec<(&'static str, Value)> {
         ("failure", json!(r.failure)),
         ("prompt", json!(r.prompt)),
         ("completion", json!(r.completion)),
+        ("turn", json!(r.turn)),
+        ("think_us", json!(r.think_us)),
     ]
 }
 

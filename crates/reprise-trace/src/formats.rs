@@ -11,7 +11,7 @@ pub const DEFAULT_ENDPOINT: &str = "/v1/chat/completions";
 
 record! {
     /// trace/1: one request of a captured, imported or synthesized trace.
-    pub struct TraceRecord / TraceBuilders : "trace" / 1 {
+    pub struct TraceRecord / TraceBuilders : "trace" / 1, minor 1 {
         /// Unique in the trace.
         pub request_id: String,
         /// When the request arrived (captured) or must be sent (workload).
@@ -50,6 +50,11 @@ record! {
         pub prompt: Option<String>,
         /// Completion text, only when content recording was switched on.
         pub completion: Option<String>,
+        /// Turn number within its session, from 1 (trace/1.1; null without a session).
+        pub turn: Option<u32>,
+        /// Think time: from the end of the session's previous turn to this turn's arrival,
+        /// microseconds, when known (trace/1.1; null for a first turn).
+        pub think_us: Option<u64>,
     }
 }
 
@@ -76,6 +81,8 @@ impl TraceRecord {
             failure: None,
             prompt: None,
             completion: None,
+            turn: None,
+            think_us: None,
         }
     }
 }
@@ -95,7 +102,7 @@ pub fn result_trace_column(name: &str) -> String {
 
 record! {
     /// result/1: one replayed request, joined to its source trace row.
-    pub struct ResultRecord / ResultBuilders : "result" / 1 {
+    pub struct ResultRecord / ResultBuilders : "result" / 1, minor 1 {
         flatten request: TraceRecord as result_trace_column,
         /// Run identifier (also the run directory's name).
         pub run_id: String,
@@ -211,7 +218,23 @@ mod tests {
             .map(|c| &c.name)
             .collect();
         assert_eq!(required, ["request_id", "arrival"]);
-        assert_eq!(TraceRecord::format_id(), "trace/1");
+        assert_eq!(TraceRecord::format_id(), "trace/1.1");
+        assert_eq!(ResultRecord::format_id(), "result/1.1");
+        // Any minor version of the same major is read; another major or kind is not.
+        for ok in ["trace/1", "trace/1.1", "trace/1.7"] {
+            assert!(TraceRecord::reads_format(ok), "{ok}");
+        }
+        for bad in [
+            "trace/2",
+            "trace/2.1",
+            "result/1",
+            "trace/1.",
+            "trace/1.x",
+            "trace",
+            "trace/11",
+        ] {
+            assert!(!TraceRecord::reads_format(bad), "{bad}");
+        }
     }
 
     #[test]

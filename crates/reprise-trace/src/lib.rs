@@ -3,8 +3,8 @@
 //! The four Parquet formats every reprise tool reads and writes (see
 //! `docs/formats.md` in the repository):
 //!
-//! - [`TraceRecord`] — `trace/1`, one request of a captured, imported or synthesized trace;
-//! - [`ResultRecord`] — `result/1`, one replayed request joined to its trace row;
+//! - [`TraceRecord`] — `trace/1.1`, one request of a captured, imported or synthesized trace;
+//! - [`ResultRecord`] — `result/1.1`, one replayed request joined to its trace row;
 //! - [`GpuSample`] — `gpu/1`, one sample of one GPU;
 //! - [`ServerSample`] — `server/1`, one Prometheus sample.
 //!
@@ -15,7 +15,8 @@
 //! (defined once, by the [`record!`] macro). [`DatasetWriter`] streams records to zstd
 //! Parquet with part rotation and atomic `*.tmp` → final renames; [`DatasetReader`] opens a
 //! file or a directory of parts, checks `reprise.format` and every column's type, and
-//! yields batches. Errors ([`TraceError`]) name the file and the column or row.
+//! yields batches. [`sessions`] numbers a conversation's turns and derives think times.
+//! Errors ([`TraceError`]) name the file and the column or row.
 //!
 //! This crate depends on no other reprise crate and never on polars.
 
@@ -28,6 +29,7 @@ pub mod inspect;
 pub mod reader;
 pub mod record;
 pub mod run;
+pub mod sessions;
 pub mod stats;
 pub mod time;
 pub mod writer;

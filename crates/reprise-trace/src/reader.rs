@@ -210,12 +210,12 @@ impl<R: Row> DatasetReader<R> {
             let builder = open_builder(&file)?;
             let kv = key_values(&builder);
             match kv.get(META_FORMAT) {
-                Some(found) if *found == R::format_id() => {}
+                Some(found) if R::reads_format(found) => {}
                 Some(found) => {
                     return Err(TraceError::UnsupportedFormat {
                         path: file,
                         found: found.clone(),
-                        expected: R::format_id(),
+                        expected: format!("{}/{}", R::KIND, R::MAJOR),
                     });
                 }
                 None => tracing::debug!(

@@ -38,6 +38,8 @@ pub trait Row: Sized + Clone + Send + 'static {
     const KIND: &'static str;
     /// The format's major version.
     const MAJOR: u32;
+    /// The format's minor version: columns added that older readers may ignore (0: none).
+    const MINOR: u32 = 0;
     /// Arrow builders for a batch of records.
     type Builders: Send;
 
@@ -53,9 +55,30 @@ pub trait Row: Sized + Clone + Send + 'static {
     /// type; `None` is a missing column that may be missing.
     fn from_arrays(arrays: &[Option<ArrayRef>], rows: usize) -> Result<Vec<Self>, RowIssue>;
 
-    /// The format id written in `reprise.format`, e.g. `trace/1`.
+    /// The format id written in `reprise.format`, e.g. `trace/1`, or `trace/1.1` once a
+    /// minor version has added columns.
     fn format_id() -> String {
-        format!("{}/{}", Self::KIND, Self::MAJOR)
+        if Self::MINOR == 0 {
+            format!("{}/{}", Self::KIND, Self::MAJOR)
+        } else {
+            format!("{}/{}.{}", Self::KIND, Self::MAJOR, Self::MINOR)
+        }
+    }
+
+    /// Whether this build reads a file whose `reprise.format` is `found`: the same kind and
+    /// major version, any minor version (columns a reader does not know are ignored, and
+    /// those it knows but the file lacks read as null or their default).
+    fn reads_format(found: &str) -> bool {
+        let Some(version) = found
+            .strip_prefix(Self::KIND)
+            .and_then(|v| v.strip_prefix('/'))
+        else {
+            return false;
+        };
+        let (major, minor) = version.split_once('.').unwrap_or((version, "0"));
+        major == Self::MAJOR.to_string()
+            && !minor.is_empty()
+            && minor.bytes().all(|b| b.is_ascii_digit())
     }
 
     /// The Arrow schema of the format.
@@ -115,7 +138,7 @@ macro_rules! __default_or_none {
 macro_rules! record {
     (
         $(#[$meta:meta])*
-        pub struct $name:ident / $builders:ident : $kind:literal / $major:literal {
+        pub struct $name:ident / $builders:ident : $kind:literal / $major:literal $(, minor $minor:literal)? {
             $( flatten $base:ident : $base_ty:ty as $rename:path, )?
             $( $(#[$fmeta:meta])* pub $field:ident : $ty:ty $(= $default:expr)? ),* $(,)?
         }
@@ -140,6 +163,7 @@ macro_rules! record {
         impl $crate::record::Row for $name {
             const KIND: &'static str = $kind;
             const MAJOR: u32 = $major;
+            $( const MINOR: u32 = $minor; )?
             type Builders = $builders;
 
             fn columns() -> Vec<$crate::record::ColumnSpec> {

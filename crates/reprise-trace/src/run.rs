@@ -146,6 +146,35 @@ pub struct RunSummary {
     pub intended_s: Option<f64>,
     /// Successful measured requests per second of the intended duration.
     pub intended_throughput: Option<f64>,
+    /// The sessions of a closed-session replay.
+    pub sessions: Option<SessionsSummary>,
+}
+
+/// What happened to the sessions of a closed-session replay (`run.json` →
+/// `summary.sessions`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SessionsSummary {
+    /// `closed`.
+    pub mode: String,
+    /// Sessions whose first turn was sent.
+    pub started: u64,
+    /// Sessions whose last turn was answered or failed (not cancelled by a stop).
+    pub completed: u64,
+    /// Turns sent, first turns included.
+    pub turns: u64,
+    /// Later turns (after a session's first) sent.
+    pub later_turns: u64,
+    /// Later turns sent more than 1 ms after their recorded arrival: the server (or the
+    /// client) was slower than the trace's.
+    pub delayed: u64,
+    /// Later turns scheduled before their recorded arrival: a faster server.
+    pub earlier: u64,
+    /// Of the delayed turns: how much later than recorded they were scheduled, ms.
+    pub delay_ms: Option<Latency>,
+    /// Turns sent a think time after their predecessor's end: how much later than that
+    /// intended instant they were sent (the think-time error), ms.
+    pub think_error_ms: Option<Latency>,
 }
 
 /// Percentiles of one latency metric, milliseconds.
@@ -380,6 +409,11 @@ impl RunInfo {
                 aborted: Some(String::new()),
                 intended_s: Some(1.0),
                 intended_throughput: Some(1.0),
+                sessions: Some(SessionsSummary {
+                    delay_ms: Some(Latency::default()),
+                    think_error_ms: Some(Latency::default()),
+                    ..SessionsSummary::default()
+                }),
                 ..RunSummary::default()
             },
             ..RunInfo::default()

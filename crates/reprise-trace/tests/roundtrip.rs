@@ -40,6 +40,8 @@ fn trace(i: u64) -> TraceRecord {
         None
     };
     r.session_id = i.is_multiple_of(4).then(|| format!("s{i}"));
+    r.turn = r.session_id.as_ref().map(|_| (i % 5) as u32 + 1);
+    r.think_us = (!i.is_multiple_of(5)).then_some(i * 1000);
     r.status = Some(200);
     r
 }
@@ -63,7 +65,10 @@ fn trace_round_trips_every_column_with_nulls_and_empty_lists() {
     assert_eq!(summary.rows, 1000);
     assert_eq!(summary.files, vec![path.clone()]);
     let reader = DatasetReader::<TraceRecord>::open(&path).unwrap();
-    assert_eq!(reader.metadata().get("reprise.format").unwrap(), "trace/1");
+    assert_eq!(
+        reader.metadata().get("reprise.format").unwrap(),
+        "trace/1.1"
+    );
     assert_eq!(
         reader.metadata().get("reprise.block_tokens").unwrap(),
         "512"
@@ -396,6 +401,36 @@ fn unknown_format_version_and_other_kinds_are_rejected() {
             p.display()
         )
     );
+}
+
+#[test]
+fn trace_1_0_files_without_the_session_columns_still_read() {
+    // A file written before trace/1.1: no `turn`, no `think_us`, format `trace/1`.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("old.parquet");
+    let mut r = trace(4);
+    r.turn = Some(3);
+    r.think_us = Some(7);
+    let mut b = TraceRecord::builders(1);
+    r.append_to(&mut b);
+    let cols = TraceRecord::finish(&mut b);
+    let schema = TraceRecord::schema();
+    let keep: Vec<usize> = (0..schema.fields().len())
+        .filter(|&i| !["turn", "think_us"].contains(&schema.field(i).name().as_str()))
+        .collect();
+    let old = RecordBatch::try_new(TraceRecord::schema(), cols)
+        .unwrap()
+        .project(&keep)
+        .unwrap();
+    write_raw(&p, old, Some("trace/1"));
+    let rows = DatasetReader::<TraceRecord>::open(&p)
+        .unwrap()
+        .read_all()
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].turn, rows[0].think_us), (None, None));
+    assert_eq!(rows[0].session_id.as_deref(), Some("s4"));
+    assert_eq!(rows[0].input_tokens, Some(104));
 }
 
 #[test]

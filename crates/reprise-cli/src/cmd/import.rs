@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use reprise_import::{ColumnMap, ImportOptions, Source, TimeUnit, import};
+use reprise_trace::sessions::TurnLengths;
 use reprise_trace::time::parse_datetime;
 use reprise_trace::writer::META_BLOCK_TOKENS;
 use reprise_trace::{Output, WriterOptions};
@@ -77,6 +78,12 @@ pub struct Args {
     /// Rows per part file (directory output only).
     #[arg(long)]
     part_rows: Option<u64>,
+    /// How the input counts a session turn's prompt tokens: `cumulative` (the whole
+    /// conversation sent, as an API's usage reports; every built-in source) or `per-turn`
+    /// (only the turn's new message: the conversation so far is added, so the trace's
+    /// lengths are what the server received).
+    #[arg(long, value_enum, value_name = "HOW")]
+    turn_lengths: Option<TurnLengthsArg>,
     /// Generic: column (or JSON key) with the arrival time.
     #[arg(
         long,
@@ -112,6 +119,9 @@ pub struct Args {
     /// Generic: session/conversation column.
     #[arg(long, help_heading = "Generic csv/jsonl columns")]
     session_col: Option<String>,
+    /// Generic: turn number column (turns are numbered in arrival order without it).
+    #[arg(long, help_heading = "Generic csv/jsonl columns")]
+    turn_col: Option<String>,
     /// Generic: request id column (ids are generated otherwise).
     #[arg(long, help_heading = "Generic csv/jsonl columns")]
     id_col: Option<String>,
@@ -124,6 +134,13 @@ pub struct Args {
     /// Generic: prompt tokens per prefix hash block (written as reprise.block_tokens).
     #[arg(long, help_heading = "Generic csv/jsonl columns")]
     block_tokens: Option<u32>,
+}
+
+/// `--turn-lengths`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TurnLengthsArg {
+    Cumulative,
+    PerTurn,
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -145,6 +162,7 @@ impl Args {
             output: non_empty(&self.output_col),
             model: self.model_col.clone(),
             session: self.session_col.clone(),
+            turn: self.turn_col.clone(),
             request_id: self.id_col.clone(),
             max_tokens: self.max_tokens_col.clone(),
             prefix_hashes: self.hashes_col.clone(),
@@ -184,6 +202,10 @@ impl Args {
             model: self.model.clone(),
             writer,
             progress: None,
+            turn_lengths: self.turn_lengths.map(|t| match t {
+                TurnLengthsArg::Cumulative => TurnLengths::Cumulative,
+                TurnLengthsArg::PerTurn => TurnLengths::PerTurn,
+            }),
         })
     }
 }

@@ -15,9 +15,9 @@ use reprise_replay::gate::{Gate, Gates, judge};
 use reprise_replay::live::Live;
 use reprise_replay::prepare::SizedPrompts;
 use reprise_replay::prompt::PromptBuilder;
-use reprise_replay::summary::{fmt_ms, render};
+use reprise_replay::summary::{fmt_ms, render, render_sessions};
 use reprise_replay::target::{DEFAULT_SIM_PROFILE, parse_target};
-use reprise_replay::workload::{Process, TraceWindow};
+use reprise_replay::workload::{Process, SessionMode, TraceWindow};
 use reprise_replay::{
     HttpClient, Knobs, LiveRun, Load, PrepareError, Progress, Ramp, ReplayConfig, RunSummary,
     SizerChoice, Spec, StopRule, new_run_id, prepare, run_with, stop_sims,
@@ -27,6 +27,13 @@ use super::common::{MonitorArgs, monitor_error, positive, secs, shutdown_signal}
 use super::tui;
 
 /// Named load-test scenarios (presets over the flags below).
+/// `--sessions`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SessionsArg {
+    Closed,
+    Open,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ScenarioArg {
     /// Single-request performance: closed loop, concurrency 1, 60 s.
@@ -179,6 +186,13 @@ pub struct Args {
     /// far smaller than production; rounded, at least 1 token).
     #[arg(long, default_value_t = 1.0)]
     length_scale: f64,
+    /// How a trace's sessions (rows sharing a session_id) are replayed: `closed` (the
+    /// default when the trace has sessions) sends a session's first turn at its recorded
+    /// time and each next turn after the previous turn's response has ended plus its think
+    /// time (divided by --speed), never before; `open` sends every turn at its recorded
+    /// time. In both, a turn's prompt repeats its conversation so far.
+    #[arg(long, value_enum, value_name = "MODE", help_heading = "Trace window")]
+    sessions: Option<SessionsArg>,
     /// Synthetic open-loop load at this many requests/s.
     #[arg(long, help_heading = "Synthetic load")]
     rate: Option<f64>,
@@ -472,6 +486,10 @@ fn resolve_load(args: &Args) -> Result<(Load, StopRule)> {
             duration: args.duration.map(|s| secs(s, "--duration")).transpose()?,
             limit: args.limit,
             length_scale: args.length_scale,
+            sessions: args.sessions.map(|m| match m {
+                SessionsArg::Closed => SessionMode::Closed,
+                SessionsArg::Open => SessionMode::Open,
+            }),
         }),
     };
     Ok((load, stop_rule))
@@ -575,10 +593,7 @@ fn spec(args: &Args, run_id: String, run_dir: PathBuf) -> Result<Spec> {
         },
         max_in_flight: args.max_in_flight,
         warmup: args.warmup,
-        prompts: PromptBuilder {
-            block_tokens: None,
-            salt: args.seed,
-        },
+        prompts: PromptBuilder::new(None, args.seed),
         run_id,
         queue_limit_ms: args.queue_limit_ms,
         stop_rule,
@@ -846,6 +861,9 @@ fn print_summary(summary: &RunSummary, run_dir: &std::path::Path, queue_limit_ms
             summary.intended_s
         )
     );
+    if let Some(s) = &summary.sessions {
+        print!("{}", render_sessions(s));
+    }
     if let Some(s) = &summary.stopped_early {
         println!("{s}");
     }
