@@ -174,3 +174,86 @@ fn replays_the_sample_trace_against_llama_server_with_exact_token_counts() {
         && r.n_in_usage == r.request.input_tokens
         && r.n_out_usage == r.request.output_tokens));
 }
+
+/// Conversations against llama-server: every turn's prompt has exactly the trace's tokens
+/// as the server counts them, and the server's prefix cache holds each conversation's
+/// history: a first turn finds nothing cached, a later turn finds its predecessor's prompt
+/// (the stand-in answer differs from what the model generated, so the sharing ends there).
+#[test]
+fn conversations_hit_llama_servers_prefix_cache_where_the_history_is_shared() {
+    use reprise_trace::{DatasetWriter, Output, Timestamp, TraceRecord, WriterOptions};
+    let Some(server) = start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("conversations.parquet");
+    let mut w =
+        DatasetWriter::<TraceRecord>::create(Output::File(trace.clone()), WriterOptions::default())
+            .unwrap();
+    // Four conversations of three turns: each turn's prompt is the one before, its answer
+    // of 6 tokens and a new message.
+    for s in 0..4u32 {
+        let mut input = 120 + 10 * s;
+        for turn in 1..=3u32 {
+            let mut r = TraceRecord::new(
+                format!("s{s}-t{turn}"),
+                Timestamp::from_secs_f64(f64::from(s) * 0.1 + f64::from(turn - 1) * 0.5),
+            );
+            r.session_id = Some(format!("s{s}"));
+            r.turn = Some(turn);
+            r.think_us = (turn > 1).then_some(50_000);
+            r.input_tokens = Some(input);
+            r.output_tokens = Some(6);
+            w.write(&r).unwrap();
+            input += 6 + 40;
+        }
+    }
+    w.close().unwrap();
+    let out = dir.path().join("sessions");
+    let stdout = ok(&reprise(&[
+        "replay",
+        s(&trace),
+        "--target",
+        &server.base,
+        "--backend",
+        "llamacpp",
+        "--api",
+        "completions",
+        "--tokenizer",
+        "server",
+        "--out",
+        s(&out),
+    ]));
+    assert!(
+        stdout.contains("sessions 4 started, 4 completed; 12 turns (8 after a first)"),
+        "{stdout}"
+    );
+    let rows = DatasetReader::<ResultRecord>::open(out.join("requests.parquet"))
+        .unwrap()
+        .read_all()
+        .unwrap();
+    assert_eq!(rows.len(), 12);
+    let input_of = |id: &str| {
+        rows.iter()
+            .find(|r| r.request.request_id == id)
+            .and_then(|r| r.request.input_tokens)
+            .unwrap()
+    };
+    for r in &rows {
+        let id = &r.request.request_id;
+        assert_eq!(r.status, Some(200), "{id}: {:?}", r.error);
+        assert_eq!(r.n_in_usage, r.request.input_tokens, "{id}: prompt tokens");
+        let cached = r.n_cached_usage.expect("llama-server says what it had cached");
+        let turn = r.request.turn.unwrap();
+        if turn == 1 {
+            assert!(cached <= 1, "{id}: a first turn shares nothing ({cached})");
+        } else {
+            // The trace implies the previous turn's prompt is shared.
+            let session = r.request.session_id.as_deref().unwrap();
+            let implied = input_of(&format!("{session}-t{}", turn - 1));
+            eprintln!("{id}: cached {cached} of {}, implied {implied}", r.request.input_tokens.unwrap());
+            assert!(
+                cached.abs_diff(implied) <= 2,
+                "{id}: {cached} cached, {implied} implied"
+            );
+        }
+    }
+}
