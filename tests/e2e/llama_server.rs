@@ -241,7 +241,9 @@ fn conversations_hit_llama_servers_prefix_cache_where_the_history_is_shared() {
         let id = &r.request.request_id;
         assert_eq!(r.status, Some(200), "{id}: {:?}", r.error);
         assert_eq!(r.n_in_usage, r.request.input_tokens, "{id}: prompt tokens");
-        let cached = r.n_cached_usage.expect("llama-server says what it had cached");
+        let cached = r
+            .n_cached_usage
+            .expect("llama-server says what it had cached");
         let turn = r.request.turn.unwrap();
         if turn == 1 {
             assert!(cached <= 1, "{id}: a first turn shares nothing ({cached})");
@@ -249,7 +251,10 @@ fn conversations_hit_llama_servers_prefix_cache_where_the_history_is_shared() {
             // The trace implies the previous turn's prompt is shared.
             let session = r.request.session_id.as_deref().unwrap();
             let implied = input_of(&format!("{session}-t{}", turn - 1));
-            eprintln!("{id}: cached {cached} of {}, implied {implied}", r.request.input_tokens.unwrap());
+            eprintln!(
+                "{id}: cached {cached} of {}, implied {implied}",
+                r.request.input_tokens.unwrap()
+            );
             assert!(
                 cached.abs_diff(implied) <= 2,
                 "{id}: {cached} cached, {implied} implied"

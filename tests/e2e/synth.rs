@@ -230,3 +230,99 @@ fn mooncake_arrivals_fit_as_poisson_and_generated_workloads_replay() {
     let bad = reprise(&["synth", "gen", s(&trace), "-o", s(&plain)]);
     assert!(fails(&bad).contains("not JSON"), "a trace is not a model");
 }
+
+/// Conversations through the whole pipeline: a trace of 3-turn conversations (written the
+/// way `import` writes BurstGPT v3: turns numbered, think times from `Elapsed time`) is
+/// fitted, regenerated with its turns, think times and context growth, checked, and the
+/// generated workload replays as closed sessions.
+#[test]
+fn conversations_are_fitted_regenerated_checked_and_replayed() {
+    use reprise_trace::{DatasetWriter, Output, Timestamp, TraceRecord, WriterOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("conversations.parquet");
+    let mut rows = Vec::new();
+    // Conversations start as a Poisson process (exponential gaps, mean 2 s, from a fixed
+    // sequence of uniforms).
+    let mut start = 0.0;
+    let mut state = 12_345u64;
+    for s in 0..300u32 {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+        start += -2.0 * (1.0 - u).max(1e-9).ln();
+        let mut input = 200 + (s % 7) * 10;
+        for k in 0..3u32 {
+            let mut r = TraceRecord::new(
+                format!("{s}-{k}"),
+                Timestamp::from_secs_f64(start + f64::from(k) * (1.5 + 4.0 + f64::from(s % 3))),
+            );
+            r.session_id = Some(format!("c{s}"));
+            r.input_tokens = Some(input);
+            r.output_tokens = Some(40);
+            r.e2e_us = Some(1_500_000);
+            rows.push(r);
+            input += 40 + 60;
+        }
+    }
+    rows.sort_by_key(|r| r.arrival);
+    reprise_trace::sessions::derive(&mut rows);
+    let mut w =
+        DatasetWriter::<TraceRecord>::create(Output::File(trace.clone()), WriterOptions::default())
+            .unwrap();
+    w.write_all(&rows).unwrap();
+    w.close().unwrap();
+    let (model, fitted) = fit(s(&trace), dir.path(), "conversations");
+    assert!(
+        fitted.contains(
+            "sessions: 100% of requests, 3.00 turns per session (at most 3), think time p50 5.0 s"
+        ),
+        "{fitted}"
+    );
+    let generated = dir.path().join("generated.parquet");
+    ok(&reprise(&[
+        "synth",
+        "gen",
+        s(&model),
+        "-o",
+        s(&generated),
+        "--seed",
+        "5",
+    ]));
+    let report = ok(&reprise(&["synth", "check", s(&trace), s(&generated)]));
+    for metric in [
+        "mean rate (req/s)",
+        "share of requests in sessions",
+        "turns per session (mean)",
+        "think time p50 (s)",
+        "think time p90 (s)",
+        "new tokens per later turn p50",
+    ] {
+        let line = report
+            .lines()
+            .find(|l| l.starts_with(metric))
+            .unwrap_or_else(|| panic!("{metric}: {report}"));
+        assert!(line.ends_with("pass"), "{line}");
+    }
+    // The generated conversations replay as closed sessions (30 s of them, 20x faster).
+    let run = dir.path().join("run");
+    let out = ok(&reprise(&[
+        "replay",
+        s(&generated),
+        "--target",
+        "sim",
+        "--sim-speedup",
+        "20",
+        "--speed",
+        "20",
+        "--duration",
+        "60",
+        "--out",
+        s(&run),
+    ]));
+    assert!(out.contains("sessions "), "{out}");
+    let json = run_json(&run);
+    let sessions = &json["summary"]["sessions"];
+    assert!(sessions["started"].as_u64().unwrap() >= 20, "{sessions}");
+    assert_eq!(sessions["started"], sessions["completed"], "{sessions}");
+}

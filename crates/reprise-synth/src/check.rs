@@ -1,7 +1,8 @@
 //! `synth check`: how faithful a generated workload is to its source — rate, burstiness at
 //! every time scale (the index of dispersion of counts at 1, 10, 60 and 600 s, and the share
 //! of requests in the busiest 1% of seconds), length percentiles and KS distances,
-//! input/output correlation, prefix sharing — each against a stated tolerance.
+//! input/output correlation, prefix sharing, conversations (turns per session, think time,
+//! context growth) — each against a stated tolerance.
 //!
 //! A workload compressed K times (`--mode compress`) is compared with the source at K times
 //! the window (its 1-s IDC is the source's at K s), as replaying at `--speed K` would be.
@@ -49,6 +50,47 @@ struct Figures {
     output: Vec<f64>,
     corr: Option<f64>,
     prefix_share: Option<f64>,
+    sessions: Option<SessionFigures>,
+}
+
+/// Conversations in figures.
+struct SessionFigures {
+    share: f64,
+    turns_mean: f64,
+    think_p50: Option<f64>,
+    think_p90: Option<f64>,
+    growth_p50: Option<f64>,
+}
+
+fn session_figures(rows: &[TraceRecord]) -> Option<SessionFigures> {
+    let stats = reprise_trace::sessions::SessionStats::of(rows)?;
+    // Context growth: a later turn's prompt beyond the previous prompt and answer.
+    let mut by: std::collections::HashMap<&str, Vec<&TraceRecord>> =
+        std::collections::HashMap::new();
+    for r in rows.iter().filter(|r| r.session_id.is_some()) {
+        by.entry(r.session_id.as_deref().unwrap_or(""))
+            .or_default()
+            .push(r);
+    }
+    let mut growth = Vec::new();
+    for turns in by.values_mut() {
+        turns.sort_by_key(|r| (r.turn, r.arrival));
+        for w in turns.windows(2) {
+            if let (Some(i0), Some(o0), Some(i1)) =
+                (w[0].input_tokens, w[0].output_tokens, w[1].input_tokens)
+            {
+                growth.push((f64::from(i1) - f64::from(i0) - f64::from(o0)).max(0.0));
+            }
+        }
+    }
+    growth.sort_by(f64::total_cmp);
+    Some(SessionFigures {
+        share: stats.turns as f64 / rows.len().max(1) as f64,
+        turns_mean: stats.turns as f64 / stats.sessions.max(1) as f64,
+        think_p50: stats.think_p50_s,
+        think_p90: stats.think_p90_s,
+        growth_p50: quantile_sorted(&growth, 0.5),
+    })
 }
 
 const WINDOWS: [f64; 4] = [1.0, 10.0, 60.0, 600.0];
@@ -103,6 +145,7 @@ fn figures(rows: &[TraceRecord], stretch: f64) -> Figures {
         output,
         corr,
         prefix_share: (with > 0).then(|| sharing as f64 / with as f64),
+        sessions: session_figures(rows),
     }
 }
 
@@ -244,6 +287,49 @@ pub fn check_mode(
                 (Some(a), Some(b)) => Some((a - b).abs() <= 0.05),
                 _ => Some(false),
             },
+        );
+    }
+    if let Some(ss) = &s.sessions {
+        let gs = g.sessions.as_ref();
+        push(
+            "share of requests in sessions".into(),
+            Some(ss.share),
+            Some(gs.map_or(0.0, |x| x.share)),
+            "±0.05",
+            Some((ss.share - gs.map_or(0.0, |x| x.share)).abs() <= 0.05),
+        );
+        let gv = gs.map(|x| x.turns_mean);
+        push(
+            "turns per session (mean)".into(),
+            Some(ss.turns_mean),
+            gv,
+            "±10%",
+            relative(Some(ss.turns_mean), gv, 0.10).or(Some(false)),
+        );
+        // Compressed time shortens think times K-fold, as replaying at `--speed K` would.
+        let k = if compressed { scale } else { 1.0 };
+        for (name, e, gv) in [
+            (
+                "think time p50 (s)",
+                ss.think_p50,
+                gs.and_then(|x| x.think_p50),
+            ),
+            (
+                "think time p90 (s)",
+                ss.think_p90,
+                gs.and_then(|x| x.think_p90),
+            ),
+        ] {
+            let e = e.map(|v| v / k);
+            push(name.into(), e, gv, "±10%", relative(e, gv, 0.10));
+        }
+        let (e, gv) = (ss.growth_p50, gs.and_then(|x| x.growth_p50));
+        push(
+            "new tokens per later turn p50".into(),
+            e,
+            gv,
+            "±10%",
+            relative(e, gv, 0.10),
         );
     }
     let pass = rows.iter().all(|r| r.pass != Some(false));

@@ -208,8 +208,14 @@ where
     if profile_mean.is_nan() || profile_mean <= 0.0 {
         return Err(SynthError::Degenerate("the rate profile is empty".into()));
     }
+    // With conversations the profile is the openers'; each brings its later turns.
+    let per_opener = model
+        .sessions
+        .as_ref()
+        .filter(|s| !s.turns.is_empty())
+        .map_or(1.0, |s| s.requests_per_opener.max(1.0));
     let scale = match opts.rate {
-        Some(r) if r > 0.0 => r / profile_mean,
+        Some(r) if r > 0.0 => r / (profile_mean * per_opener),
         Some(r) => {
             return Err(SynthError::Setting {
                 setting: "rate",
@@ -361,16 +367,45 @@ where
     let mut sessions: Vec<String> = Vec::new();
     let mut next_session = 0u64;
     let anchor = model.source.start_ns;
-    for (i, &t) in times.iter().enumerate() {
+    let end_ns = anchor + (duration * 1e9) as i64;
+    // Conversations (a model fitted on a trace with sessions): arrivals are openers, a
+    // share of which start a session whose later turns follow its think times.
+    let conversations = model.sessions.as_ref().filter(|s| !s.turns.is_empty());
+    let time_factor = if opts.mode == Mode::Compress {
+        1.0 / scale
+    } else {
+        1.0
+    };
+    let mut pending: std::collections::BinaryHeap<Later> = std::collections::BinaryHeap::new();
+    let mut emitted = 0u64;
+    let mut emit = |mut r: TraceRecord| -> Result<(), SynthError> {
+        r.request_id = format!("syn-{emitted:09}");
+        emitted += 1;
+        sink(r).map_err(|e| SynthError::Output(e.to_string()))
+    };
+    for &t in &times {
+        let at = anchor + (t * 1e9) as i64;
+        while pending.peek().is_some_and(|l| l.0.arrival.0 <= at) {
+            emit(pending.pop().expect("peeked").0)?;
+        }
         let x = rng.random::<f64>() * cumulative.last().copied().unwrap_or(1.0);
         let g = &groups[cumulative
             .iter()
             .position(|&c| x < c)
             .unwrap_or(groups.len() - 1)];
-        let [input, output] = match (model.sizes.parametric, &g.lognormal) {
+        let [mut input, mut output] = match (model.sizes.parametric, &g.lognormal) {
             (true, Some(l)) => l.sample(&mut rng),
             _ => g.pairs[rng.random_range(0..g.pairs.len())],
         };
+        let mut starts_session = false;
+        if let Some(c) = conversations
+            && rng.random::<f64>() < c.start_share
+        {
+            starts_session = true;
+            if !c.first.is_empty() {
+                [input, output] = c.first[rng.random_range(0..c.first.len())];
+            }
+        }
         let jitter = |n: u32, rng: &mut StdRng| {
             let s = model.sizes.smoothing;
             let f = if s > 0.0 {
@@ -380,7 +415,7 @@ where
             };
             ((f64::from(n) * f * opts.length_scale).round() as u32).max(1)
         };
-        let mut r = TraceRecord::new(format!("syn-{i:09}"), Timestamp(anchor + (t * 1e9) as i64));
+        let mut r = TraceRecord::new(String::new(), Timestamp(at));
         r.model = g.model.clone();
         r.endpoint = g.endpoint.clone();
         r.input_tokens = Some(jitter(input, &mut rng));
@@ -408,29 +443,142 @@ where
             history.push_back(hashes.clone());
             r.prefix_hashes = Some(hashes);
         }
-        if let Some(s) = &model.sessions
-            && rng.random::<f64>() < s.with_session
-        {
-            let new =
-                sessions.is_empty() || rng.random::<f64>() < 1.0 / s.requests_per_session.max(1.0);
-            if new {
-                if sessions.len() == 256 {
-                    sessions.swap_remove(rng.random_range(0..256));
-                }
-                sessions.push(format!("syn-s{next_session}"));
+        match (conversations, &model.sessions) {
+            (Some(c), _) if starts_session => {
+                let id = format!("syn-s{next_session}");
                 next_session += 1;
-                r.session_id = sessions.last().cloned();
-            } else {
-                r.session_id = Some(sessions[rng.random_range(0..sessions.len())].clone());
+                r.session_id = Some(id);
+                r.turn = Some(1);
+                let later = later_turns(&r, c, model, opts.length_scale, time_factor, &mut rng);
+                pending.extend(
+                    later
+                        .into_iter()
+                        .filter(|l| l.arrival.0 < end_ns)
+                        .map(Later),
+                );
             }
+            (Some(_), _) => {}
+            // A model without turns: session ids spread over requests.
+            (None, Some(s)) if rng.random::<f64>() < s.with_session => {
+                let new = sessions.is_empty()
+                    || rng.random::<f64>() < 1.0 / s.requests_per_session.max(1.0);
+                if new {
+                    if sessions.len() == 256 {
+                        sessions.swap_remove(rng.random_range(0..256));
+                    }
+                    sessions.push(format!("syn-s{next_session}"));
+                    next_session += 1;
+                    r.session_id = sessions.last().cloned();
+                } else {
+                    r.session_id = Some(sessions[rng.random_range(0..sessions.len())].clone());
+                }
+            }
+            (None, _) => {}
         }
-        sink(r).map_err(|e| SynthError::Output(e.to_string()))?;
+        emit(r)?;
+    }
+    while let Some(l) = pending.pop() {
+        emit(l.0)?;
     }
     Ok(GenSummary {
-        requests: times.len() as u64,
+        requests: emitted,
         duration_s: duration,
         scale,
     })
+}
+
+/// A session's later turn, waiting in the generator until its arrival (earliest first).
+struct Later(TraceRecord);
+
+impl PartialEq for Later {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.arrival == other.0.arrival
+    }
+}
+impl Eq for Later {}
+impl PartialOrd for Later {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Later {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.0.arrival.cmp(&self.0.arrival)
+    }
+}
+
+/// The later turns of a session whose first turn is `first`: turns per session, think
+/// times, response times and context growth drawn from the model. Each turn's prompt holds
+/// the previous prompt, its answer and new tokens; its prefix hashes extend the previous
+/// turn's; its arrival is the previous arrival + a response time + a think time (times
+/// `time_factor`), or a start-to-start gap when the model has no think times.
+fn later_turns(
+    first: &TraceRecord,
+    c: &crate::model::Sessions,
+    model: &WorkloadModel,
+    length_scale: f64,
+    time_factor: f64,
+    rng: &mut StdRng,
+) -> Vec<TraceRecord> {
+    use crate::model::sample_quantiles;
+    let x = rng.random::<f64>();
+    let mut acc = 0.0;
+    let n = c
+        .turns
+        .iter()
+        .find(|(_, share)| {
+            acc += share;
+            x < acc
+        })
+        .or(c.turns.last())
+        .map_or(1, |(k, _)| *k);
+    let mut out = Vec::new();
+    let mut prev = first.clone();
+    for turn in 2..=n {
+        let mut r = TraceRecord::new(String::new(), prev.arrival);
+        let secs = |v: f64| (v.max(0.0) * time_factor * 1e9) as i64;
+        match (
+            sample_quantiles(&c.think_s, rng),
+            sample_quantiles(&c.service_s, rng),
+        ) {
+            (Some(think), Some(service)) => {
+                r.arrival.0 = prev.arrival.0 + secs(service) + secs(think);
+                r.think_us = Some((secs(think) / 1000) as u64);
+            }
+            _ => {
+                let gap = sample_quantiles(&c.gap_s, rng).unwrap_or(0.0);
+                r.arrival.0 = prev.arrival.0 + secs(gap);
+            }
+        }
+        let growth = sample_quantiles(&c.growth, rng).unwrap_or(0.0) * length_scale;
+        let before =
+            u64::from(prev.input_tokens.unwrap_or(0)) + u64::from(prev.output_tokens.unwrap_or(0));
+        r.input_tokens =
+            Some((before + growth.round().max(1.0) as u64).min(u64::from(u32::MAX)) as u32);
+        let output = if c.first.is_empty() {
+            prev.output_tokens.unwrap_or(1)
+        } else {
+            c.first[rng.random_range(0..c.first.len())][1]
+        };
+        r.output_tokens = Some(((f64::from(output) * length_scale).round() as u32).max(1));
+        r.input_tokens_source = "synthetic".into();
+        r.model = prev.model.clone();
+        r.endpoint = prev.endpoint.clone();
+        r.session_id = prev.session_id.clone();
+        r.turn = Some(turn);
+        if let (Some(p), Some(h)) = (&model.prefixes, &prev.prefix_hashes) {
+            let blocks = r.input_tokens.unwrap_or(0) as usize / p.block_tokens.max(1);
+            let mut hashes = h.clone();
+            hashes.truncate(blocks);
+            while hashes.len() < blocks {
+                hashes.push(rng.random());
+            }
+            r.prefix_hashes = Some(hashes);
+        }
+        out.push(r.clone());
+        prev = r;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -631,6 +779,7 @@ mod tests {
         m.sessions = Some(crate::model::Sessions {
             with_session: 1.0,
             requests_per_session: 5.0,
+            ..crate::model::Sessions::default()
         });
         let rows = run(
             &m,
@@ -652,5 +801,107 @@ mod tests {
             rows.iter().filter_map(|r| r.session_id.clone()).collect();
         let per = rows.len() as f64 / sessions.len() as f64;
         assert!((per - 5.0).abs() < 0.6, "{per}");
+    }
+
+    #[test]
+    fn conversations_follow_the_fitted_turns_think_times_and_growth() {
+        // A source of 3-turn conversations: 2 s responses, 10 s think time, 50 new tokens
+        // a turn; and as many requests without a session.
+        let mut source = Vec::new();
+        for s in 0..400u32 {
+            let start = f64::from(s) * 3.0;
+            let mut input = 100;
+            for k in 0..3u32 {
+                let at = start + f64::from(k) * 12.0;
+                let mut r = TraceRecord::new(format!("{s}-{k}"), Timestamp::from_secs_f64(at));
+                r.session_id = Some(format!("s{s}"));
+                r.input_tokens = Some(input);
+                r.output_tokens = Some(20);
+                r.e2e_us = Some(2_000_000);
+                source.push(r);
+                input += 20 + 50;
+            }
+            let mut r = TraceRecord::new(format!("x{s}"), Timestamp::from_secs_f64(start + 1.5));
+            r.input_tokens = Some(300);
+            r.output_tokens = Some(30);
+            source.push(r);
+        }
+        source.sort_by_key(|r| r.arrival);
+        let m = crate::model::fit(&source, &crate::model::FitOptions::default()).unwrap();
+        let c = m.sessions.as_ref().unwrap();
+        assert_eq!(c.turns, [(3, 1.0)]);
+        assert!((c.think_s[50] - 10.0).abs() < 1e-9, "{:?}", c.think_s);
+        assert!((c.growth[50] - 50.0).abs() < 1e-9);
+        assert!((c.with_session - 0.75).abs() < 1e-9);
+        let rows = run(
+            &m,
+            &GenOptions {
+                seed: 3,
+                ..GenOptions::default()
+            },
+        );
+        // The request count is kept in expectation (sessions cut at the end lose turns).
+        let n = rows.len() as f64 / source.len() as f64;
+        assert!((0.85..1.1).contains(&n), "{n}");
+        let mut by: std::collections::HashMap<&str, Vec<&TraceRecord>> = Default::default();
+        for r in &rows {
+            if let Some(s) = &r.session_id {
+                by.entry(s).or_default().push(r);
+            }
+        }
+        let mut full = 0;
+        for turns in by.values() {
+            assert_eq!(turns[0].turn, Some(1));
+            full += usize::from(turns.len() == 3);
+            for w in turns.windows(2) {
+                // Arrival = previous arrival + 2 s response + 10 s think; the prompt holds
+                // the previous prompt and answer and 50 new tokens.
+                assert_eq!(w[1].think_us, Some(10_000_000));
+                assert_eq!((w[1].arrival.0 - w[0].arrival.0) / 1_000_000, 12_000);
+                assert_eq!(
+                    w[1].input_tokens.unwrap(),
+                    w[0].input_tokens.unwrap() + w[0].output_tokens.unwrap() + 50
+                );
+                assert_eq!(w[1].turn.unwrap(), w[0].turn.unwrap() + 1);
+            }
+        }
+        assert!(full * 10 >= by.len() * 9, "{full} of {}", by.len());
+        // Rows come in arrival order.
+        assert!(rows.windows(2).all(|w| w[0].arrival <= w[1].arrival));
+        let share =
+            rows.iter().filter(|r| r.session_id.is_some()).count() as f64 / rows.len() as f64;
+        assert!((share - 0.75).abs() < 0.06, "{share}");
+        // `synth check` compares the conversations too.
+        let report = crate::check::check(&source, &rows, 1.0);
+        let find = |m: &str| report.rows.iter().find(|r| r.metric == m).unwrap().clone();
+        for m in [
+            "share of requests in sessions",
+            "turns per session (mean)",
+            "think time p50 (s)",
+            "new tokens per later turn p50",
+        ] {
+            assert_eq!(find(m).pass, Some(true), "{:?}", find(m));
+        }
+        assert!((find("turns per session (mean)").generated.unwrap() - 3.0).abs() < 0.2);
+        // A workload without sessions fails the session rows.
+        let plain: Vec<TraceRecord> = rows
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                r.session_id = None;
+                r
+            })
+            .collect();
+        let report = crate::check::check(&source, &plain, 1.0);
+        assert!(!report.pass);
+        assert_eq!(
+            report
+                .rows
+                .iter()
+                .find(|r| r.metric == "turns per session (mean)")
+                .unwrap()
+                .pass,
+            Some(false)
+        );
     }
 }

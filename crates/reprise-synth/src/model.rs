@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rand::{RngExt, SeedableRng};
 use reprise_trace::TraceRecord;
-use reprise_trace::stats::{index_of_dispersion, interarrival_cv};
+use reprise_trace::stats::{index_of_dispersion, interarrival_cv, quantile_sorted};
 use serde::{Deserialize, Serialize};
 
 use crate::SynthError;
@@ -235,13 +235,78 @@ pub struct Prefixes {
     pub shared_fraction: f64,
 }
 
-/// Session structure.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Session structure: how many requests belong to conversations, how many turns they have,
+/// how long users think between a response and their next turn, and how the context grows.
+/// Distributions are kept as 101 quantiles (q = 0, 0.01, ..., 1), sampled by inverse CDF.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Sessions {
     /// Share of requests with a session id.
     pub with_session: f64,
     /// Mean requests per session.
     pub requests_per_session: f64,
+    /// Turns per session: (turns, share of sessions). Empty in models of older versions
+    /// (then session ids are only spread over requests).
+    pub turns: Vec<(u32, f64)>,
+    /// Think time (a response's end to the next turn), seconds; empty when the trace has
+    /// no ends of turns.
+    pub think_s: Vec<f64>,
+    /// A turn's response time (what separates its arrival from its end), seconds; empty
+    /// when unknown.
+    pub service_s: Vec<f64>,
+    /// Start-to-start gap between turns, seconds (used when think time is unknown).
+    pub gap_s: Vec<f64>,
+    /// A later turn's own new tokens: its prompt minus the previous prompt and answer.
+    pub growth: Vec<f64>,
+    /// First turns' (input, output) tokens, a sample of at most 4,096.
+    pub first: Vec<[u32; 2]>,
+    /// The arrival process is of openers (first turns and requests without a session),
+    /// and this share of openers starts a session; later turns follow their think times.
+    pub start_share: f64,
+    /// Requests per opener (all requests / openers): what the openers' rate is multiplied
+    /// by to give the request rate.
+    pub requests_per_opener: f64,
+}
+
+/// For each request (in order): whether it is a later turn of a session (turn > 1, turns
+/// derived where the trace lacks them).
+fn later_turns(requests: &[TraceRecord]) -> Vec<bool> {
+    let mut slim: Vec<TraceRecord> = requests
+        .iter()
+        .map(|r| {
+            let mut t = TraceRecord::new(String::new(), r.arrival);
+            t.session_id = r.session_id.clone();
+            t.turn = r.turn;
+            t
+        })
+        .collect();
+    reprise_trace::sessions::derive(&mut slim);
+    slim.iter()
+        .map(|r| r.session_id.is_some() && r.turn.is_some_and(|t| t > 1))
+        .collect()
+}
+
+/// 101 quantiles of `values` (empty when there are none).
+pub fn quantiles(mut values: Vec<f64>) -> Vec<f64> {
+    values.retain(|v| v.is_finite());
+    values.sort_by(f64::total_cmp);
+    if values.is_empty() {
+        return Vec::new();
+    }
+    (0..=100)
+        .filter_map(|i| quantile_sorted(&values, f64::from(i) / 100.0))
+        .collect()
+}
+
+/// A draw from 101 quantiles, by inverse CDF with linear interpolation.
+pub fn sample_quantiles<R: rand::Rng + ?Sized>(q: &[f64], rng: &mut R) -> Option<f64> {
+    if q.is_empty() {
+        return None;
+    }
+    let u = rng.random::<f64>() * (q.len() - 1) as f64;
+    let i = (u.floor() as usize).min(q.len() - 1);
+    let j = (i + 1).min(q.len() - 1);
+    Some(q[i] + (q[j] - q[i]) * (u - i as f64))
 }
 
 /// Options of a fit.
@@ -310,11 +375,29 @@ pub fn fit(requests: &[TraceRecord], opts: &FitOptions) -> Result<WorkloadModel,
             message: format!("{}: must be positive", opts.window_s),
         });
     }
-    let t0 = requests[0].arrival.0;
-    let mut secs: Vec<f64> = requests
+    let sessions = fit_sessions(requests);
+    // With conversations, arrivals are the openers' (users arriving); later turns follow
+    // from the session model.
+    let later = later_turns(requests);
+    let openers: Vec<&TraceRecord> = requests
+        .iter()
+        .zip(&later)
+        .filter(|(_, l)| !**l)
+        .map(|(r, _)| r)
+        .collect();
+    let t0 = openers
+        .first()
+        .map_or(requests[0].arrival.0, |r| r.arrival.0);
+    let mut secs: Vec<f64> = openers
         .iter()
         .map(|r| (r.arrival.0 - t0) as f64 / 1e9)
         .collect();
+    if secs.len() < 2 {
+        return Err(SynthError::Degenerate(format!(
+            "{} opener(s) (first turns and requests without a session): at least 2 are needed to fit arrivals",
+            secs.len()
+        )));
+    }
     if secs.windows(2).any(|w| w[1] < w[0]) {
         secs.sort_by(f64::total_cmp);
     }
@@ -395,7 +478,7 @@ pub fn fit(requests: &[TraceRecord], opts: &FitOptions) -> Result<WorkloadModel,
         arrivals,
         sizes: fit_sizes(requests, opts, &mut rng)?,
         prefixes: fit_prefixes(requests, opts.block_tokens),
-        sessions: fit_sessions(requests),
+        sessions,
     })
 }
 
@@ -486,16 +569,73 @@ fn fit_prefixes(requests: &[TraceRecord], block_tokens: Option<usize>) -> Option
 }
 
 fn fit_sessions(requests: &[TraceRecord]) -> Option<Sessions> {
-    let mut per: HashMap<&str, u64> = HashMap::new();
-    for r in requests {
-        if let Some(s) = &r.session_id {
-            *per.entry(s.as_str()).or_default() += 1;
+    // The session columns only, turns numbered and think times derived where missing.
+    let mut slim: Vec<TraceRecord> = requests
+        .iter()
+        .filter(|r| r.session_id.is_some())
+        .map(|r| {
+            let mut t = TraceRecord::new(String::new(), r.arrival);
+            t.session_id = r.session_id.clone();
+            t.turn = r.turn;
+            t.think_us = r.think_us;
+            t.e2e_us = r.e2e_us;
+            t.input_tokens = r.input_tokens;
+            t.output_tokens = r.output_tokens;
+            t
+        })
+        .collect();
+    if slim.is_empty() {
+        return None;
+    }
+    reprise_trace::sessions::derive(&mut slim);
+    let mut per: HashMap<&str, Vec<&TraceRecord>> = HashMap::new();
+    for r in &slim {
+        per.entry(r.session_id.as_deref().unwrap_or(""))
+            .or_default()
+            .push(r);
+    }
+    let mut turns: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+    let (mut think, mut service, mut gap, mut growth, mut first) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for list in per.values_mut() {
+        list.sort_by_key(|r| (r.turn, r.arrival));
+        *turns.entry(list.len() as u32).or_default() += 1;
+        if let (Some(i), Some(o)) = (list[0].input_tokens, list[0].output_tokens) {
+            first.push([i, o]);
+        }
+        for w in list.windows(2) {
+            let (prev, r) = (w[0], w[1]);
+            if let Some(t) = r.think_us {
+                think.push(t as f64 / 1e6);
+            }
+            if let Some(e) = prev.e2e_us {
+                service.push(e as f64 / 1e6);
+            }
+            gap.push((r.arrival.0 - prev.arrival.0) as f64 / 1e9);
+            if let (Some(i0), Some(o0), Some(i1)) =
+                (prev.input_tokens, prev.output_tokens, r.input_tokens)
+            {
+                growth.push((f64::from(i1) - f64::from(i0) - f64::from(o0)).max(0.0));
+            }
         }
     }
-    let with: u64 = per.values().sum();
-    (with > 0).then(|| Sessions {
-        with_session: with as f64 / requests.len() as f64,
-        requests_per_session: with as f64 / per.len() as f64,
+    let n = per.len() as f64;
+    if first.len() > 4096 {
+        // Every k-th, evenly over the trace.
+        let step = first.len().div_ceil(4096);
+        first = first.into_iter().step_by(step).collect();
+    }
+    Some(Sessions {
+        start_share: n / ((requests.len() - slim.len()) as f64 + n),
+        requests_per_opener: requests.len() as f64 / ((requests.len() - slim.len()) as f64 + n),
+        with_session: slim.len() as f64 / requests.len() as f64,
+        requests_per_session: slim.len() as f64 / n,
+        turns: turns.into_iter().map(|(k, c)| (k, c as f64 / n)).collect(),
+        think_s: quantiles(think),
+        service_s: quantiles(service),
+        gap_s: quantiles(gap),
+        growth: quantiles(growth),
+        first,
     })
 }
 

@@ -220,11 +220,17 @@ fn run_command(command: SynthCommand) -> Result<ExitCode> {
             .with_context(|| a.trace.display().to_string())?;
             save_model(&m, &a.out)?;
             let arr = &m.arrivals;
+            let conversations = m.sessions.as_ref().is_some_and(|c| !c.turns.is_empty());
             println!(
-                "{} requests over {:.0} s: mean rate {:.3} req/s, gap CV {:.2}{}",
+                "{} requests over {:.0} s: mean rate {:.3} req/s{}, gap CV {:.2}{}",
                 m.source.rows,
                 m.source.span_s,
                 arr.mean_rate,
+                if conversations {
+                    " of openers (first turns and requests without a session)"
+                } else {
+                    ""
+                },
                 arr.cv,
                 arr.quantum_s
                     .map(|q| format!(", timestamps quantized to {q} s (spread before fitting)"))
@@ -244,6 +250,21 @@ fn run_command(command: SynthCommand) -> Result<ExitCode> {
                 if let Some(v) = idc {
                     println!("  index of dispersion @{w:.0} s: {v:.2}");
                 }
+            }
+            if let Some(c) = m.sessions.as_ref().filter(|c| !c.turns.is_empty()) {
+                let q = |v: &[f64], i: usize| {
+                    v.get(i)
+                        .map_or_else(|| "-".to_owned(), |x| format!("{x:.1}"))
+                };
+                println!(
+                    "sessions: {:.0}% of requests, {:.2} turns per session (at most {}), think time p50 {} s, p90 {} s, {} new tokens a later turn (p50)",
+                    c.with_session * 100.0,
+                    c.requests_per_session,
+                    c.turns.last().map_or(0, |t| t.0),
+                    q(&c.think_s, 50),
+                    q(&c.think_s, 90),
+                    q(&c.growth, 50)
+                );
             }
             println!("model written to {}", a.out.display());
             Ok(ExitCode::SUCCESS)
