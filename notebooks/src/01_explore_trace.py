@@ -118,4 +118,59 @@ else:
     hit_share = hit / total
     print(f"{hit_share:.1%} of {total} prompt blocks were seen earlier in the trace")
     print(f"{first.height} distinct first blocks over {with_prefix.height} requests")
-print("CHECKS " + json.dumps({"requests": trace.height, "inter_arrival_cv": cv, "prefix_block_hit_share": hit_share}))
+
+# %% [markdown]
+# ## Sessions (conversations)
+#
+# Rows that share a `session_id` are the turns of one conversation (`turn`, from 1), each
+# prompt holding the conversation so far. `think_us` is the user's think time: from the end
+# of the previous turn's response to this turn's arrival (trace/1.1; `reprise import`
+# derives it where the source records response times, e.g. BurstGPT's `Elapsed time`).
+# `reprise replay` sends a later turn only after the previous answer plus this think time.
+
+# %%
+sessions = trace.filter(pl.col("session_id").is_not_null())
+session_figures = {"sessions": 0}
+if sessions.height == 0:
+    print("this trace has no sessions")
+else:
+    if "turn" not in sessions.columns or sessions["turn"].null_count() > 0:
+        # Files written before trace/1.1: turns in arrival order.
+        sessions = sessions.with_columns(pl.col("arrival").rank("ordinal").over("session_id").cast(pl.UInt32).alias("turn"))
+    if "think_us" not in sessions.columns:
+        sessions = sessions.with_columns(pl.lit(None, dtype=pl.UInt64).alias("think_us"))
+    per = sessions.group_by("session_id").agg(pl.len().alias("turns"))
+    think_s = sessions["think_us"].drop_nulls().to_numpy() / 1e6
+    growth = (
+        sessions.sort("session_id", "turn")
+        .with_columns(
+            (pl.col("input_tokens").cast(pl.Int64)
+             - pl.col("input_tokens").shift(1).over("session_id").cast(pl.Int64)
+             - pl.col("output_tokens").shift(1).over("session_id").cast(pl.Int64)).alias("new_tokens")
+        )["new_tokens"].drop_nulls().to_numpy()
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
+    axes[0].hist(per["turns"].to_numpy(), bins=range(1, int(per["turns"].max()) + 2))
+    axes[0].set_title(f"turns per session (mean {per['turns'].mean():.2f})")
+    if len(think_s):
+        axes[1].hist(think_s, bins=50)
+        axes[1].set_title(f"think time s (p50 {np.percentile(think_s, 50):.1f})")
+    else:
+        axes[1].set_title("think time unknown (no response times)")
+    by_turn = sessions.group_by("turn").agg(pl.col("input_tokens").median().alias("p50")).sort("turn")
+    axes[2].plot(by_turn["turn"].to_list(), by_turn["p50"].to_list(), marker="o")
+    axes[2].set_xlabel("turn")
+    axes[2].set_title("prompt tokens by turn (p50): context growth")
+    plt.tight_layout()
+    plt.show()
+    session_figures = {
+        "sessions": per.height,
+        "turns": sessions.height,
+        "turns_mean": per["turns"].mean(),
+        "think_s": sorted(think_s.tolist()),
+        "new_tokens_p50": float(np.percentile(growth, 50)) if len(growth) else None,
+    }
+    print(session_figures)
+
+# %%
+print("CHECKS " + json.dumps({"requests": trace.height, "inter_arrival_cv": cv, "prefix_block_hit_share": hit_share, **session_figures}))

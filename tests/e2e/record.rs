@@ -126,6 +126,66 @@ impl Drop for Kill {
     }
 }
 
+/// A conversation through the proxy: turns of the same `user` are numbered and their think
+/// time (end of the previous response to the next arrival) recorded, and the capture
+/// replays as a closed session.
+#[test]
+fn a_conversation_is_recorded_with_turns_and_think_times_and_replays_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, upstream) = sim();
+    let _sim = Kill(sim);
+    let out = dir.path().join("capture");
+    let (proxy, addr) = record(&upstream, &out, dir.path());
+    let turn = |user: &str| {
+        let body = format!(
+            r#"{{"model":"m","user":"{user}","messages":[{{"role":"user","content":"hello there"}}],"max_tokens":4,"ignore_eos":true,"stream":true}}"#
+        );
+        let reply = post_chat(&addr, &body);
+        assert!(reply.contains("[DONE]"), "{reply}");
+    };
+    for think_ms in [0u64, 300, 150] {
+        std::thread::sleep(Duration::from_millis(think_ms));
+        turn("alice");
+    }
+    turn("bob");
+    signal(&proxy, "-TERM");
+    let mut proxy = proxy;
+    assert!(proxy.wait().unwrap().success());
+    let mut rows = DatasetReader::<TraceRecord>::open(&out)
+        .unwrap()
+        .read_all()
+        .unwrap();
+    rows.sort_by_key(|r| r.arrival);
+    assert_eq!(rows.len(), 4);
+    let alice = rows[0].session_id.clone().unwrap();
+    assert!(!alice.contains("alice"), "the session key is hashed");
+    let turns: Vec<_> = rows.iter().map(|r| r.turn).collect();
+    assert_eq!(turns, [Some(1), Some(2), Some(3), Some(1)]);
+    assert_ne!(rows[3].session_id.as_deref(), Some(alice.as_str()));
+    for (r, want_ms) in [(&rows[1], 300.0), (&rows[2], 150.0)] {
+        let think = r.think_us.unwrap() as f64 / 1000.0;
+        assert!(
+            think >= want_ms - 1.0 && think < want_ms + 60.0,
+            "think {think:.1} ms, slept {want_ms} ms"
+        );
+    }
+    assert_eq!((rows[0].think_us, rows[3].think_us), (None, None));
+    // Replayed as a closed session.
+    let run = dir.path().join("run");
+    let stdout = ok(&reprise(&[
+        "replay",
+        s(&out),
+        "--target",
+        &format!("http://{upstream}"),
+        "--out",
+        s(&run),
+    ]));
+    assert!(
+        stdout.contains("sessions 2 started, 2 completed; 4 turns (2 after a first)"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn sigterm_loses_nothing_and_a_replay_reproduces_the_arrivals() {
     let dir = tempfile::tempdir().unwrap();

@@ -100,6 +100,22 @@ def test_explore_a_trace_with_prefix_hashes(data):
     assert checks["prefix_block_hit_share"] == pytest.approx(3 / 7)
 
 
+def test_explore_a_trace_with_sessions(data):
+    # BurstGPT v3: two conversations (3 and 2 turns, think times 3.4 s and 7.0 s from
+    # `Elapsed time`) and one request without a session.
+    out = data["dir"] / "burstgpt-v3.parquet"
+    reprise("import", "burstgpt", str(REPO / "tests" / "fixtures" / "burstgpt-v3.csv"), "-o", str(out))
+    checks = execute("01_explore_trace.ipynb", {"REPRISE_TRACE": str(out)}, data["dir"])
+    assert checks["sessions"] == 2
+    assert checks["turns"] == 5
+    assert checks["turns_mean"] == pytest.approx(2.5)
+    assert checks["think_s"] == pytest.approx([3.4, 7.0])
+    # s-1: 150 − 100 − 20 = 30, then 200 − 150 − 0 = 50; s-2: 80 − 40 − 10 = 30.
+    assert checks["new_tokens_p50"] == pytest.approx(30.0)
+    # The sample trace has none.
+    assert execute("01_explore_trace.ipynb", {"REPRISE_TRACE": str(SAMPLE)}, data["dir"])["sessions"] == 0
+
+
 def test_replay_run_matches_the_analyzer(data):
     checks = execute("02_replay_run.ipynb", {"REPRISE_RUN": str(data["ramp"])}, data["dir"])
     summary = json.loads((data["ramp"] / "summary.json").read_text())

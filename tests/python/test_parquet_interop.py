@@ -96,12 +96,17 @@ def test_lists_and_nulls_survive(mooncake):
 
 def test_part_directories_read_as_one_dataset(burstgpt):
     parts = sorted(p.name for p in burstgpt.iterdir())
-    assert parts == ["part-000000.parquet", "part-000001.parquet"]
+    assert parts == [f"part-{i:06}.parquet" for i in range(6)]
     df = pl.read_parquet(burstgpt / "*.parquet")
-    assert df.height == 2
-    assert df["failure"].to_list() == [None, "burstgpt: zero response tokens (failed request)"]
-    assert df["e2e_us"].to_list() == [1_250_000, 100_000]
-    assert pq.read_table(burstgpt).num_rows == 2
+    assert df.height == 6
+    assert df["failure"].to_list()[:2] == [None, "burstgpt: zero response tokens (failed request)"]
+    assert df["e2e_us"].to_list()[:2] == [1_250_000, 100_000]
+    # trace/1.1's session columns, as polars reads them.
+    assert df.schema["turn"] == pl.UInt32
+    assert df.schema["think_us"] == pl.UInt64
+    assert df["turn"].to_list() == [1, 2, 1, 3, 2, None]
+    assert df["think_us"].to_list() == [None, None, None, 3_400_000, 7_000_000, None]
+    assert pq.read_table(burstgpt).num_rows == 6
 
 
 @pytest.fixture(scope="module")

@@ -108,12 +108,27 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", one_line(&err));
             // Could not run (bad arguments, unreadable input, unusable target): 2, as
             // clap's own usage errors. 1 is kept for runs that failed a gate.
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: a library error whose message
+/// already quotes its source (`path: No such file or directory`) is not followed by that
+/// source again.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
@@ -128,6 +143,22 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn errors_name_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let lib = reprise_trace::TraceError::Io {
+            path: "/x.parquet".into(),
+            source: io,
+        };
+        let err = anyhow::Error::new(lib).context("reading the trace");
+        assert_eq!(
+            one_line(&err),
+            "reading the trace: /x.parquet: No such file"
+        );
+        let plain = anyhow::anyhow!("a").context("b");
+        assert_eq!(one_line(&plain), "b: a");
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

@@ -93,6 +93,8 @@ pub struct TraceSummary {
     pub streamed: u64,
     /// Distinct sessions.
     pub sessions: u64,
+    /// The sessions' turns and think times, when the trace has sessions.
+    pub conversations: Option<crate::sessions::SessionStats>,
     /// Rows with prefix hashes.
     pub with_prefix_hashes: u64,
     /// Rows marked as failures by their source.
@@ -118,6 +120,7 @@ pub fn summarize(path: impl AsRef<Path>) -> Result<TraceSummary> {
     let mut models = HashMap::new();
     let mut endpoints = HashMap::new();
     let mut sessions = HashSet::new();
+    let mut turns: Vec<TraceRecord> = Vec::new();
     let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
     let (mut streamed, mut hashed, mut failures) = (0, 0, 0);
     for batch in reader.batches() {
@@ -132,6 +135,13 @@ pub fn summarize(path: impl AsRef<Path>) -> Result<TraceSummary> {
             *models.entry(r.model).or_insert(0) += 1;
             *endpoints.entry(r.endpoint).or_insert(0) += 1;
             if let Some(s) = r.session_id {
+                // The session columns only: what the turn figures need.
+                let mut t = TraceRecord::new(String::new(), r.arrival);
+                t.turn = r.turn;
+                t.think_us = r.think_us;
+                t.e2e_us = r.e2e_us;
+                t.session_id = Some(s.clone());
+                turns.push(t);
                 sessions.insert(s);
             }
             if let Some(s) = r.status {
@@ -174,6 +184,7 @@ pub fn summarize(path: impl AsRef<Path>) -> Result<TraceSummary> {
         endpoints: ranked(endpoints),
         streamed,
         sessions: sessions.len() as u64,
+        conversations: crate::sessions::SessionStats::of(&turns),
         with_prefix_hashes: hashed,
         failures,
         statuses: statuses.into_iter().collect(),
@@ -407,7 +418,23 @@ impl TraceSummary {
             "streamed",
             format!("{} ({:.0}%)", thousands(self.streamed), pct(self.streamed)),
         );
-        line("sessions", thousands(self.sessions));
+        match &self.conversations {
+            Some(c) => line(
+                "sessions",
+                format!(
+                    "{} ({} turns; per session p50 {}, max {}; think time {})",
+                    thousands(self.sessions),
+                    thousands(c.turns),
+                    c.turns_p50,
+                    c.turns_max,
+                    match (c.think_p50_s, c.think_p90_s) {
+                        (Some(a), Some(b)) => format!("p50 {} s, p90 {} s", sig3(a), sig3(b)),
+                        _ => "unknown (no ends of turns)".to_owned(),
+                    }
+                ),
+            ),
+            None => line("sessions", thousands(self.sessions)),
+        }
         let block = self
             .metadata
             .get(META_BLOCK_TOKENS)

@@ -131,7 +131,7 @@ pub fn derive(records: &mut [TraceRecord]) {
 }
 
 /// A trace's sessions in figures.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct SessionStats {
     /// Distinct sessions.
     pub sessions: u64,
