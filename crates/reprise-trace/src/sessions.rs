@@ -3,7 +3,7 @@
 //! "Sessions").
 //!
 //! [`SessionTracker`] fills `turn` and `think_us` row by row as a trace is written (import,
-//! record), and turns per-turn prompt lengths into cumulative ones; [`derive`] does the
+//! record), and turns per-turn prompt lengths into cumulative ones; [`derive()`] does the
 //! same over a whole trace in memory (replay, for traces written before trace/1.1).
 //! [`SessionStats`] sums a trace's sessions up for people.
 
