@@ -76,6 +76,18 @@ fn the_servers_cache_hits_match_what_the_trace_implies() {
     assert!((observed - implied).abs() < 0.02, "{cache:?}");
     assert!(cache.warning.is_none(), "{cache:?}");
     assert_eq!(cache.block_tokens, Some(512));
+    // The simulator's profile gave the server's cache size (no --cache-blocks): its KV
+    // capacity in the trace's 512-token blocks, which holds the whole shared prefix.
+    let profile = ok(&reprise(&[
+        "sim",
+        "--profile",
+        "llama-8b-h100",
+        "--print-profile",
+    ]));
+    let profile: serde_json::Value = serde_json::from_str(&profile).unwrap();
+    let kv = profile["kv_capacity_tokens"].as_u64().unwrap();
+    assert_eq!(cache.cache_blocks, Some(kv / 512), "{cache:?}");
+    assert_eq!(cache.implied_lru, cache.implied_unbounded, "{cache:?}");
     // A cache of one block would hold almost nothing of this trace: the report says the
     // replay's hit rate is not what the trace implies.
     let small = analyze(

@@ -99,6 +99,9 @@ pub struct ReplayConfig {
     pub intended: Option<Duration>,
     /// How the trace's sessions are replayed, when it has sessions.
     pub sessions: Option<workload::SessionMode>,
+    /// The target's prefix-cache capacity in tokens, when known (the in-process
+    /// simulator's profile): written to the results for the analyzer's LRU figure.
+    pub server_cache_tokens: Option<u64>,
 }
 
 impl ReplayConfig {
@@ -137,6 +140,7 @@ impl ReplayConfig {
             target_names: Vec::new(),
             intended: None,
             sessions: None,
+            server_cache_tokens: None,
         }
     }
 

@@ -210,6 +210,9 @@ pub async fn prepare(
                     profile: profile.clone(),
                     builtins: Profile::names().join(", "),
                 })?;
+                // One simulator's cache is the server's cache; several targets have several.
+                config.server_cache_tokens =
+                    (targets.len() == 1 && p.prefix_caching).then_some(p.kv_capacity_tokens);
                 let mut sim = SimConfig::new(p);
                 sim.speedup = sim_speedup;
                 sim.seed = seed;

@@ -17,6 +17,9 @@ use crate::send::{Done, tokenizer_label, wrong_target};
 use crate::summary::{Summarizer, TurnSample};
 use crate::{Progress, ReplayConfig, ReplayError, RunSummary};
 
+/// Metadata key of the results: the target's prefix-cache capacity, tokens.
+pub const META_SERVER_CACHE_TOKENS: &str = "reprise.server_cache_tokens";
+
 /// Opens `requests.parquet` in the run directory (created).
 pub(crate) fn create(config: &ReplayConfig) -> Result<DatasetWriter<ResultRecord>, ReplayError> {
     std::fs::create_dir_all(&config.run_dir).map_err(|e| ReplayError::Io {
@@ -32,6 +35,11 @@ pub(crate) fn create(config: &ReplayConfig) -> Result<DatasetWriter<ResultRecord
     // The trace's prefix-block size, so that the analyzer can tell what its hashes imply.
     let options = match config.prompts.block_tokens {
         Some(b) => options.with_meta(reprise_trace::writer::META_BLOCK_TOKENS, b.to_string()),
+        None => options,
+    };
+    // The server's prefix-cache size, when known, for the analyzer's LRU figure.
+    let options = match config.server_cache_tokens {
+        Some(t) => options.with_meta(META_SERVER_CACHE_TOKENS, t.to_string()),
         None => options,
     };
     Ok(DatasetWriter::<ResultRecord>::create(

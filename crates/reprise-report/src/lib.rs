@@ -338,7 +338,12 @@ fn polars_stages(
     mark("knee");
     let events = event_reports(run, &measured, opts, t0)?;
     mark("events");
-    let cache = cache::fidelity(run, overall.prefix_cache_hit_rate, opts.cache_blocks)?;
+    // The cache size: as given, else the simulator's profile the replay recorded.
+    let cache_blocks = opts.cache_blocks.or_else(|| {
+        let (tokens, block) = (run.server_cache_tokens?, run.block_tokens?);
+        (block > 0).then(|| tokens / u64::from(block))
+    });
+    let cache = cache::fidelity(run, overall.prefix_cache_hit_rate, cache_blocks)?;
     mark("prefix cache");
     let info = run.info.as_ref();
     let client_behind = overall

@@ -51,6 +51,9 @@ pub struct Run {
     /// Tokens a `prefix_hashes` block covers (`reprise.block_tokens` of the replayed
     /// trace, carried into the result file), when known.
     pub block_tokens: Option<u32>,
+    /// The target's prefix-cache capacity in tokens, when the replay knew it (the
+    /// in-process simulator's profile: `reprise.server_cache_tokens`).
+    pub server_cache_tokens: Option<u64>,
 }
 
 impl std::fmt::Debug for Run {
@@ -157,6 +160,10 @@ pub fn open(dir: &Path) -> Result<Run, ReportError> {
         .metadata()
         .get(reprise_trace::writer::META_BLOCK_TOKENS)
         .and_then(|v| v.parse().ok());
+    let server_cache_tokens = checked
+        .metadata()
+        .get("reprise.server_cache_tokens")
+        .and_then(|v| v.parse().ok());
     let mut lf = scan(&parts)?;
     // Files written before the column existed have no cached-token counts.
     let cached = if lf
@@ -251,6 +258,7 @@ pub fn open(dir: &Path) -> Result<Run, ReportError> {
         events,
         queue_limit_ms,
         block_tokens,
+        server_cache_tokens,
         dir: dir_of_run,
     })
 }
