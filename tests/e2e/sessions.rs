@@ -173,8 +173,9 @@ fn closed_sessions_slow_down_with_a_saturated_server_and_open_ones_do_not() {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("busy.parquet");
     busy_trace(&trace, 24, 4);
-    // Four sequences at a time: 24 conversations queue, and each response takes seconds.
-    let sim = SimProcess::start(&["--max-num-seqs", "4", "--speedup", "2"]);
+    // A KV cache of 2,000 tokens holds a few conversations at a time: the rest queue, and
+    // each response takes up to seconds.
+    let sim = SimProcess::start(&["--kv-capacity", "2000", "--speedup", "2"]);
     let replay = |mode: &str| {
         let run = dir.path().join(mode);
         let out = reprise(&[
