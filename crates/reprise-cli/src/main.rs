@@ -47,6 +47,10 @@ enum Command {
     Record(Box<cmd::record::Args>),
     /// Replay a trace open-loop at N x speed, or generate load, against a target or the sim.
     Replay(Box<cmd::replay::Args>),
+    /// Start N replay workers (`replay --shard K/N --coordinator URL`) on one timeline.
+    Coordinate(Box<cmd::coordinate::Args>),
+    /// Merge the workers' runs of a distributed replay into one run.
+    Merge(Box<cmd::merge::Args>),
     /// Run the simulated OpenAI-compatible LLM server (continuous batching, KV cache, faults).
     Sim(Box<cmd::sim::Args>),
     /// Sample GPUs (NVML), Prometheus endpoints and this host; import nvidia-smi/DCGM logs.
@@ -94,6 +98,8 @@ fn main() -> ExitCode {
         Command::Import(args) => cmd::import::run(*args),
         Command::Record(args) => cmd::record::run(*args),
         Command::Replay(args) => cmd::replay::run_cmd(*args),
+        Command::Coordinate(args) => cmd::coordinate::run(*args),
+        Command::Merge(args) => cmd::merge::run(*args),
         Command::Sim(args) => cmd::sim::run(*args),
         Command::Monitor(args) => cmd::monitor::run(*args),
         Command::Synth(command) => cmd::synth::run(command),

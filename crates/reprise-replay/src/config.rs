@@ -102,6 +102,14 @@ pub struct ReplayConfig {
     /// The target's prefix-cache capacity in tokens, when known (the in-process
     /// simulator's profile): written to the results for the analyzer's LRU figure.
     pub server_cache_tokens: Option<u64>,
+    /// This load generator's shard of a distributed replay ([`crate::shard`]).
+    pub shard: crate::shard::Shard,
+    /// A start given from outside (a coordinator): the monotonic instant and its time on
+    /// the run's clock, ns since the epoch. Otherwise the run starts 20 ms after the
+    /// executor is ready, on this host's clock.
+    pub start: Option<(std::time::Instant, i64)>,
+    /// What `run.json` says of the distributed replay this run is a shard of.
+    pub distributed: Option<reprise_trace::run::Distributed>,
 }
 
 impl ReplayConfig {
@@ -141,6 +149,9 @@ impl ReplayConfig {
             intended: None,
             sessions: None,
             server_cache_tokens: None,
+            shard: crate::shard::Shard::WHOLE,
+            start: None,
+            distributed: None,
         }
     }
 

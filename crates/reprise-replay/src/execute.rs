@@ -153,7 +153,10 @@ async fn run_inner(
         Pacing::Closed { .. } => Vec::new(),
     };
 
-    let clock = Arc::new(Clock::new(Duration::from_millis(20)));
+    let clock = Arc::new(match config.start {
+        Some((t0, wall0_ns)) => Clock { t0, wall0_ns },
+        None => Clock::new(Duration::from_millis(20)),
+    });
     if let Some(l) = &live {
         l.start(clock.t0);
     }
@@ -337,6 +340,10 @@ async fn run_inner(
         monitor,
     };
     let info = write::run_info(&config, &clock, &run_summary);
+    if config.distributed.is_some() {
+        // A shard's histograms, for an exact merge of the summaries without the rows.
+        reprise_trace::run::write_json(&config.run_dir.join("histograms.json"), &summary.export())?;
+    }
     reprise_trace::run::write_json(&config.run_dir.join("run.json"), &info)?;
     Ok(run_summary)
 }

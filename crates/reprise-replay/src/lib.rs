@@ -45,6 +45,7 @@ pub mod prepare;
 pub mod prompt;
 pub mod row;
 mod send;
+pub mod shard;
 pub mod sizing;
 pub mod summary;
 pub mod target;

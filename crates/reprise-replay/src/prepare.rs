@@ -243,13 +243,15 @@ pub async fn prepare(
     // The workload, dealt once.
     let loaded = trace.as_deref().map(load_trace).transpose()?;
     config.prompts.block_tokens = loaded.as_ref().and_then(|t| t.block_tokens);
-    let mut pacing = load.pacing(&Requests {
+    let pacing = load.pacing(&Requests {
         trace: loaded.as_ref(),
         trace_path: trace.clone(),
         synthetic,
         seed,
     })?;
     drop(loaded);
+    // A shard of a distributed replay keeps its part of the plan every shard deals alike.
+    let mut pacing = pacing.shard(config.shard)?;
     // Session turns repeat their conversation (both modes); closed sessions are chained.
     if let Pacing::Open(OpenPlan::Listed(plan)) = &pacing
         && plan.iter().any(|p| p.request.session_id.is_some())
@@ -294,7 +296,7 @@ pub async fn prepare(
             // Synthetic arrivals are drawn here, once, so that the run sends the very
             // requests that were sized.
             if let Pacing::Open(OpenPlan::Rates(plan)) = &pacing {
-                pacing = Pacing::Open(OpenPlan::Listed(plan.iter().collect()));
+                pacing = Pacing::Open(OpenPlan::Listed(plan.shared_iter().collect()));
             }
             let requests: Vec<reprise_trace::TraceRecord> = match &pacing {
                 Pacing::Open(OpenPlan::Listed(plan)) => plan
@@ -382,4 +384,63 @@ pub async fn discover_model(base: &str) -> Result<String, PrepareError> {
             url,
             problem: "no model listed".into(),
         })
+}
+
+/// A shard's plan in figures (`replay --dry-run`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanSummary {
+    /// The shard.
+    pub shard: crate::shard::Shard,
+    /// Requests this shard plans (expected, for random arrivals; 0 for a closed loop).
+    pub requests: u64,
+    /// Requests all shards plan together.
+    pub all_requests: u64,
+    /// First and last scheduled offsets of an open-loop plan.
+    pub span: Option<(Duration, Duration)>,
+    /// A closed loop's users, in words.
+    pub describe: String,
+}
+
+/// The plan of `spec`'s shard, dealt as a run would deal it, without starting or
+/// contacting anything (the trace is read; targets are not checked).
+pub fn plan_only(spec: &Spec) -> Result<PlanSummary, PrepareError> {
+    let loaded = spec.trace.as_deref().map(load_trace).transpose()?;
+    let whole = spec.load.pacing(&Requests {
+        trace: loaded.as_ref(),
+        trace_path: spec.trace.clone(),
+        synthetic: spec.synthetic,
+        seed: spec.seed,
+    })?;
+    let count = |p: &Pacing| match p {
+        Pacing::Open(plan) => plan.expected_len(),
+        Pacing::Closed { .. } => 0,
+    };
+    let all_requests = count(&whole);
+    let shard = spec.config.shard;
+    let part = whole.shard(shard)?;
+    let (span, describe) = match &part {
+        Pacing::Open(OpenPlan::Listed(v)) => {
+            let offsets: Vec<Duration> = v
+                .iter()
+                .flat_map(crate::workload::Planned::turns)
+                .map(|p| p.offset)
+                .collect();
+            let first = offsets.iter().min().copied();
+            (first.zip(offsets.iter().max().copied()), String::new())
+        }
+        Pacing::Open(OpenPlan::Rates(r)) => (
+            r.shared_iter()
+                .next()
+                .map(|p| (p.offset, r.intended_duration())),
+            String::new(),
+        ),
+        Pacing::Closed { users, .. } => (None, format!("closed loop, users per step {users:?}")),
+    };
+    Ok(PlanSummary {
+        shard,
+        requests: count(&part),
+        all_requests,
+        span,
+        describe,
+    })
 }

@@ -45,6 +45,8 @@ pub struct TurnMark {
 pub struct RowContext {
     /// The run's id.
     pub run_id: String,
+    /// The load generator's shard (0 unless distributed).
+    pub shard: u32,
     /// Base URL of each target, by index.
     pub targets: Vec<String>,
     /// The server dialect.
@@ -91,7 +93,7 @@ pub fn row(job: &Job, m: &Measured, clock: &Clock, ctx: &RowContext) -> (ResultR
         target: ctx.targets[job.target].clone(),
         phase: job.planned_phase.clone(),
         step_value: job.step_value,
-        shard: 0,
+        shard: ctx.shard,
         scheduled: clock.wall(job.scheduled),
         sent: m.sent.map(|t| clock.wall(t)),
         first_chunk: m.first_chunk.map(|t| clock.wall(t)),
@@ -175,6 +177,7 @@ mod tests {
         };
         let ctx = RowContext {
             run_id: "run-a".into(),
+            shard: 0,
             targets: vec!["http://a".into(), "http://b".into()],
             backend: Backend::Vllm,
         };

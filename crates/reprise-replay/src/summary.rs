@@ -213,6 +213,157 @@ impl Acc {
     }
 }
 
+/// The measured requests' figures as `histograms.json` keeps them: counts, and each
+/// latency's HDR histogram (hdrhistogram's V2 + deflate encoding, 3 significant digits,
+/// µs, in hex), so that runs can be merged exactly as their histograms allow
+/// ([`merge_exports`]) without reading their rows.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Export {
+    /// `hdr/1`.
+    pub format: String,
+    /// Requests.
+    pub requests: u64,
+    /// Successful requests.
+    pub ok: u64,
+    /// Failed requests per error class.
+    pub errors: BTreeMap<String, u64>,
+    /// First send, ns from the run's start (shared by the workers of a distributed run).
+    pub first_sent_ns: Option<u64>,
+    /// Last response end, ns from the run's start.
+    pub last_done_ns: Option<u64>,
+    /// Prompt tokens of successful requests.
+    pub n_in: u64,
+    /// Output tokens of successful requests.
+    pub n_out: u64,
+    /// Requests whose prompt count the server reported, and of those mismatching.
+    pub in_checked: u64,
+    /// See `in_checked`.
+    pub in_mismatch: u64,
+    /// Requests whose output count was checked, and of those mismatching.
+    pub out_checked: u64,
+    /// See `out_checked`.
+    pub out_mismatch: u64,
+    /// Per latency (`queue`, `ttft`, `ttft_sched`, `e2e`, `e2e_sched`, `tpot`, `itl`).
+    pub histograms: BTreeMap<String, String>,
+}
+
+/// The format of [`Export`].
+pub const EXPORT_FORMAT: &str = "hdr/1";
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    (text.len().is_multiple_of(2))
+        .then(|| {
+            (0..text.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+                .collect()
+        })
+        .flatten()
+}
+
+impl Acc {
+    fn hists_mut(&mut self) -> [(&'static str, &mut Hist); 7] {
+        [
+            ("queue", &mut self.queue),
+            ("ttft", &mut self.ttft),
+            ("ttft_sched", &mut self.ttft_sched),
+            ("e2e", &mut self.e2e),
+            ("e2e_sched", &mut self.e2e_sched),
+            ("tpot", &mut self.tpot),
+            ("itl", &mut self.itl),
+        ]
+    }
+
+    fn export(&mut self) -> Export {
+        let mut histograms = BTreeMap::new();
+        for (name, h) in self.hists_mut() {
+            let mut bytes = Vec::new();
+            if hdrhistogram::serialization::Serializer::serialize(
+                &mut hdrhistogram::serialization::V2DeflateSerializer::new(),
+                &h.0,
+                &mut bytes,
+            )
+            .is_ok()
+            {
+                histograms.insert(name.to_owned(), to_hex(&bytes));
+            }
+        }
+        Export {
+            format: EXPORT_FORMAT.into(),
+            requests: self.requests,
+            ok: self.ok,
+            errors: self.errors.clone(),
+            first_sent_ns: self.first_sent,
+            last_done_ns: self.last_done,
+            n_in: self.n_in,
+            n_out: self.n_out,
+            in_checked: self.in_checked,
+            in_mismatch: self.in_mismatch,
+            out_checked: self.out_checked,
+            out_mismatch: self.out_mismatch,
+            histograms,
+        }
+    }
+
+    /// Adds an export's counts and histograms to these.
+    fn absorb(&mut self, e: &Export) -> Result<(), String> {
+        self.requests += e.requests;
+        self.ok += e.ok;
+        for (k, v) in &e.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
+        }
+        self.first_sent = match (self.first_sent, e.first_sent_ns) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last_done = match (self.last_done, e.last_done_ns) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.n_in += e.n_in;
+        self.n_out += e.n_out;
+        self.in_checked += e.in_checked;
+        self.in_mismatch += e.in_mismatch;
+        self.out_checked += e.out_checked;
+        self.out_mismatch += e.out_mismatch;
+        let mut decoder = hdrhistogram::serialization::Deserializer::new();
+        for (name, h) in self.hists_mut() {
+            let Some(text) = e.histograms.get(name) else {
+                continue;
+            };
+            let bytes = from_hex(text).ok_or_else(|| format!("histogram `{name}`: not hex"))?;
+            let other: Histogram<u64> = decoder
+                .deserialize(&mut bytes.as_slice())
+                .map_err(|err| format!("histogram `{name}`: {err:?}"))?;
+            h.0.add(&other)
+                .map_err(|err| format!("histogram `{name}`: {err:?}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The measured requests' figures of several runs (the workers of a distributed replay),
+/// from their [`Export`]s alone: counts summed, histograms added, the span from the first
+/// send to the last end over all of them.
+pub fn merge_exports(exports: &[Export]) -> Result<PhaseSummary, String> {
+    let mut acc = Acc::new(None);
+    for e in exports {
+        if e.format != EXPORT_FORMAT {
+            return Err(format!(
+                "histograms of format `{}`, expected {EXPORT_FORMAT}",
+                e.format
+            ));
+        }
+        acc.absorb(e)?;
+    }
+    Ok(acc.report("all"))
+}
+
 /// One finished turn of a closed session, as the session figures need it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TurnSample {
@@ -300,6 +451,11 @@ impl Summarizer {
                 think_error: Hist::new(),
             })
             .add(t);
+    }
+
+    /// The measured requests' figures with their histograms, for `histograms.json`.
+    pub fn export(&self) -> Export {
+        self.overall.clone().export()
     }
 
     /// The session figures, in a closed-session replay.
@@ -475,6 +631,55 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample(i: u64, ok: bool) -> Sample {
+        Sample {
+            phase: "measure".into(),
+            ok,
+            error_kind: (!ok).then(|| "timeout".to_owned()),
+            sent_ns: Some(i * 1_000_000),
+            done_ns: Some(i * 1_000_000 + 50_000_000),
+            queue_us: Some(10 + i % 7),
+            ttft_us: Some(1_000 + i * 37 % 5_000),
+            e2e_us: Some(50_000 + i),
+            n_in: 10,
+            n_out: 5,
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn exports_merge_as_one_run_would_have_summed() {
+        // Three workers' shares of one run, and the run whole.
+        let mut whole = Summarizer::default();
+        let mut parts = [
+            Summarizer::default(),
+            Summarizer::default(),
+            Summarizer::default(),
+        ];
+        for i in 0..3000u64 {
+            let s = sample(i, i % 50 != 0);
+            whole.add(&s);
+            parts[(i % 3) as usize].add(&s);
+        }
+        let exports: Vec<Export> = parts.iter().map(Summarizer::export).collect();
+        // Through JSON, as histograms.json holds them.
+        let exports: Vec<Export> = exports
+            .iter()
+            .map(|e| serde_json::from_str(&serde_json::to_string(e).unwrap()).unwrap())
+            .collect();
+        let merged = merge_exports(&exports).unwrap();
+        assert_eq!(merged, whole.overall());
+        assert_eq!(merged.requests, 3000);
+        assert_eq!(merged.errors["timeout"], 60);
+        let mut bad = exports[0].clone();
+        bad.histograms.insert("ttft".into(), "zz".into());
+        assert!(
+            merge_exports(&[bad])
+                .unwrap_err()
+                .contains("histogram `ttft`")
+        );
+    }
 
     #[test]
     fn session_figures_count_turns_delays_and_think_errors() {

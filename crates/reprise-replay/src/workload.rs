@@ -352,6 +352,9 @@ pub struct RatePlan {
     seed: u64,
     /// At most this many requests (`--requests N` at a rate).
     limit: Option<u64>,
+    /// The part of the sequence this plan sends: every `share.1`-th request from the
+    /// `share.0`-th ([`crate::shard`]); (0, 1) for all of it.
+    share: (u64, u64),
 }
 
 impl RatePlan {
@@ -383,6 +386,7 @@ impl RatePlan {
             sizes: Arc::new(sizes),
             seed,
             limit: None,
+            share: (0, 1),
         })
     }
 
@@ -426,7 +430,20 @@ impl RatePlan {
         }
     }
 
-    /// The requests, in order (the same ones on every call).
+    /// The part `index` of `count` of the sequence: every count-th request from the
+    /// index-th (a shard's; the whole sequence is drawn alike by every shard).
+    pub fn share(mut self, index: u32, count: u32) -> RatePlan {
+        self.share = (u64::from(index), u64::from(count.max(1)));
+        self
+    }
+
+    /// The requests this plan sends: its share of [`RatePlan::iter`].
+    pub fn shared_iter(&self) -> impl Iterator<Item = Planned> + Send + use<> {
+        let (first, every) = self.share;
+        self.iter().skip(first as usize).step_by(every as usize)
+    }
+
+    /// The whole sequence, in order (the same ones on every call), whatever the share.
     pub fn iter(&self) -> RateIter {
         RateIter {
             plan: self.clone(),
@@ -446,7 +463,7 @@ impl RatePlan {
             .iter()
             .map(|s| {
                 end += s.duration.as_secs_f64();
-                (end, s.rate)
+                (end, s.rate / self.share.1 as f64)
             })
             .collect()
     }
@@ -458,7 +475,9 @@ impl RatePlan {
             .iter()
             .map(|s| (s.rate * s.duration.as_secs_f64()).ceil() as u64)
             .sum();
-        self.limit.map_or(by_time, |n| n.min(by_time))
+        let all = self.limit.map_or(by_time, |n| n.min(by_time));
+        let (first, every) = self.share;
+        (all + every - 1 - first.min(all + every - 1)) / every
     }
 }
 
@@ -592,7 +611,7 @@ impl OpenPlan {
             // less than sending.
             OpenPlan::Rates(p) => (0..n)
                 .map(|k| {
-                    Box::new(p.iter().skip(k).step_by(n))
+                    Box::new(p.shared_iter().skip(k).step_by(n))
                         as Box<dyn Iterator<Item = Planned> + Send>
                 })
                 .collect(),

@@ -80,6 +80,7 @@ pub(crate) fn spawn(
         } = sink;
         let ctx = RowContext {
             run_id: config.run_id.clone(),
+            shard: config.shard.index,
             targets: config.targets.clone(),
             backend: config.shape.backend,
         };
@@ -232,6 +233,7 @@ pub fn run_info(config: &ReplayConfig, clock: &Clock, summary: &RunSummary) -> R
             tokenizer: tokenizer_label(config),
         },
         summary: summary.clone(),
+        distributed: config.distributed.clone(),
     }
 }
 

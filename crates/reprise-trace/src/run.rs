@@ -50,6 +50,64 @@ pub struct RunInfo {
     pub config: RunSettings,
     /// What the run produced.
     pub summary: RunSummary,
+    /// A shard of a distributed replay, or a merged run (`reprise merge`).
+    pub distributed: Option<Distributed>,
+}
+
+/// A shard of a distributed replay (`shard` set; also in `shard.json`, written before the
+/// run starts), or the merged run of all of them (`workers` set).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Distributed {
+    /// The coordinator run's id (every worker of one run has the same).
+    pub coordinator_id: String,
+    /// The coordinator's URL.
+    pub coordinator: String,
+    /// Shards in all.
+    pub shards: u32,
+    /// This worker's shard (a worker's run).
+    pub shard: Option<u32>,
+    /// The common start, ns since the epoch on the coordinator's clock: every time in the
+    /// run's files is on that clock.
+    pub t0_ns: i64,
+    /// The worker's clock offset: coordinator − worker, ns (from the round trip of least
+    /// delay among at least 16).
+    pub offset_ns: i64,
+    /// The offset's uncertainty: half that round trip, ns.
+    pub uncertainty_ns: i64,
+    /// How far the offset had moved by the end of the run (drift), ns, when measured.
+    pub residual_ns: Option<i64>,
+    /// Requests this shard planned (a worker's run), or all shards did (a merged run).
+    pub planned: u64,
+    /// The workers (a merged run).
+    pub workers: Vec<WorkerRun>,
+    /// Why a merged run is partial (a worker died or is missing); `None` when whole.
+    pub partial: Option<String>,
+}
+
+/// One worker of a merged run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct WorkerRun {
+    /// Its shard.
+    pub shard: u32,
+    /// Its host.
+    pub host: String,
+    /// Its run directory, as given to `reprise merge`.
+    pub run_dir: String,
+    /// Its clock offset and uncertainty, ns.
+    pub offset_ns: i64,
+    /// Half its least round trip, ns.
+    pub uncertainty_ns: i64,
+    /// Requests it planned.
+    pub planned: u64,
+    /// Rows it recorded.
+    pub recorded: u64,
+    /// Requests it sent.
+    pub sent: u64,
+    /// `complete`, `incomplete` (stopped early) or `died` (no run.json: killed, or its
+    /// results lost).
+    pub state: String,
 }
 
 /// The one wall-clock anchor of a run.
@@ -416,6 +474,13 @@ impl RunInfo {
                 }),
                 ..RunSummary::default()
             },
+            distributed: Some(Distributed {
+                shard: Some(0),
+                residual_ns: Some(0),
+                workers: vec![WorkerRun::default()],
+                partial: Some(String::new()),
+                ..Distributed::default()
+            }),
             ..RunInfo::default()
         }
     }

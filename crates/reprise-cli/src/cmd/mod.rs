@@ -2,7 +2,9 @@
 
 pub mod analyze;
 pub mod common;
+pub mod coordinate;
 pub mod import;
+pub mod merge;
 pub mod monitor;
 pub mod record;
 pub mod replay;

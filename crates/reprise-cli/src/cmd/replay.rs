@@ -15,6 +15,7 @@ use reprise_replay::gate::{Gate, Gates, judge};
 use reprise_replay::live::Live;
 use reprise_replay::prepare::SizedPrompts;
 use reprise_replay::prompt::PromptBuilder;
+use reprise_replay::shard::Shard;
 use reprise_replay::summary::{fmt_ms, render, render_sessions};
 use reprise_replay::target::{DEFAULT_SIM_PROFILE, parse_target};
 use reprise_replay::workload::{Process, SessionMode, TraceWindow};
@@ -289,6 +290,36 @@ pub struct Args {
     /// Seed of synthetic arrivals.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Send only shard K of N of the load (K from 0): request i of the plan when i mod N
+    /// is K, a session's turns by a hash of its id; closed-loop users split evenly. Every
+    /// shard deals the same plan, so the shards' union is the whole load.
+    #[arg(long, value_name = "K/N", help_heading = "Distributed replay")]
+    shard: Option<String>,
+    /// N shards, this one's index from JOB_COMPLETION_INDEX (a Kubernetes Indexed Job's
+    /// pods need no arguments of their own).
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with = "shard",
+        help_heading = "Distributed replay"
+    )]
+    shards: Option<u32>,
+    /// Start with the other shards at the time `reprise coordinate` at URL announces;
+    /// every time in the results is on its clock.
+    #[arg(long, value_name = "URL", help_heading = "Distributed replay")]
+    coordinator: Option<String>,
+    /// How long to keep trying to reach the coordinator (it may start after the workers),
+    /// seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 30.0,
+        help_heading = "Distributed replay"
+    )]
+    coordinator_wait: f64,
+    /// Print the resolved shard plan (requests, span, digests) and exit, sending nothing.
+    #[arg(long, help_heading = "Distributed replay")]
+    dry_run: bool,
     /// Warn "client could not keep up" when queue p99 exceeds this, ms (a warning; the
     /// gate is --max-queue-p99-ms).
     #[arg(long, value_name = "MS", default_value_t = 1.0)]
@@ -605,6 +636,7 @@ fn spec(args: &Args, run_id: String, run_dir: PathBuf) -> Result<Spec> {
             HttpClientArg::Reqwest => HttpClient::Reqwest,
         },
         fail_fast: true,
+        shard: shard_of(args)?,
         ..ReplayConfig::new(Vec::new(), "", run_dir)
     };
     Ok(Spec {
@@ -624,6 +656,118 @@ fn spec(args: &Args, run_id: String, run_dir: PathBuf) -> Result<Spec> {
         },
         config,
     })
+}
+
+/// The shard from --shard K/N, or --shards N with the index from JOB_COMPLETION_INDEX.
+fn shard_of(args: &Args) -> Result<Shard> {
+    match (&args.shard, args.shards) {
+        (Some(text), _) => Shard::parse(text).map_err(|e| anyhow!("--shard: {e}")),
+        (None, Some(n)) => {
+            let index = std::env::var("JOB_COMPLETION_INDEX").map_err(|_| {
+                anyhow!("--shards {n}: JOB_COMPLETION_INDEX is not set (it is in a Kubernetes Indexed Job's pods); give --shard K/N instead")
+            })?;
+            let k = index.trim().parse::<u32>().map_err(|_| {
+                anyhow!("--shards {n}: JOB_COMPLETION_INDEX `{index}` is not a number")
+            })?;
+            Shard::new(k, n).map_err(|e| anyhow!("--shards {n} (JOB_COMPLETION_INDEX {k}): {e}"))
+        }
+        (None, None) => Ok(Shard::WHOLE),
+    }
+}
+
+/// The digest of what a shard sends: the load, window, sizes, seed, model, API, backend
+/// and streaming (the same for every worker of one run).
+fn args_digest(spec: &Spec) -> String {
+    let c = &spec.config;
+    reprise_dist::digest_text(&format!(
+        "{:?}|{:?}|{}|{:?}|{:?}|{:?}|{}|{:?}",
+        spec.load,
+        spec.synthetic,
+        spec.seed,
+        spec.model,
+        c.shape.api,
+        c.shape.backend,
+        c.shape.stream,
+        spec.targets
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    ))
+}
+
+/// Joins the coordinated run: registers this shard and waits for the start, which it
+/// gives the run (a stop before the start ends the wait).
+async fn coordinate_start(
+    url: &str,
+    prepared: &mut reprise_replay::Prepared,
+    digests: &(String, String),
+    stop: &Arc<AtomicBool>,
+    wait: std::time::Duration,
+) -> Result<reprise_dist::worker::Joined> {
+    let shard = prepared.config.shard;
+    let registration = reprise_dist::protocol::Registration {
+        shard: shard.index,
+        shards: shard.count,
+        trace_digest: digests.0.clone(),
+        args_digest: digests.1.clone(),
+        host: reprise_dist::worker::host_name(),
+        planned: match &prepared.pacing {
+            reprise_replay::Pacing::Open(p) => p.expected_len(),
+            reprise_replay::Pacing::Closed { .. } => 0,
+        },
+        ..Default::default()
+    };
+    eprintln!("shard {shard}: joining the coordinator at {url}");
+    let stopped = async {
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    let joined = tokio::select! {
+        j = reprise_dist::worker::join(url, registration, &prepared.config.run_dir, wait) => j?,
+        () = stopped => bail!("stopped before the coordinated start"),
+    };
+    if let Some(w) = &joined.warning {
+        eprintln!("WARNING: {w}");
+    }
+    let d = &joined.distributed;
+    let wait = joined
+        .start
+        .saturating_duration_since(std::time::Instant::now());
+    eprintln!(
+        "shard {shard}: clock offset {:.3} ms ± {:.3} ms; starting in {:.2} s with the other {} shard(s)",
+        d.offset_ns as f64 / 1e6,
+        d.uncertainty_ns as f64 / 1e6,
+        wait.as_secs_f64(),
+        shard.count - 1
+    );
+    if wait.is_zero() {
+        eprintln!(
+            "WARNING: the coordinated start has passed already: the first requests go late (a larger --margin on the coordinator helps)"
+        );
+    }
+    prepared.config.start = Some((joined.start, d.t0_ns));
+    prepared.config.distributed = Some(d.clone());
+    Ok(joined)
+}
+
+/// After the run: the clock's drift measured, the end reported to the coordinator.
+async fn coordinate_end(
+    joined: &reprise_dist::worker::Joined,
+    summary: &RunSummary,
+    run_dir: &std::path::Path,
+    progress: &Progress,
+) {
+    let sent = progress.sent.load(Ordering::Relaxed);
+    if let Some(res) = reprise_dist::worker::finish(joined, sent, summary.complete, run_dir).await {
+        let bound = joined.distributed.uncertainty_ns.max(1_000_000) * 5;
+        if res.abs() > bound {
+            eprintln!(
+                "WARNING: this host's clock drifted {:.3} ms from the coordinator's during the run",
+                res as f64 / 1e6
+            );
+        }
+    }
 }
 
 /// A preparation error with the flags it came from.
@@ -741,6 +885,36 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
     // Everything the flags say is checked before anything starts.
     let run_id = new_run_id();
     let spec = spec(&args, run_id.clone(), PathBuf::new())?;
+    if args.coordinator.is_some() && args.shard.is_none() && args.shards.is_none() {
+        bail!("--coordinator needs this worker's shard: --shard K/N or --shards N");
+    }
+    let digests = (
+        match &spec.trace {
+            Some(t) => reprise_dist::digest_path(t)?,
+            None => "none".to_owned(),
+        },
+        args_digest(&spec),
+    );
+    if args.dry_run {
+        let plan = reprise_replay::prepare::plan_only(&spec)?;
+        println!(
+            "shard {}: {} requests of {} for all shards, {}; trace digest {}, arguments digest {}",
+            plan.shard,
+            plan.requests,
+            plan.all_requests,
+            match plan.span {
+                Some((a, b)) => format!(
+                    "scheduled from {:.3} s to {:.3} s",
+                    a.as_secs_f64(),
+                    b.as_secs_f64()
+                ),
+                None => plan.describe.clone(),
+            },
+            digests.0,
+            digests.1
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let run_dir = run_directory(&args, &run_id)?;
     let spec = Spec {
         config: ReplayConfig {
@@ -792,6 +966,23 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
             View::Line(bar, ticker)
         }
     };
+    // A shard of a distributed replay starts when the coordinator says.
+    let mut prepared = prepared;
+    let coordinated = match &args.coordinator {
+        Some(url) => Some(
+            coordinate_start(
+                url,
+                &mut prepared,
+                &digests,
+                &stop,
+                secs(args.coordinator_wait, "--coordinator-wait")?,
+            )
+            .await
+            .map_err(|e| anyhow!("{e}"))?,
+        ),
+        None => None,
+    };
+    let progress_done = progress.clone();
     let summary = run_with(
         prepared.config,
         prepared.pacing,
@@ -819,6 +1010,9 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
     }
     let summary = summary?;
     stop_sims(prepared.sims, &sim_runtime).await;
+    if let Some(joined) = &coordinated {
+        coordinate_end(joined, &summary, &run_dir, &progress_done).await;
+    }
     if let Some(why) = &summary.aborted {
         // The target is wrong, not busy: nothing was measured worth reading.
         bail!(
