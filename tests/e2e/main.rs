@@ -9,6 +9,7 @@ mod cache_sim;
 mod chaos;
 mod cli;
 mod contract;
+mod distributed;
 mod full_disk;
 mod fuzz_seeds;
 mod import_inspect;

@@ -26,8 +26,11 @@ pub struct CoordinatorConfig {
     pub margin: Duration,
     /// How long to wait for every worker to register.
     pub register_timeout: Duration,
-    /// How long to wait for every worker's end after the start.
+    /// How long to wait for every worker's end after the start at most.
     pub run_timeout: Duration,
+    /// How long after the longest worker's workload (its intended duration) to wait for
+    /// its end: a worker that has not reported by then is taken for dead.
+    pub grace: Duration,
     /// A skew bound above this is warned about.
     pub warn_skew: Duration,
     /// A skew bound above this refuses to start (`--max-skew-ms`).
@@ -41,6 +44,7 @@ impl Default for CoordinatorConfig {
             margin: Duration::from_secs(3),
             register_timeout: Duration::from_secs(300),
             run_timeout: Duration::from_secs(7 * 24 * 3600),
+            grace: Duration::from_secs(600),
             warn_skew: Duration::from_millis(5),
             max_skew: None,
         }
@@ -206,8 +210,27 @@ async fn run(shared: &Arc<Shared>) -> Result<CoordinatorReport, DistError> {
         );
         shared.changed.notify_waiters();
     }
-    // 3. Every worker ends (or the run times out).
-    let deadline = tokio::time::Instant::now() + config.margin + config.run_timeout;
+    // 3. Every worker ends, or the run times out: a week at most, or the longest workload
+    // and the grace time after it when every worker said how long its workload lasts.
+    let longest = {
+        let state = shared.lock();
+        let all_known = state.status.registered.iter().all(|r| r.intended_ns > 0);
+        all_known.then(|| {
+            Duration::from_nanos(
+                state
+                    .status
+                    .registered
+                    .iter()
+                    .map(|r| r.intended_ns)
+                    .max()
+                    .unwrap_or(0),
+            )
+        })
+    };
+    let wait = longest.map_or(config.run_timeout, |l| {
+        (l + config.grace).min(config.run_timeout)
+    });
+    let deadline = tokio::time::Instant::now() + config.margin + wait;
     loop {
         let notified = shared.changed.notified();
         if shared.lock().status.done.len() as u32 == config.workers {

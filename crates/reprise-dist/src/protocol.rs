@@ -35,6 +35,8 @@ pub struct Registration {
     pub host: String,
     /// Requests its shard plans.
     pub planned: u64,
+    /// How long its workload is meant to last, ns (0 when unknown: a counted closed loop).
+    pub intended_ns: u64,
     /// Its clock offset (coordinator − worker), ns.
     pub offset_ns: i64,
     /// Half its least round trip, ns.

@@ -38,9 +38,13 @@ pub struct Args {
     /// Seconds to wait for every worker to register.
     #[arg(long, default_value_t = 300.0)]
     register_timeout: f64,
-    /// Seconds to wait for every worker's end after the start (default: a week).
+    /// Seconds to wait for every worker's end after the start at most (default: a week).
     #[arg(long)]
     run_timeout: Option<f64>,
+    /// Seconds after the longest worker's workload (as it registered it) to wait for its
+    /// end; a worker silent by then is taken for dead.
+    #[arg(long, default_value_t = 600.0)]
+    grace: f64,
     /// Warn when the workers' start skew could exceed this, ms (the two largest clock
     /// offset uncertainties added).
     #[arg(long, default_value_t = 5.0)]
@@ -72,6 +76,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Some(s) => secs(s, "--run-timeout")?,
             None => Duration::from_secs(7 * 24 * 3600),
         },
+        grace: secs(args.grace, "--grace")?,
         warn_skew: Duration::from_secs_f64(
             positive(args.warn_skew_ms, "--warn-skew-ms", "milliseconds")? / 1e3,
         ),

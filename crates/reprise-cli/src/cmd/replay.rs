@@ -676,11 +676,12 @@ fn shard_of(args: &Args) -> Result<Shard> {
 }
 
 /// The digest of what a shard sends: the load, window, sizes, seed, model, API, backend
-/// and streaming (the same for every worker of one run).
+/// and streaming (the same for every worker of one run; targets may differ, e.g. a
+/// replica per zone).
 fn args_digest(spec: &Spec) -> String {
     let c = &spec.config;
     reprise_dist::digest_text(&format!(
-        "{:?}|{:?}|{}|{:?}|{:?}|{:?}|{}|{:?}",
+        "{:?}|{:?}|{}|{:?}|{:?}|{:?}|{}",
         spec.load,
         spec.synthetic,
         spec.seed,
@@ -688,10 +689,6 @@ fn args_digest(spec: &Spec) -> String {
         c.shape.api,
         c.shape.backend,
         c.shape.stream,
-        spec.targets
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
     ))
 }
 
@@ -715,6 +712,7 @@ async fn coordinate_start(
             reprise_replay::Pacing::Open(p) => p.expected_len(),
             reprise_replay::Pacing::Closed { .. } => 0,
         },
+        intended_ns: prepared.config.intended.map_or(0, |d| d.as_nanos() as u64),
         ..Default::default()
     };
     eprintln!("shard {shard}: joining the coordinator at {url}");
