@@ -108,6 +108,12 @@ def test_manifests_are_valid_against_the_kubernetes_schemas(directory):
     assert anti["requiredDuringSchedulingIgnoredDuringExecution"][0]["topologyKey"] == "kubernetes.io/hostname"
 
 
+def test_the_results_pod_is_valid():
+    (doc,) = load_all(DEPLOY / "results-pod.yaml")
+    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    assert doc["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "reprise-results"
+
+
 def test_a_broken_manifest_is_caught():
     doc = render(DEPLOY / "base")[-1]
     broken = copy.deepcopy(doc)
