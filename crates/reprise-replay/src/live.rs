@@ -144,7 +144,13 @@ impl Live {
             crate::Pacing::Open(plan) => RateProfile::of(plan),
             crate::Pacing::Closed { .. } => RateProfile::None,
         };
-        Live::new(&config.run_id, 0, &config.shape.model, profile)
+        // The workers of a distributed replay share the coordinator run's id as `run_id`
+        // and tell themselves apart by `worker` (their shard), so dashboards add them up.
+        let run_id = config
+            .distributed
+            .as_ref()
+            .map_or(config.run_id.as_str(), |d| d.coordinator_id.as_str());
+        Live::new(run_id, config.shard.index, &config.shape.model, profile)
     }
 
     /// The figures of the live view, read now.
@@ -596,6 +602,22 @@ mod tests {
                 "missing {line}\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_distributed_worker_labels_its_metrics_with_the_coordinated_run_and_its_shard() {
+        let mut config = crate::ReplayConfig::new(vec!["http://a".into()], "m", "/tmp/x");
+        config.run_id = "own".into();
+        config.shard = crate::shard::Shard::new(2, 3).unwrap();
+        config.distributed = Some(reprise_trace::run::Distributed {
+            coordinator_id: "coord-1".into(),
+            ..Default::default()
+        });
+        let pacing = crate::Pacing::Open(crate::workload::OpenPlan::Listed(Vec::new()));
+        let text = Live::for_run(&config, &pacing).render(Format::Prometheus);
+        assert!(text.contains(r#"run_id="coord-1""#), "{text}");
+        assert!(text.contains(r#"worker="2""#), "{text}");
+        assert!(!text.contains(r#"run_id="own""#), "{text}");
     }
 
     #[test]

@@ -939,6 +939,23 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
     if let Some(s) = &prepared.sizing {
         print_sizing(s);
     }
+    // A shard of a distributed replay starts when the coordinator says.
+    let mut prepared = prepared;
+    let coordinated = match &args.coordinator {
+        Some(url) => Some(
+            coordinate_start(
+                url,
+                &mut prepared,
+                &digests,
+                &stop,
+                secs(args.coordinator_wait, "--coordinator-wait")?,
+            )
+            .await
+            .map_err(|e| anyhow!("{e}"))?,
+        ),
+        None => None,
+    };
+
     if let Some(addr) = prepared.metrics.as_ref().and_then(|m| m.addr()) {
         eprintln!("live metrics on http://{addr}/metrics");
     }
@@ -963,22 +980,6 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
             let (bar, ticker) = progress_view(progress.clone());
             View::Line(bar, ticker)
         }
-    };
-    // A shard of a distributed replay starts when the coordinator says.
-    let mut prepared = prepared;
-    let coordinated = match &args.coordinator {
-        Some(url) => Some(
-            coordinate_start(
-                url,
-                &mut prepared,
-                &digests,
-                &stop,
-                secs(args.coordinator_wait, "--coordinator-wait")?,
-            )
-            .await
-            .map_err(|e| anyhow!("{e}"))?,
-        ),
-        None => None,
     };
     let progress_done = progress.clone();
     let summary = run_with(
