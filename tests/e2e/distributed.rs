@@ -180,6 +180,50 @@ impl Drop for Proc {
     }
 }
 
+/// `reprise coordinate` on loopback with these flags, and its URL.
+fn local_coordinator(workers: &str, flags: &[&str]) -> (Proc, String) {
+    let mut c = Command::new(BIN);
+    c.args([
+        "coordinate",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        workers,
+    ])
+    .args(flags);
+    let p = Proc::spawn(c);
+    let url = url_in(&p.line(&format!("coordinating {workers} workers")));
+    (p, url)
+}
+
+/// A worker on loopback: shard `shard` of `trace` against `target`, into `out`.
+fn local_worker(
+    trace: &str,
+    target: &str,
+    shard: &str,
+    coordinator: &str,
+    out: &Path,
+    window: &[&str],
+) -> Proc {
+    let mut c = Command::new(BIN);
+    c.args([
+        "replay",
+        trace,
+        "--target",
+        target,
+        "--shard",
+        shard,
+        "--coordinator",
+        coordinator,
+        "--out",
+        s(out),
+        "--no-tui",
+    ])
+    .args(window)
+    .current_dir(repo());
+    Proc::spawn(c)
+}
+
 fn url_in(line: &str) -> String {
     let at = line.find("http://").unwrap_or_else(|| panic!("{line}"));
     line[at..].split_whitespace().next().unwrap().to_owned()
@@ -376,45 +420,12 @@ fn three_workers_on_three_hosts_replay_one_trace_on_one_timeline_and_merge_exact
 fn a_worker_killed_mid_run_leaves_a_partial_merge_and_a_dead_coordinator_stops_the_workers() {
     let dir = tempfile::tempdir().unwrap();
     let sim = SimProcess::start(&["--speedup", "20"]);
-    let coordinator = Proc::spawn({
-        let mut c = Command::new(BIN);
-        c.args([
-            "coordinate",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--margin",
-            "0.5",
-            "--grace",
-            "3",
-        ]);
-        c
-    });
-    let coord_url = url_in(&coordinator.line("coordinating 2 workers"));
+    let (coordinator, coord_url) = local_coordinator("2", &["--margin", "0.5", "--grace", "3"]);
     let runs: Vec<PathBuf> = (0..2).map(|k| dir.path().join(format!("s{k}"))).collect();
     let worker = |k: usize| {
         let shard = format!("{k}/2");
-        let mut c = Command::new(BIN);
-        c.args([
-            "replay",
-            TRACE,
-            "--target",
-            &sim.url,
-            "--shard",
-            &shard,
-            "--coordinator",
-            &coord_url,
-            "--out",
-            s(&runs[k]),
-            "--duration",
-            "300",
-            "--speed",
-            "20",
-            "--no-tui",
-        ])
-        .current_dir(repo());
-        Proc::spawn(c)
+        let window = ["--duration", "300", "--speed", "20"];
+        local_worker(TRACE, &sim.url, &shard, &coord_url, &runs[k], &window)
     };
     let w0 = worker(0);
     let mut w1 = worker(1);
@@ -460,34 +471,19 @@ fn a_worker_killed_mid_run_leaves_a_partial_merge_and_a_dead_coordinator_stops_t
     );
 
     // A coordinator that dies before the start: every waiting worker exits 2, saying so.
-    let coordinator = Proc::spawn({
-        let mut c = Command::new(BIN);
-        c.args(["coordinate", "--listen", "127.0.0.1:0", "--workers", "3"]);
-        c
-    });
-    let coord_url = url_in(&coordinator.line("coordinating 3 workers"));
+    let (coordinator, coord_url) = local_coordinator("3", &[]);
     let waiting: Vec<Proc> = (0..2)
         .map(|k| {
             let shard = format!("{k}/3");
             let out = dir.path().join(format!("w{k}"));
-            let mut c = Command::new(BIN);
-            c.args([
-                "replay",
+            local_worker(
                 TRACE,
-                "--target",
                 &sim.url,
-                "--shard",
                 &shard,
-                "--coordinator",
                 &coord_url,
-                "--out",
-                s(&out),
-                "--duration",
-                "10",
-                "--no-tui",
-            ])
-            .current_dir(repo());
-            Proc::spawn(c)
+                &out,
+                &["--duration", "10"],
+            )
         })
         .collect();
     for w in &waiting {
@@ -556,39 +552,17 @@ fn bad_shards_coordinators_and_merges_are_one_line_errors() {
 
     // A coordinator of 2: a worker saying 3 shards, one registering twice, and one with
     // another trace are refused, naming both sides; the run never starts.
-    let coordinator = Proc::spawn({
-        let mut c = Command::new(BIN);
-        c.args([
-            "coordinate",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--register-timeout",
-            "4",
-        ]);
-        c
-    });
-    let coord_url = url_in(&coordinator.line("coordinating 2 workers"));
+    let (coordinator, coord_url) = local_coordinator("2", &["--register-timeout", "4"]);
     let join = |trace: &str, shard: &str, name: &str| {
-        let mut c = Command::new(BIN);
-        c.args([
-            "replay",
+        let out = dir.path().join(name);
+        local_worker(
             trace,
-            "--target",
             &sim.url,
-            "--shard",
             shard,
-            "--coordinator",
             &coord_url,
-            "--out",
-            s(&dir.path().join(name)),
-            "--duration",
-            "5",
-            "--no-tui",
-        ])
-        .current_dir(repo());
-        Proc::spawn(c)
+            &out,
+            &["--duration", "5"],
+        )
     };
     let first = join(TRACE, "0/2", "a");
     first.line("joining the coordinator");
