@@ -262,3 +262,50 @@ fn closed_sessions_slow_down_with_a_saturated_server_and_open_ones_do_not() {
         }
     }
 }
+
+/// A stop is not held up by a long think time: a conversation whose second turn comes two
+/// minutes after the first answer stops at once on SIGINT, its run marked incomplete.
+#[test]
+fn a_stop_during_a_long_think_time_ends_the_run_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("slow-user.parquet");
+    write_trace(
+        &trace,
+        &[
+            ("u", 1, 0.0, None, 50, 4, 100),
+            ("u", 2, 120.0, Some(120_000), 104, 4, 100),
+        ],
+    );
+    let run = dir.path().join("run");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .args([
+            "replay",
+            s(&trace),
+            "--target",
+            "sim",
+            "--sim-speedup",
+            "10",
+            "--out",
+            s(&run),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    crate::record::signal(&child, "-INT");
+    let stopped = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let took = stopped.elapsed();
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", show(&out));
+    let info = run_json(&run);
+    assert_eq!(info["complete"], false);
+    let sessions = &info["summary"]["sessions"];
+    assert_eq!(
+        (sessions["started"].as_u64(), sessions["completed"].as_u64()),
+        (Some(1), Some(0)),
+        "{sessions}"
+    );
+    assert_eq!(rows(&run).len(), 1);
+}

@@ -65,6 +65,16 @@ pub(crate) async fn run(
     Ok(complete)
 }
 
+/// How often a long wait looks at the stop flag.
+const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// Returns once the run is stopped.
+async fn stopped(stop: &std::sync::atomic::AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(STOP_POLL).await;
+    }
+}
+
 /// A request ready to go: its deadline, its plan entry and its body.
 struct Ready {
     deadline: Instant,
@@ -163,10 +173,13 @@ async fn open_loop(
                 continue;
             }
         };
-        if turns_in_flight > 0 {
+        // A deadline far off (a gap in the trace, a user's think time) is waited for
+        // watching the stop flag too, so that a stop is not held up by it.
+        let far = deadline.saturating_duration_since(Instant::now()) > STOP_POLL * 2;
+        if turns_in_flight > 0 || far {
             tokio::select! {
                 biased;
-                r = turn_rx.recv() => {
+                r = turn_rx.recv(), if turns_in_flight > 0 => {
                     if let Some(r) = r {
                         turns_in_flight -= 1;
                         arrivals += 1;
@@ -174,6 +187,7 @@ async fn open_loop(
                     }
                     continue;
                 }
+                () = stopped(&stop), if far => {}
                 () = pacer.until(deadline) => {}
             }
         } else {
