@@ -65,7 +65,8 @@ impl Shard {
     fn owns(&self, i: usize, p: &Planned) -> bool {
         let n = u64::from(self.count);
         let owner = match p.request.session_id.as_deref() {
-            Some(s) => fnv(s) % n,
+            // FNV-1a: every worker computes it alike, on any platform and build.
+            Some(s) => crate::prompt::fnv(s) % n,
             None => i as u64 % n,
         };
         owner == u64::from(self.index)
@@ -77,13 +78,6 @@ impl Shard {
         let n = u64::from(self.count);
         total / n + u64::from(u64::from(self.index) < total % n)
     }
-}
-
-/// FNV-1a: a hash every worker computes alike, on any platform and build.
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 impl Pacing {
