@@ -349,6 +349,10 @@ fn three_workers_on_three_hosts_replay_one_trace_on_one_timeline_and_merge_exact
     let text = ok(&out);
     assert!(text.contains("3 shards of coordinator run"), "{text}");
     let all = rows(&merged);
+    // The analyzer reads the merged run as one: every worker's rows, exact percentiles.
+    let report =
+        reprise_report::analyze(&merged, &reprise_report::Options::default()).expect("analyzed");
+    assert_eq!(report.overall.requests, all.len() as u64);
     let one = rows(&single);
     assert_eq!(all.len(), one.len());
     let info = run_json(&merged);
