@@ -236,10 +236,10 @@ async fn open_loop(
                 let (ctx, config, tx, t0) =
                     (ctx.clone(), config.clone(), turn_tx.clone(), clock.t0);
                 tasks.spawn(async move {
-                    let ended = send_job(job, ctx).await;
+                    let end = send_job(job, ctx).await;
                     let Chain { after, next } = *chain;
                     let recorded = t0 + next.offset;
-                    let deadline = after.deadline(ended.end, recorded);
+                    let deadline = after.deadline(end, recorded);
                     let turn = Some(TurnMark {
                         recorded,
                         first: false,

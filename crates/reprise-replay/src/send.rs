@@ -115,13 +115,9 @@ pub(crate) struct SendCtx {
     pub(crate) live: Option<Arc<crate::live::Live>>,
 }
 
-/// When a request's response ended (or it failed).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Ended {
-    pub(crate) end: std::time::Instant,
-}
-
-pub(crate) async fn send_job(mut job: Job, ctx: Arc<SendCtx>) -> Ended {
+/// Sends and measures one request, hands it to the writer, and returns when its response
+/// ended (or it failed).
+pub(crate) async fn send_job(mut job: Job, ctx: Arc<SendCtx>) -> std::time::Instant {
     let _permit = match &ctx.limiter {
         Some(l) => l.clone().acquire_owned().await.ok(),
         None => None,
@@ -160,9 +156,8 @@ pub(crate) async fn send_job(mut job: Job, ctx: Arc<SendCtx>) -> Ended {
     };
     let end = std::time::Instant::now();
     ctx.progress.finished.fetch_add(1, Ordering::Relaxed);
-    let ended = Ended { end };
     let _ = ctx.done_tx.send(Done { job, measured });
-    ended
+    end
 }
 
 /// The extra headers as `reqwest` sends them, marked sensitive (never logged).

@@ -65,9 +65,10 @@ struct SessionFigures {
 fn session_figures(rows: &[TraceRecord]) -> Option<SessionFigures> {
     let stats = reprise_trace::sessions::SessionStats::of(rows)?;
     // Context growth: a later turn's prompt beyond the previous prompt and answer.
+    let turns = reprise_trace::sessions::session_turns(rows);
     let mut by: std::collections::HashMap<&str, Vec<&TraceRecord>> =
         std::collections::HashMap::new();
-    for r in rows.iter().filter(|r| r.session_id.is_some()) {
+    for r in &turns {
         by.entry(r.session_id.as_deref().unwrap_or(""))
             .or_default()
             .push(r);

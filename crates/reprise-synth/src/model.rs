@@ -268,24 +268,6 @@ pub struct Sessions {
     pub requests_per_opener: f64,
 }
 
-/// For each request (in order): whether it is a later turn of a session (turn > 1, turns
-/// derived where the trace lacks them).
-fn later_turns(requests: &[TraceRecord]) -> Vec<bool> {
-    let mut slim: Vec<TraceRecord> = requests
-        .iter()
-        .map(|r| {
-            let mut t = TraceRecord::new(String::new(), r.arrival);
-            t.session_id = r.session_id.clone();
-            t.turn = r.turn;
-            t
-        })
-        .collect();
-    reprise_trace::sessions::derive(&mut slim);
-    slim.iter()
-        .map(|r| r.session_id.is_some() && r.turn.is_some_and(|t| t > 1))
-        .collect()
-}
-
 /// 101 quantiles of `values` (empty when there are none).
 pub fn quantiles(mut values: Vec<f64>) -> Vec<f64> {
     values.retain(|v| v.is_finite());
@@ -375,15 +357,21 @@ pub fn fit(requests: &[TraceRecord], opts: &FitOptions) -> Result<WorkloadModel,
             message: format!("{}: must be positive", opts.window_s),
         });
     }
-    let sessions = fit_sessions(requests);
-    // With conversations, arrivals are the openers' (users arriving); later turns follow
-    // from the session model.
-    let later = later_turns(requests);
+    // Session rows, turns numbered once for the session model and the openers.
+    let turns = reprise_trace::sessions::session_turns(requests);
+    let sessions = fit_sessions(&turns, requests.len());
+    // With conversations, arrivals are the openers' (users arriving: first turns and
+    // requests without a session); later turns follow from the session model.
+    // `turns` holds the session rows in the requests' order: walk both together.
+    let mut session_rows = turns.iter();
     let openers: Vec<&TraceRecord> = requests
         .iter()
-        .zip(&later)
-        .filter(|(_, l)| !**l)
-        .map(|(r, _)| r)
+        .filter(|r| {
+            r.session_id.is_none()
+                || session_rows
+                    .next()
+                    .is_some_and(|t| t.turn.is_none_or(|k| k <= 1))
+        })
         .collect();
     let t0 = openers
         .first()
@@ -568,28 +556,14 @@ fn fit_prefixes(requests: &[TraceRecord], block_tokens: Option<usize>) -> Option
     })
 }
 
-fn fit_sessions(requests: &[TraceRecord]) -> Option<Sessions> {
-    // The session columns only, turns numbered and think times derived where missing.
-    let mut slim: Vec<TraceRecord> = requests
-        .iter()
-        .filter(|r| r.session_id.is_some())
-        .map(|r| {
-            let mut t = TraceRecord::new(String::new(), r.arrival);
-            t.session_id = r.session_id.clone();
-            t.turn = r.turn;
-            t.think_us = r.think_us;
-            t.e2e_us = r.e2e_us;
-            t.input_tokens = r.input_tokens;
-            t.output_tokens = r.output_tokens;
-            t
-        })
-        .collect();
+/// The session model of `slim` (a trace's [`reprise_trace::sessions::session_turns`]) out
+/// of `rows` requests in all.
+fn fit_sessions(slim: &[TraceRecord], rows: usize) -> Option<Sessions> {
     if slim.is_empty() {
         return None;
     }
-    reprise_trace::sessions::derive(&mut slim);
     let mut per: HashMap<&str, Vec<&TraceRecord>> = HashMap::new();
-    for r in &slim {
+    for r in slim {
         per.entry(r.session_id.as_deref().unwrap_or(""))
             .or_default()
             .push(r);
@@ -626,9 +600,9 @@ fn fit_sessions(requests: &[TraceRecord]) -> Option<Sessions> {
         first = first.into_iter().step_by(step).collect();
     }
     Some(Sessions {
-        start_share: n / ((requests.len() - slim.len()) as f64 + n),
-        requests_per_opener: requests.len() as f64 / ((requests.len() - slim.len()) as f64 + n),
-        with_session: slim.len() as f64 / requests.len() as f64,
+        start_share: n / ((rows - slim.len()) as f64 + n),
+        requests_per_opener: rows as f64 / ((rows - slim.len()) as f64 + n),
+        with_session: slim.len() as f64 / rows as f64,
         requests_per_session: slim.len() as f64 / n,
         turns: turns.into_iter().map(|(k, c)| (k, c as f64 / n)).collect(),
         think_s: quantiles(think),

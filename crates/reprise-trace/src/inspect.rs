@@ -134,15 +134,15 @@ pub fn summarize(path: impl AsRef<Path>) -> Result<TraceSummary> {
             }
             *models.entry(r.model).or_insert(0) += 1;
             *endpoints.entry(r.endpoint).or_insert(0) += 1;
-            if let Some(s) = r.session_id {
-                // The session columns only: what the turn figures need.
+            if let Some(s) = &r.session_id {
+                sessions.insert(s.clone());
+                // Only what the turn figures need (`SessionStats::of`).
                 let mut t = TraceRecord::new(String::new(), r.arrival);
+                t.session_id = r.session_id.clone();
                 t.turn = r.turn;
                 t.think_us = r.think_us;
                 t.e2e_us = r.e2e_us;
-                t.session_id = Some(s.clone());
                 turns.push(t);
-                sessions.insert(s);
             }
             if let Some(s) = r.status {
                 *statuses.entry(s).or_insert(0) += 1;

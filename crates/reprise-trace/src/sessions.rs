@@ -130,6 +130,28 @@ pub fn derive(records: &mut [TraceRecord]) {
     }
 }
 
+/// The session rows of `records` (in their order), reduced to what sessions need —
+/// arrival, session, turn, think time, end-to-end latency, prompt and output tokens — with
+/// turns numbered and think times derived where missing ([`derive()`]).
+pub fn session_turns(records: &[TraceRecord]) -> Vec<TraceRecord> {
+    let mut turns: Vec<TraceRecord> = records
+        .iter()
+        .filter(|r| r.session_id.is_some())
+        .map(|r| {
+            let mut t = TraceRecord::new(String::new(), r.arrival);
+            t.session_id = r.session_id.clone();
+            t.turn = r.turn;
+            t.think_us = r.think_us;
+            t.e2e_us = r.e2e_us;
+            t.input_tokens = r.input_tokens;
+            t.output_tokens = r.output_tokens;
+            t
+        })
+        .collect();
+    derive(&mut turns);
+    turns
+}
+
 /// A trace's sessions in figures.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct SessionStats {
@@ -149,23 +171,14 @@ pub struct SessionStats {
 
 impl SessionStats {
     /// Sums up the sessions of `records` (whose `turn`/`think_us` may be null: they are
-    /// derived first on a copy of the session columns).
+    /// derived first, [`session_turns`]).
     pub fn of(records: &[TraceRecord]) -> Option<SessionStats> {
         let mut turns: HashMap<&str, u32> = HashMap::new();
         let mut thinks = Vec::new();
-        let mut copy: Vec<TraceRecord> = Vec::new();
-        for r in records.iter().filter(|r| r.session_id.is_some()) {
-            let mut slim = TraceRecord::new(String::new(), r.arrival);
-            slim.session_id = r.session_id.clone();
-            slim.turn = r.turn;
-            slim.think_us = r.think_us;
-            slim.e2e_us = r.e2e_us;
-            copy.push(slim);
-        }
+        let copy = session_turns(records);
         if copy.is_empty() {
             return None;
         }
-        derive(&mut copy);
         for r in &copy {
             *turns
                 .entry(r.session_id.as_deref().unwrap_or(""))
