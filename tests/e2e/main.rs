@@ -6,6 +6,7 @@
 mod support;
 
 mod cache_sim;
+mod capacity;
 mod chaos;
 mod cli;
 mod contract;

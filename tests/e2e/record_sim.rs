@@ -149,7 +149,7 @@ async fn records_what_the_client_sent_and_saw() {
     let out = dir.path().join("capture");
     let rec = recorder(&up.base_url(), &out, false).await;
     let base = format!("http://{}", rec.addr());
-    let client = reqwest::Client::new();
+    let client = reprise_net::client();
     let mut seen = Vec::new();
     for i in 0..8u32 {
         let user = (i % 2 == 0).then_some("alice");
@@ -259,7 +259,7 @@ async fn content_is_kept_only_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("capture");
     let rec = recorder(&up.base_url(), &out, true).await;
-    let client = reqwest::Client::new();
+    let client = reprise_net::client();
     stream_chat(&client, &format!("http://{}", rec.addr()), 6, None).await;
     rec.shutdown().await;
     let rows = rows(&out);
@@ -335,7 +335,7 @@ async fn bytes_pass_through_unchanged_and_chunks_keep_their_timing() {
     let out = dir.path().join("capture");
     let rec = recorder(&up, &out, false).await;
     let base = format!("http://{}", rec.addr());
-    let client = reqwest::Client::new();
+    let client = reprise_net::client();
     let mut r = client
         .post(format!("{base}/stream"))
         .body("{}")
@@ -404,7 +404,7 @@ async fn upstream_failures_reach_the_client_and_are_recorded() {
     drop(dead);
     let out = dir.path().join("down");
     let rec = recorder(&dead_url, &out, false).await;
-    let client = reqwest::Client::new();
+    let client = reprise_net::client();
     let r = client
         .post(format!("http://{}/v1/chat/completions", rec.addr()))
         .body("{}")
@@ -469,7 +469,7 @@ async fn parts_are_finished_every_flush_interval_while_running() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("capture");
     let rec = recorder(&up.base_url(), &out, false).await;
-    let client = reqwest::Client::new();
+    let client = reprise_net::client();
     let base = format!("http://{}", rec.addr());
     stream_chat(&client, &base, 3, None).await;
     wait_recorded(&rec, 1).await;
@@ -518,7 +518,7 @@ async fn filters_choose_what_is_recorded_and_a_lost_output_does_not_stop_traffic
     c.flush_interval = Duration::from_millis(100);
     let rec = Recorder::start(c).await.unwrap();
     let base = format!("http://{}", rec.addr());
-    let client = reqwest::Client::new();
+    let client = reprise_net::client();
     stream_chat(&client, &base, 3, None).await;
     let models = client
         .get(format!("{base}/v1/models"))

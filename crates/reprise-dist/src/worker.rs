@@ -55,7 +55,7 @@ pub struct Coordinator {
 impl Coordinator {
     /// The coordinator at `url` (e.g. `http://coordinator:7070`).
     pub fn new(url: &str) -> Result<Coordinator, DistError> {
-        let client = reqwest::Client::builder()
+        let client = reprise_net::client_builder()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
             .no_proxy()

@@ -278,7 +278,7 @@ fn scrape_loop(
         }
     };
     rt.block_on(async move {
-        let client = match reqwest::Client::builder()
+        let client = match reprise_net::client_builder()
             .connect_timeout(cfg.scrape_timeout)
             .build()
         {

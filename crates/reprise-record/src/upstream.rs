@@ -80,7 +80,7 @@ impl UpstreamClient {
             ))
         } else {
             UpstreamClient::Tls(
-                reqwest::Client::builder()
+                reprise_net::client_builder()
                     .tcp_nodelay(true)
                     .pool_idle_timeout(Duration::from_secs(3))
                     .connect_timeout(Duration::from_secs(10))

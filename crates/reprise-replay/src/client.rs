@@ -148,7 +148,44 @@ fn closed_before_response(e: &reqwest::Error) -> bool {
     false
 }
 
+/// The error class of a request that failed for the load generator's own shortage (no
+/// file descriptor, no free local port, no buffer memory): reported apart from the target's
+/// failures, since a faster target would not have avoided it.
+pub const CLIENT_ERROR: &str = "client";
+
+/// Whether an I/O error is this process running short (EMFILE, ENFILE, EADDRNOTAVAIL,
+/// ENOBUFS, ENOMEM) rather than anything the target did.
+pub fn client_shortage(e: &std::io::Error) -> bool {
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::OutOfMemory
+    ) {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        use rustix::io::Errno;
+        matches!(
+            Errno::from_io_error(e),
+            Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS)
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
+}
+
 fn transport_kind(e: &reqwest::Error) -> &'static str {
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(client_shortage)
+        {
+            return CLIENT_ERROR;
+        }
+        src = c.source();
+    }
     if e.is_timeout() { "timeout" } else { "connect" }
 }
 
@@ -266,6 +303,9 @@ pub async fn send(
                 Err(_) => Err(None),
                 Ok(Err(e @ crate::h1::H1Error::Protocol(_))) => {
                     Err(Some(("bad_body", e.to_string())))
+                }
+                Ok(Err(e @ crate::h1::H1Error::Client(_))) => {
+                    Err(Some((CLIENT_ERROR, e.to_string())))
                 }
                 Ok(Err(e)) => Err(Some(("connect", e.to_string()))),
                 Ok(Ok(r)) => Ok(Response::H1(r)),
@@ -410,6 +450,23 @@ pub async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn shortages_of_this_process_are_the_clients_errors() {
+        use std::io::Error;
+        // EMFILE, ENFILE, EADDRNOTAVAIL, ENOBUFS (Linux numbers).
+        for errno in [24, 23, 99, 105] {
+            assert!(client_shortage(&Error::from_raw_os_error(errno)), "{errno}");
+        }
+        // A refused or reset connection, or a timeout, is the target's.
+        for errno in [111, 104, 110] {
+            assert!(
+                !client_shortage(&Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+    }
 
     #[test]
     fn bodies_force_lengths_per_backend() {

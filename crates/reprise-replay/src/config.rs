@@ -58,6 +58,11 @@ pub struct ReplayConfig {
     pub timeouts: Timeouts,
     /// Optional cap on requests in flight (reported; open loop has none by default).
     pub max_in_flight: Option<usize>,
+    /// Most connections open at once, all senders together: in the open loop a request
+    /// that finds every connection busy waits for one (and is late, counted in `queue`)
+    /// rather than opening more than the process can hold. `None`: from the open-files
+    /// limit ([`crate::connection_budget`]).
+    pub max_connections: Option<usize>,
     /// The first this many requests are phase `warmup`, excluded from the summary.
     pub warmup: u64,
     /// Prompt construction.
@@ -131,6 +136,7 @@ impl ReplayConfig {
                 gap: Duration::from_secs(30),
             },
             max_in_flight: None,
+            max_connections: None,
             warmup: 0,
             prompts: PromptBuilder::new(None, 1),
             run_dir: run_dir.into(),

@@ -54,6 +54,33 @@ pub struct Progress {
     pub ttft_p50_us: AtomicU64,
     /// Running TTFT p99, µs.
     pub ttft_p99_us: AtomicU64,
+    /// Requests that found every connection of their sender busy and waited for one.
+    pub connection_waits: AtomicU64,
+}
+
+/// Open files kept back from the connection budget: result and sample files, the
+/// metrics endpoint, the runtime's own descriptors.
+const FILES_RESERVED: u64 = 256;
+
+/// The default bound on open connections: what the open-files limit in force leaves after
+/// 256 open files (FILES_RESERVED), halved when the servers run in this process (`sim` targets, whose
+/// accepted sockets count against the same limit). At least 16.
+pub fn connection_budget(servers_in_process: bool) -> usize {
+    #[cfg(unix)]
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    #[cfg(not(unix))]
+    let limit = 8_192u64;
+    budget_from(limit, servers_in_process)
+}
+
+fn budget_from(open_files: u64, servers_in_process: bool) -> usize {
+    let free = open_files.saturating_sub(FILES_RESERVED);
+    let per_connection = if servers_in_process { 2 } else { 1 };
+    // Beyond a million connections the bound is moot: one port range to a target holds
+    // about 28,000.
+    (free / per_connection).clamp(16, 1 << 20) as usize
 }
 
 /// What every request task shares: the run's configuration, clock, stop flag and count of
@@ -131,6 +158,11 @@ async fn run_inner(
     if config.targets.is_empty() {
         return Err(ReplayError::Config("no target".into()));
     }
+    let open_loop = matches!(pacing, Pacing::Open(_));
+    let mut config = config;
+    if config.max_connections.is_none() {
+        config.max_connections = Some(connection_budget(false));
+    }
     let writer = write::create(&config)?;
     let requests_file = config.run_dir.join("requests.parquet");
     let headers = header_map(&config.headers)?;
@@ -189,7 +221,7 @@ async fn run_inner(
             aborted: aborted.clone(),
             live: live.as_ref().map(|l| l.observer(config.queue_limit_ms)),
         },
-    );
+    )?;
 
     // After a stop, requests in flight get `drain` to finish; then they are cancelled, each
     // still ending in its row.
@@ -212,9 +244,16 @@ async fn run_inner(
         urls: urls.clone(),
         headers,
         done_tx: done_tx.clone(),
-        limiter: config
-            .max_in_flight
-            .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
+        // The open loop bounds connections where it paces (`open`); users of the closed
+        // loop wait here for a connection beyond the bound.
+        limiter: match &pacing {
+            Pacing::Open(_) => config.max_in_flight,
+            Pacing::Closed { .. } => match (config.max_in_flight, config.max_connections) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        }
+        .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
         timeouts: config.timeouts,
         stream: config.shape.stream,
         progress: progress.clone(),
@@ -331,9 +370,19 @@ async fn run_inner(
         intended_throughput: intended_s
             .filter(|s| *s > 0.0)
             .map(|s| overall.ok as f64 / s),
-        overall,
         phases: summary.phases(),
         sessions: summary.sessions(),
+        // The schedule is the open loop's; a closed loop's users send when they are ready.
+        client: open_loop
+            .then(|| {
+                summary.client(
+                    &overall,
+                    config.max_connections,
+                    progress.connection_waits.load(Ordering::Relaxed),
+                )
+            })
+            .flatten(),
+        overall,
         stopped_early,
         requests_file,
         events: event_records,
@@ -346,4 +395,19 @@ async fn run_inner(
     }
     reprise_trace::run::write_json(&config.run_dir.join("run.json"), &info)?;
     Ok(run_summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_budget_leaves_room_for_files_and_in_process_servers() {
+        assert_eq!(budget_from(20_000, false), 19_744);
+        assert_eq!(budget_from(20_000, true), 9_872);
+        assert_eq!(budget_from(1_024, false), 768);
+        // A tiny limit still allows some connections; an unlimited one is capped.
+        assert_eq!(budget_from(100, false), 16);
+        assert_eq!(budget_from(u64::MAX, false), 1 << 20);
+    }
 }

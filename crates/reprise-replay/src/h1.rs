@@ -35,6 +35,10 @@ pub enum H1Error {
     /// Connecting, writing the request, or reading the response head failed.
     #[error("{0}")]
     Transport(String),
+    /// This process ran short of something it needs to connect (a file descriptor, a
+    /// local port, buffer memory): the client's failure, not the target's.
+    #[error("{0}")]
+    Client(String),
     /// The response head is not valid HTTP/1.1.
     #[error("invalid response: {0}")]
     Protocol(String),
@@ -121,9 +125,14 @@ impl Target {
     }
 
     async fn connect(&self) -> Result<Conn, H1Error> {
-        let stream = TcpStream::connect(&self.authority)
-            .await
-            .map_err(|e| H1Error::Transport(format!("connecting to {}: {e}", self.authority)))?;
+        let stream = TcpStream::connect(&self.authority).await.map_err(|e| {
+            let message = format!("connecting to {}: {e}", self.authority);
+            if crate::client::client_shortage(&e) {
+                H1Error::Client(message)
+            } else {
+                H1Error::Transport(message)
+            }
+        })?;
         stream
             .set_nodelay(true)
             .map_err(|e| H1Error::Transport(format!("connecting to {}: {e}", self.authority)))?;

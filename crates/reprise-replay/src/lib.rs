@@ -58,7 +58,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use reprise_trace::Timestamp;
 
 pub use config::{HttpClient, Pacing, ReplayConfig, StopRule};
-pub use execute::{LiveRun, Progress, raise_open_files_limit, run, run_with};
+pub use execute::{LiveRun, Progress, connection_budget, raise_open_files_limit, run, run_with};
 pub use load::{Knobs, Load, Ramp, Scenario};
 pub use prepare::{MetricsEndpoint, PrepareError, Prepared, SizerChoice, Spec, prepare, stop_sims};
 pub use reprise_trace::run::{RunInfo, RunSummary};

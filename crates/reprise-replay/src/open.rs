@@ -44,8 +44,11 @@ pub(crate) async fn run(
             std::thread::Builder::new()
                 .name(format!("reprise-pacer{k}"))
                 .spawn(move || -> Result<bool, ReplayError> {
+                    // I/O and time only: a process or signal driver would look for child
+                    // processes to reap every time the runtime parks.
                     let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
+                        .enable_io()
+                        .enable_time()
                         .build()
                         .map_err(|e| ReplayError::Config(format!("starting the pacer: {e}")))?;
                     Ok(rt.block_on(open_loop(share, k, senders, run)))
@@ -72,6 +75,33 @@ const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(25);
 async fn stopped(stop: &std::sync::atomic::AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(STOP_POLL).await;
+    }
+}
+
+/// How far past the next deadline request bodies are built ahead: requests that share an
+/// instant (a burst in a real trace, quantised timestamps) are all ready when it comes,
+/// and go out one after another with nothing to build between them.
+const LOOKAHEAD: std::time::Duration = std::time::Duration::from_millis(2);
+/// Most requests built ahead.
+const MAX_AHEAD: usize = 256;
+/// Spawns in a row, at most, before the loop lets the requests it spawned run.
+const YIELD_EVERY: usize = 32;
+
+/// Builds the plan's next requests into `ahead`: at least one, and every request due
+/// within [`LOOKAHEAD`] of the first (up to [`MAX_AHEAD`]).
+fn fill(ahead: &mut std::collections::VecDeque<Ready>, plan: &mut impl Iterator<Item = Ready>) {
+    if ahead.is_empty() {
+        match plan.next() {
+            Some(r) => ahead.push_back(r),
+            None => return,
+        }
+    }
+    let horizon = ahead.front().map(|r| r.deadline + LOOKAHEAD);
+    while ahead.len() < MAX_AHEAD && ahead.back().map(|r| r.deadline) <= horizon {
+        match plan.next() {
+            Some(r) => ahead.push_back(r),
+            None => break,
+        }
     }
 }
 
@@ -134,6 +164,15 @@ async fn open_loop(
     let mut due = std::collections::BinaryHeap::new();
     let mut turns_in_flight = 0usize;
     let mut arrivals = 0u64;
+    // The sender's share of the connection bound (and of --max-in-flight): with every
+    // connection busy, the next request waits for one to come free, late, rather than
+    // opening connections the process cannot hold.
+    let bound = config
+        .max_connections
+        .unwrap_or(usize::MAX)
+        .min(config.max_in_flight.unwrap_or(usize::MAX));
+    let cap = bound.div_ceil(stride).max(1);
+    let mut unyielded = 0usize;
     let mut plan = plan.map(|p| {
         let turn = (closed_sessions && p.request.session_id.is_some()).then(|| TurnMark {
             recorded: clock.t0 + p.offset,
@@ -148,15 +187,16 @@ async fn open_loop(
             turn,
         }
     });
-    let mut next_listed = plan.next();
+    let mut ahead = std::collections::VecDeque::new();
     let mut j = 0usize;
     loop {
+        fill(&mut ahead, &mut plan);
         while let Ok(r) = turn_rx.try_recv() {
             turns_in_flight -= 1;
             arrivals += 1;
             due.push(Due(r, arrivals));
         }
-        let listed = next_listed.as_ref().map(|r| r.deadline);
+        let listed = ahead.front().map(|r: &Ready| r.deadline);
         let turn = due.peek().map(|d: &Due| d.0.deadline);
         let (deadline, from_listed) = match (listed, turn) {
             (Some(a), Some(b)) => (a.min(b), a <= b),
@@ -197,10 +237,18 @@ async fn open_loop(
             complete = false;
             break;
         }
+        if tasks.len() >= cap {
+            ctx.progress
+                .connection_waits
+                .fetch_add(1, Ordering::Relaxed);
+            while tasks.len() >= cap && tasks.join_next().await.is_some() {}
+            if stop.load(Ordering::Relaxed) {
+                complete = false;
+                break;
+            }
+        }
         let ready = if from_listed {
-            let r = next_listed.take().expect("a listed request was due");
-            next_listed = plan.next();
-            r
+            ahead.pop_front().expect("a listed request was due")
         } else {
             due.pop().expect("a turn was due").0
         };
@@ -258,6 +306,13 @@ async fn open_loop(
         }
         // Reap finished tasks as we go (costs only what finished).
         while tasks.try_join_next().is_some() {}
+        // Behind schedule the deadlines are all past and the pacer never waits: let the
+        // requests spawned so far start before spawning more.
+        unyielded += 1;
+        if unyielded >= YIELD_EVERY {
+            unyielded = 0;
+            tokio::task::yield_now().await;
+        }
     }
     // The requests in flight end on their own: answered, failed, or cancelled once the
     // drain time after a stop has run out (`send::send_job`), each in its row.

@@ -234,6 +234,9 @@ pub async fn prepare(
     if bases.is_empty() {
         return Err(ReplayError::Config("no target".into()).into());
     }
+    if config.max_connections.is_none() {
+        config.max_connections = Some(crate::connection_budget(!sims.is_empty()));
+    }
     config.shape.model = match (model, sims.first()) {
         (Some(m), _) => m,
         (None, Some(sim)) => sim.model().to_owned(),
@@ -354,7 +357,7 @@ pub async fn stop_sims(sims: Vec<SimServer>, sim_runtime: &tokio::runtime::Handl
 /// The first model a server lists at `GET {base}/v1/models`.
 pub async fn discover_model(base: &str) -> Result<String, PrepareError> {
     let url = format!("{base}/v1/models");
-    let response = reqwest::Client::new()
+    let response = reprise_net::client()
         .get(&url)
         .timeout(Duration::from_secs(10))
         .send()

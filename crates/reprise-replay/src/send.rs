@@ -83,7 +83,7 @@ pub(crate) fn phase_for(sent: &AtomicU64, config: &ReplayConfig, planned: &str) 
 /// builds a client of its own: a connection opened by a sender thread whose runtime has
 /// finished would fail the next request that picks it ("dispatch task is gone").
 pub(crate) fn http_client() -> Result<reqwest::Client, ReplayError> {
-    reqwest::Client::builder()
+    reprise_net::client_builder()
         .pool_max_idle_per_host(4096)
         // Below common servers' keep-alive timeouts (uvicorn, as in vLLM, and llama.cpp's
         // HTTP server close idle connections after 5 s): an idle connection is dropped here

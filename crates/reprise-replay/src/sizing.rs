@@ -178,7 +178,7 @@ pub async fn size_prompts(
     prompts: &PromptBuilder,
     requests: &[TraceRecord],
 ) -> Result<(PromptSizing, SizingReport), String> {
-    let client = reqwest::Client::new();
+    let client = reprise_net::client();
     let mut out = HashMap::with_capacity(requests.len());
     let mut report = SizingReport::default();
     let mut tasks = tokio::task::JoinSet::new();

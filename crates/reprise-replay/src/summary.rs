@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
 
-pub use reprise_trace::run::{Latency, PhaseSummary, SessionsSummary};
+pub use reprise_trace::run::{
+    CLIENT_BEHIND_MS, ClientSummary, Latency, PhaseSummary, SessionsSummary,
+};
 
 #[derive(Debug, Clone)]
 struct Hist(Histogram<u64>);
@@ -429,6 +431,38 @@ pub struct Summarizer {
     overall: Acc,
     phases: Vec<(String, Acc)>,
     sessions: Option<Sessions>,
+    client: ClientAcc,
+}
+
+/// The client's own figures over every request sent (all phases): the span of the
+/// schedule, the span of the sends, and its own failures.
+#[derive(Debug, Clone, Default)]
+struct ClientAcc {
+    sent: u64,
+    first_scheduled: Option<u64>,
+    last_scheduled: Option<u64>,
+    /// The latest send and how late it was, ns.
+    last_sent: Option<(u64, u64)>,
+    client_errors: u64,
+}
+
+impl ClientAcc {
+    fn add(&mut self, s: &Sample) {
+        if s.error_kind.as_deref() == Some(crate::client::CLIENT_ERROR) {
+            self.client_errors += 1;
+        }
+        let (Some(sent), Some(queue_us)) = (s.sent_ns, s.queue_us) else {
+            return;
+        };
+        let late = queue_us * 1000;
+        let scheduled = sent.saturating_sub(late);
+        self.sent += 1;
+        self.first_scheduled = Some(self.first_scheduled.map_or(scheduled, |f| f.min(scheduled)));
+        self.last_scheduled = Some(self.last_scheduled.map_or(scheduled, |l| l.max(scheduled)));
+        if self.last_sent.is_none_or(|(t, _)| sent >= t) {
+            self.last_sent = Some((sent, late));
+        }
+    }
 }
 
 impl Default for Summarizer {
@@ -437,6 +471,7 @@ impl Default for Summarizer {
             overall: Acc::new(None),
             phases: Vec::new(),
             sessions: None,
+            client: ClientAcc::default(),
         }
     }
 }
@@ -473,9 +508,44 @@ impl Summarizer {
             }
         };
         self.phases[i].1.add(s);
+        self.client.add(s);
         if s.phase != "warmup" {
             self.overall.add(s);
         }
+    }
+
+    /// How the client kept to its schedule, given the measured requests' figures
+    /// (`overall`) and what the run knows of its connections; `None` when no request had a
+    /// schedule (nothing sent, or a closed loop).
+    pub fn client(
+        &self,
+        overall: &PhaseSummary,
+        max_connections: Option<usize>,
+        waited_for_connection: u64,
+    ) -> Option<ClientSummary> {
+        let c = &self.client;
+        let (first, last, (last_sent, behind)) =
+            (c.first_scheduled?, c.last_scheduled?, c.last_sent?);
+        let rate = |span_ns: u64| {
+            if span_ns == 0 {
+                0.0
+            } else {
+                c.sent as f64 / (span_ns as f64 / 1e9)
+            }
+        };
+        Some(ClientSummary {
+            sent: c.sent,
+            asked_rate: rate(last - first),
+            held_rate: rate(last_sent - first),
+            behind_s: behind as f64 / 1e9,
+            fell_behind: overall
+                .queue_ms
+                .as_ref()
+                .is_some_and(|q| q.p99 > CLIENT_BEHIND_MS),
+            max_connections,
+            waited_for_connection,
+            client_errors: c.client_errors,
+        })
     }
 
     /// Figures of the measured requests.
@@ -527,6 +597,33 @@ pub fn render_sessions(s: &SessionsSummary) -> String {
             "think-time error (sent − previous end − think) p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms\n",
             t.p50, t.p99, t.max
         ));
+    }
+    out
+}
+
+/// The client's line: the rate asked and held, how late the last request went out, the
+/// connection bound and the waits for it, and the client's own failures.
+pub fn render_client(c: &ClientSummary) -> String {
+    let mut out = format!(
+        "client: held {:.1} req/s of {:.1} asked (last request {:.3} s late)",
+        c.held_rate, c.asked_rate, c.behind_s
+    );
+    if let Some(max) = c.max_connections {
+        out.push_str(&format!(
+            "; connections at most {max}, {} requests waited for one",
+            c.waited_for_connection
+        ));
+    }
+    out.push('\n');
+    if c.client_errors > 0 {
+        out.push_str(&format!(
+            "client errors: {} requests failed for the load generator's own shortage (file \
+             descriptors, local ports), not the target's (class `client`); lower --max-connections\n",
+            c.client_errors
+        ));
+    }
+    if c.fell_behind {
+        out.push_str(&format!("WARNING: {}\n", crate::gate::client_behind(c)));
     }
     out
 }

@@ -3,6 +3,7 @@
 //! `[DONE]`. The path chooses the pace:
 //!
 //! - `/paced…`: events 1 ms apart (a decode rate to measure added latency against);
+//! - `/slow/MS/…`: events MS milliseconds apart (streams kept open and slow);
 //! - `/hold/…`: the first event at once, the rest after [`HOLD`] (streams held open);
 //! - any other path: the whole stream in one write, or one frame per event without a
 //!   pause with [`Options::split`].
@@ -163,7 +164,13 @@ impl Body for Stream {
 }
 
 fn pace_of(path: &str, split: bool) -> Pace {
-    if path.starts_with("/paced") {
+    if let Some(ms) = path
+        .strip_prefix("/slow/")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        Pace::Gap(Duration::from_millis(ms))
+    } else if path.starts_with("/paced") {
         Pace::Gap(Duration::from_millis(1))
     } else if path.starts_with("/hold/") {
         Pace::Hold
@@ -248,7 +255,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn every_pace_sends_sixteen_events_usage_and_done() {
-        for (path, frames) in [("/v1/completions", 1), ("/paced/x", 17), ("/hold/x", 2)] {
+        for (path, frames) in [
+            ("/v1/completions", 1),
+            ("/paced/x", 17),
+            ("/hold/x", 2),
+            ("/slow/250/v1/completions", 17),
+        ] {
             for style in [Style::Completion, Style::ChatStamped] {
                 let (text, n) = body(style, path).await;
                 assert_eq!(n, frames, "{path}");
@@ -258,6 +270,16 @@ mod tests {
                 assert_eq!(text.contains("sent_ns"), style == Style::ChatStamped);
             }
         }
+    }
+
+    #[test]
+    fn slow_paths_name_their_gap() {
+        assert_eq!(
+            pace_of("/slow/250/v1/completions", false),
+            Pace::Gap(Duration::from_millis(250))
+        );
+        // Not a number: the default pace.
+        assert_eq!(pace_of("/slow/x/v1", false), Pace::AtOnce);
     }
 
     #[tokio::test]

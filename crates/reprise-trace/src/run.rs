@@ -144,6 +144,8 @@ pub struct RunSettings {
     pub token_timeout_s: f64,
     /// Cap on requests in flight.
     pub max_in_flight: Option<usize>,
+    /// Most connections open at once (the open loop's bound; absent in older runs).
+    pub max_connections: Option<usize>,
     /// Requests counted as warm-up.
     pub warmup: u64,
     /// Queue p99 above which the client "could not keep up", ms.
@@ -166,6 +168,7 @@ impl Default for RunSettings {
             timeout_s: 0.0,
             token_timeout_s: 0.0,
             max_in_flight: None,
+            max_connections: None,
             warmup: 0,
             queue_limit_ms: 1.0,
             tokenizer: String::new(),
@@ -206,7 +209,42 @@ pub struct RunSummary {
     pub intended_throughput: Option<f64>,
     /// The sessions of a closed-session replay.
     pub sessions: Option<SessionsSummary>,
+    /// Whether the load generator kept to its schedule (open loop).
+    pub client: Option<ClientSummary>,
 }
+
+/// How the load generator itself fared in an open-loop run (`run.json` →
+/// `summary.client`): the rate it was asked for and the rate it held, requests that waited
+/// for a free connection, and failures that were its own rather than the target's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ClientSummary {
+    /// Requests sent (all phases).
+    pub sent: u64,
+    /// Requests per second the schedule asked for: sent requests over the span from the
+    /// first scheduled instant to the last.
+    pub asked_rate: f64,
+    /// Requests per second actually sent: the same requests over the span from the first
+    /// scheduled instant to the last send.
+    pub held_rate: f64,
+    /// How late the last request went out, seconds.
+    pub behind_s: f64,
+    /// The client fell behind its schedule (queue p99 over
+    /// [`CLIENT_BEHIND_MS`]): the figures measure the client as much as the target, and
+    /// `reprise replay` exits 1.
+    pub fell_behind: bool,
+    /// The bound on open connections in force.
+    pub max_connections: Option<usize>,
+    /// Requests that found every connection busy and waited for one.
+    pub waited_for_connection: u64,
+    /// Requests that failed for the client's own shortage (class `client`: no free port,
+    /// no file descriptor), never counted against the target.
+    pub client_errors: u64,
+}
+
+/// A queue p99 above this (ms) means the client fell behind its schedule, not merely
+/// jittered: [`ClientSummary::fell_behind`].
+pub const CLIENT_BEHIND_MS: f64 = 1000.0;
 
 /// What happened to the sessions of a closed-session replay (`run.json` →
 /// `summary.sessions`).

@@ -203,6 +203,17 @@ impl<R: Row> DatasetWriter<R> {
         })
     }
 
+    /// Opens the (first) part now rather than at the first row, so that its file
+    /// descriptor is held from the start: a process that may run short of descriptors (a
+    /// replay opening thousands of connections) cannot then lose its results to that.
+    pub fn open_now(&mut self) -> Result<()> {
+        self.check_usable()?;
+        if self.part.is_none() {
+            self.open_part()?;
+        }
+        Ok(())
+    }
+
     /// Appends one record.
     pub fn write(&mut self, record: &R) -> Result<()> {
         self.check_usable()?;

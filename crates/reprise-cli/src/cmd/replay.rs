@@ -16,7 +16,7 @@ use reprise_replay::live::Live;
 use reprise_replay::prepare::SizedPrompts;
 use reprise_replay::prompt::PromptBuilder;
 use reprise_replay::shard::Shard;
-use reprise_replay::summary::{fmt_ms, render, render_sessions};
+use reprise_replay::summary::{fmt_ms, render, render_client, render_sessions};
 use reprise_replay::target::{DEFAULT_SIM_PROFILE, parse_target};
 use reprise_replay::workload::{Process, SessionMode, TraceWindow};
 use reprise_replay::{
@@ -105,7 +105,7 @@ pub enum BackendArg {
 /// in-flight requests, writes everything and marks the run incomplete.
 #[derive(Debug, Parser)]
 #[command(
-    after_help = "Modes (the first that applies): --ramp; --concurrency (closed loop); --rate (synthetic open loop); TRACE (open-loop replay).\n\nExit status: 0 the run did what was asked; 1 it ran but failed a gate (every measured request failed, --max-error-rate, --max-queue-p99-ms); 2 it could not run (bad arguments, unreadable input, a target that refuses connections or answers 404 before any request succeeds).\n\nExamples:\n  reprise replay traces/azure-conv-2023.parquet --target sim --speed 10 --duration 600 --sim-speedup 10\n  reprise replay traces/azure-conv-2023.parquet --target http://localhost:8000 --speed 2\n  reprise replay --target sim --rate 20 --process gamma --cv 2 --run-for 60 --input-tokens 1000 --output-tokens 200\n  reprise replay traces/azure-conv-2023.parquet --target sim --scenario stress --ramp concurrency:8,32,128 --step-duration 20"
+    after_help = "Modes (the first that applies): --ramp; --concurrency (closed loop); --rate (synthetic open loop); TRACE (open-loop replay).\n\nExit status: 0 the run did what was asked; 1 it ran but failed a gate (every measured request failed, the client fell behind its schedule by a queue p99 over 1 s, --max-error-rate, --max-queue-p99-ms); 2 it could not run (bad arguments, unreadable input, a target that refuses connections or answers 404 before any request succeeds).\n\nExamples:\n  reprise replay traces/azure-conv-2023.parquet --target sim --speed 10 --duration 600 --sim-speedup 10\n  reprise replay traces/azure-conv-2023.parquet --target http://localhost:8000 --speed 2\n  reprise replay --target sim --rate 20 --process gamma --cv 2 --run-for 60 --input-tokens 1000 --output-tokens 200\n  reprise replay traces/azure-conv-2023.parquet --target sim --scenario stress --ramp concurrency:8,32,128 --step-duration 20"
 )]
 pub struct Args {
     /// trace/1 dataset to replay (or to take request sizes from, in other modes).
@@ -268,6 +268,12 @@ pub struct Args {
     /// Cap requests in flight (reported in run.json; open loop has no cap by default).
     #[arg(long)]
     max_in_flight: Option<usize>,
+    /// Most connections open at once (each request in flight holds one). In the open
+    /// loop a request that finds them all busy waits for one and is sent late, counted in
+    /// `queue`, rather than failing for want of a file descriptor or a local port. Default:
+    /// the open-files limit less 256 (halved for a `sim` target, which runs in this process).
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
     /// Extra header `Name: value` (repeatable; never written to results).
     #[arg(long)]
     header: Vec<String>,
@@ -397,6 +403,9 @@ fn resolve_load(args: &Args) -> Result<(Load, StopRule)> {
     }
     if concurrency == Some(0) {
         bail!("--concurrency must be at least 1");
+    }
+    if args.max_connections == Some(0) {
+        bail!("--max-connections must be at least 1");
     }
     if let Some(r) = args.rate {
         positive(r, "--rate", "requests per second")?;
@@ -623,6 +632,7 @@ fn spec(args: &Args, run_id: String, run_dir: PathBuf) -> Result<Spec> {
             gap: secs(args.token_timeout, "--token-timeout")?,
         },
         max_in_flight: args.max_in_flight,
+        max_connections: args.max_connections,
         warmup: args.warmup,
         prompts: PromptBuilder::new(None, args.seed),
         run_id,
@@ -843,6 +853,13 @@ fn final_lines(s: &RunSummary) -> Vec<String> {
     lines.push(p("TTFT", &o.ttft_ms));
     lines.push(p("E2E", &o.e2e_ms));
     lines.push(p("queue", &o.queue_ms));
+    if let Some(c) = s
+        .client
+        .as_ref()
+        .filter(|c| c.fell_behind || c.client_errors > 0)
+    {
+        lines.extend(render_client(c).lines().map(str::to_owned));
+    }
     lines
 }
 
@@ -1023,6 +1040,7 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
     print_summary(&summary, &run_dir, args.queue_limit_ms);
     let failed = judge(
         &summary.overall,
+        summary.client.as_ref(),
         &Gates {
             max_error_rate: args.max_error_rate,
             max_queue_p99_ms: args.max_queue_p99_ms,
@@ -1033,6 +1051,7 @@ async fn replay(args: Args, sim_runtime: tokio::runtime::Handle) -> Result<ExitC
             Gate::AllFailed => "default gate",
             Gate::ErrorRate => "--max-error-rate",
             Gate::QueueP99 => "--max-queue-p99-ms",
+            Gate::ClientBehind => "default gate",
         };
         eprintln!("FAILED ({flag}): {}", f.message);
     }
@@ -1056,6 +1075,9 @@ fn print_summary(summary: &RunSummary, run_dir: &std::path::Path, queue_limit_ms
     );
     if let Some(s) = &summary.sessions {
         print!("{}", render_sessions(s));
+    }
+    if let Some(c) = &summary.client {
+        print!("{}", render_client(c));
     }
     if let Some(s) = &summary.stopped_early {
         println!("{s}");
