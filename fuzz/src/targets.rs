@@ -91,13 +91,19 @@ pub fn prom_text(data: &[u8]) {
 /// What the replayer and the proxy read from servers: the SSE parser (input split at the
 /// point its first byte names) and `chunk_facts` on every event.
 pub fn sse_chunks(data: &[u8]) {
-    use reprise_protocol::openai::chunk_facts;
+    use reprise_protocol::openai::{chunk_facts, chunk_facts_serde};
     use reprise_protocol::sse::SseParser;
     let split = data.first().map_or(0, |&b| b as usize).min(data.len());
     let mut parser = SseParser::new();
     for part in [&data[..split], &data[split..]] {
         let _ = parser.feed(part, |event| {
-            let _ = chunk_facts(&event.data);
+            // The fast path must answer exactly as serde does.
+            assert_eq!(
+                chunk_facts(&event.data).ok(),
+                chunk_facts_serde(&event.data).ok(),
+                "{:?}",
+                event.data
+            );
         });
     }
 }

@@ -14,4 +14,5 @@
 //! This crate depends on no other reprise crate.
 
 pub mod openai;
+mod skim;
 pub mod sse;

@@ -390,7 +390,20 @@ struct DetailsRepr {
 }
 
 /// Reads one chunk's [`ChunkFacts`]; an error when it is not a JSON object of that shape.
+///
+/// The common shapes are read in one pass that builds nothing (`skim.rs`); anything else,
+/// and every error, takes serde's path.
 pub fn chunk_facts(data: &str) -> Result<ChunkFacts, serde_json::Error> {
+    match crate::skim::chunk_facts(data) {
+        Some(facts) => Ok(facts),
+        None => chunk_facts_serde(data),
+    }
+}
+
+/// [`chunk_facts`] through serde alone: the reference the fast path is tested and fuzzed
+/// against.
+#[doc(hidden)]
+pub fn chunk_facts_serde(data: &str) -> Result<ChunkFacts, serde_json::Error> {
     let c: ChunkRepr<'_> = serde_json::from_str(data)?;
     let choices = c.choices.unwrap_or_default();
     let non_empty =
@@ -551,5 +564,179 @@ mod tests {
         assert_eq!(content_of(&json!({"choices": [{"text": "t"}]})), "t");
         assert_eq!(content_of(&json!({"choices": [], "usage": {}})), "");
         assert!(!has_choices(&json!({"choices": []})));
+    }
+
+    /// The serde path's answer, as the fast path must give it.
+    fn serde(s: &str) -> Option<ChunkFacts> {
+        chunk_facts_serde(s).ok()
+    }
+
+    #[test]
+    fn the_fast_path_reads_the_servers_chunks_as_serde_does() {
+        let common = [
+            // vLLM completions, a content chunk and the final usage chunk.
+            r#"{"id":"cmpl-1","object":"text_completion","created":1700000000,"model":"m","choices":[{"index":0,"text":" the","logprobs":null,"finish_reason":null,"stop_reason":null}],"usage":null}"#,
+            r#"{"id":"cmpl-1","object":"text_completion","created":1700000000,"model":"m","choices":[],"usage":{"prompt_tokens":16,"total_tokens":32,"completion_tokens":16,"prompt_tokens_details":{"cached_tokens":8}}}"#,
+            // Chat: the role chunk, content with escapes and raw UTF-8, reasoning.
+            r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"a \"b\"\n\\ ünï 😀"}}]}"#,
+            r#"{"choices":[{"delta":{"reasoning_content":"hm","content":null}}]}"#,
+            r#" { "choices" : [ { "delta" : { } } ] , "usage" : null , "error" : null } "#,
+            // llama.cpp: usage without details, timings beside it.
+            r#"{"choices":[{"finish_reason":"length","index":0,"delta":{}}],"usage":{"completion_tokens":3,"prompt_tokens":5,"total_tokens":8},"timings":{"prompt_ms":1.5e1,"predicted_per_second":-0.25}}"#,
+            // Usage with a null count is not complete.
+            r#"{"usage":{"prompt_tokens":5,"completion_tokens":null,"total_tokens":8,"prompt_tokens_details":null}}"#,
+            r#"{"choices":null}"#,
+            r#"{}"#,
+        ];
+        for s in common {
+            let fast = crate::skim::chunk_facts(s);
+            assert!(fast.is_some(), "the fast path should read {s}");
+            assert_eq!(fast, serde(s), "{s}");
+        }
+        assert_eq!(
+            crate::skim::chunk_facts(common[1]).unwrap().usage,
+            Some(Usage::new(16, 16).with_cached(8))
+        );
+        // Outside its shapes the fast path steps aside; chunk_facts still answers (or
+        // fails) exactly as serde does.
+        let others = [
+            r#"{"error":{"message":"overloaded","code":503}}"#,
+            r#"{"choices":[{"text":"\u0041"}]}"#,
+            r#"{"choices":[{"text":"a"}],"choices":[]}"#,
+            r#"{"choices":[{"text":1}]}"#,
+            r#"{"choices":[["x"]]}"#,
+            r#"{"usage":{"prompt_tokens":1.0,"completion_tokens":1,"total_tokens":2}}"#,
+            r#"{"usage":{"prompt_tokens":-1,"completion_tokens":1,"total_tokens":2}}"#,
+            r#"{"usage":{"prompt_tokens":4294967296,"completion_tokens":1,"total_tokens":2}}"#,
+            r#"{"choices":[{"text":"a"}]} x"#,
+            r#"{"choices":[{"text":"a	b"}]}"#,
+            r#"{"a":01}"#,
+            r#"{"a":tru}"#,
+            r#"{"a":[1,]}"#,
+            r#"{"a":1"#,
+            r#"[]"#,
+            "",
+        ];
+        for s in others {
+            assert_eq!(crate::skim::chunk_facts(s), None, "{s}");
+            assert_eq!(chunk_facts(s).ok(), serde(s), "{s}");
+        }
+    }
+
+    /// Chunk-like JSON: the fields the facts come from, in any order, with values of the
+    /// expected types and of others, beside unrelated fields.
+    fn chunk_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let text = prop_oneof![
+            Just("null".to_owned()),
+            Just("\"\"".to_owned()),
+            "[ a-z\u{e9}\u{1f600}\\\\\"]{0,8}".prop_map(|t| serde_json::to_string(&t).unwrap()),
+            Just("\"\\u00e9\"".to_owned()),
+            Just("3".to_owned()),
+        ];
+        let count = prop_oneof![
+            Just("null".to_owned()),
+            (0u64..5_000_000_000).prop_map(|n| n.to_string()),
+            Just("1.5".to_owned()),
+            Just("-2".to_owned()),
+            Just("1e3".to_owned()),
+        ];
+        let other = prop_oneof![
+            Just("1".to_owned()),
+            Just("-0.5e-3".to_owned()),
+            Just("true".to_owned()),
+            Just("\"x\"".to_owned()),
+            Just("[1,{\"a\":[]},null]".to_owned()),
+            Just("{\"k\":{\"k\":false}}".to_owned()),
+        ];
+        let delta = proptest::collection::vec(
+            (
+                prop_oneof![Just("content"), Just("reasoning_content"), Just("role")],
+                text.clone(),
+            ),
+            0..3,
+        )
+        .prop_map(|fs| {
+            let body: Vec<String> = fs.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            format!("{{{}}}", body.join(","))
+        });
+        let choice = (
+            proptest::option::of(text.clone()),
+            proptest::option::of(prop_oneof![delta, Just("null".to_owned())]),
+            proptest::option::of(other.clone()),
+        )
+            .prop_map(|(t, d, o)| {
+                let mut fs = Vec::new();
+                if let Some(t) = t {
+                    fs.push(format!("\"text\":{t}"));
+                }
+                if let Some(d) = d {
+                    fs.push(format!("\"delta\":{d}"));
+                }
+                if let Some(o) = o {
+                    fs.push(format!("\"index\":{o}"));
+                }
+                format!("{{{}}}", fs.join(","))
+            });
+        let usage = (
+            proptest::collection::vec(
+                (
+                    prop_oneof![
+                        Just("prompt_tokens"),
+                        Just("completion_tokens"),
+                        Just("total_tokens")
+                    ],
+                    count.clone(),
+                ),
+                0..4,
+            ),
+            proptest::option::of(prop_oneof![
+                Just("null".to_owned()),
+                count.prop_map(|c| format!("{{\"cached_tokens\":{c}}}")),
+            ]),
+        )
+            .prop_map(|(fs, details)| {
+                let mut body: Vec<String> =
+                    fs.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                if let Some(d) = details {
+                    body.push(format!("\"prompt_tokens_details\":{d}"));
+                }
+                format!("{{{}}}", body.join(","))
+            });
+        let member = prop_oneof![
+            proptest::collection::vec(choice, 0..3)
+                .prop_map(|cs| format!("\"choices\":[{}]", cs.join(","))),
+            Just("\"choices\":null".to_owned()),
+            usage.prop_map(|u| format!("\"usage\":{u}")),
+            Just("\"usage\":null".to_owned()),
+            Just("\"error\":null".to_owned()),
+            Just("\"error\":{\"message\":\"x\"}".to_owned()),
+            other.prop_map(|o| format!("\"id\":{o}")),
+        ];
+        (proptest::collection::vec(member, 0..5), " {0,2}")
+            .prop_map(|(ms, pad)| format!("{pad}{{{}}}{pad}", ms.join(&format!(",{pad}"))))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_path_agrees_with_serde_whenever_it_answers(
+            text in chunk_text(),
+            cut in proptest::option::of(0usize..400),
+            insert in proptest::option::of((0usize..400, proptest::sample::select(vec!['"', ',', '}', ']', '0', 'x', '\\', ' ', '\n']))),
+        ) {
+            let mut s = text.clone();
+            if let Some(c) = cut.filter(|c| *c < s.len() && s.is_char_boundary(*c)) {
+                s.remove(c);
+            }
+            if let Some((at, ch)) = insert.filter(|(at, _)| *at < s.len() && s.is_char_boundary(*at)) {
+                s.insert(at, ch);
+            }
+            let fast = crate::skim::chunk_facts(&s);
+            if fast.is_some() {
+                proptest::prop_assert_eq!(&fast, &serde(&s), "{}", s);
+            }
+            proptest::prop_assert_eq!(chunk_facts(&s).ok(), serde(&s), "{}", s);
+        }
     }
 }

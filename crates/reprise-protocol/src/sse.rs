@@ -20,6 +20,31 @@ impl SseEvent {
     }
 }
 
+/// One dispatched event, borrowed from the parser ([`SseParser::feed_ref`]): valid until
+/// the callback returns, so that reading it costs no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SseEventRef<'a> {
+    /// `event:` field, if any.
+    pub event: Option<&'a str>,
+    /// The `data:` lines joined with `\n`.
+    pub data: &'a str,
+}
+
+impl SseEventRef<'_> {
+    /// Whether this is the OpenAI end-of-stream marker `data: [DONE]`.
+    pub fn is_done(&self) -> bool {
+        self.data == "[DONE]"
+    }
+
+    /// The event, owned.
+    pub fn to_owned(&self) -> SseEvent {
+        SseEvent {
+            event: self.event.map(str::to_owned),
+            data: self.data.to_owned(),
+        }
+    }
+}
+
 /// Why a stream cannot be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SseError {
@@ -73,8 +98,18 @@ impl SseParser {
     /// Feeds one chunk; calls `on_event` for every event it completes.
     pub fn feed(
         &mut self,
-        mut chunk: &[u8],
+        chunk: &[u8],
         mut on_event: impl FnMut(SseEvent),
+    ) -> Result<(), SseError> {
+        self.feed_ref(chunk, |e| on_event(e.to_owned()))
+    }
+
+    /// [`SseParser::feed`] with each event borrowed from the parser: no allocation per
+    /// event (the replayer reads every event of every stream).
+    pub fn feed_ref(
+        &mut self,
+        mut chunk: &[u8],
+        mut on_event: impl FnMut(SseEventRef<'_>),
     ) -> Result<(), SseError> {
         if self.skip_lf {
             if let Some(rest) = chunk.strip_prefix(b"\n") {
@@ -83,7 +118,7 @@ impl SseParser {
             self.skip_lf = false;
         }
         while !chunk.is_empty() {
-            match chunk.iter().position(|&b| b == b'\n' || b == b'\r') {
+            match memchr::memchr2(b'\n', b'\r', chunk) {
                 Some(i) => {
                     let end = chunk[i];
                     if self.line.is_empty() {
@@ -138,16 +173,23 @@ impl SseParser {
     fn process_line(
         &mut self,
         line: &[u8],
-        on_event: &mut impl FnMut(SseEvent),
+        on_event: &mut impl FnMut(SseEventRef<'_>),
     ) -> Result<(), SseError> {
         if line.is_empty() {
             if self.has_data {
-                let data = String::from_utf8(std::mem::take(&mut self.data))
-                    .map_err(|_| SseError::NotUtf8)?;
-                on_event(SseEvent {
-                    event: self.event.take(),
-                    data,
+                let dispatched = std::str::from_utf8(&self.data).map(|data| {
+                    on_event(SseEventRef {
+                        event: self.event.as_deref(),
+                        data,
+                    })
                 });
+                // The buffer is kept for the next event.
+                self.data.clear();
+                if dispatched.is_err() {
+                    self.has_data = false;
+                    self.event = None;
+                    return Err(SseError::NotUtf8);
+                }
             }
             self.has_data = false;
             self.event = None;
@@ -156,7 +198,7 @@ impl SseParser {
         if line[0] == b':' {
             return Ok(());
         }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
+        let (field, value) = match memchr::memchr(b':', line) {
             Some(i) => {
                 let v = &line[i + 1..];
                 (&line[..i], v.strip_prefix(b" ").unwrap_or(v))

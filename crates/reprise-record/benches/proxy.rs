@@ -9,6 +9,10 @@
 //! - throughput: closed loop, 32 connections, responses sent at once: req/s through the proxy
 //!   against direct.
 //!
+//! The proxy users already trust is measured beside it when `nginx` is installed (Debian's
+//! `nginx-light`): one worker, a plain reverse proxy to the same upstream with
+//! `proxy_buffering off` and kept-alive upstream connections, the same client.
+//!
 //! Run: `cargo bench -p reprise-record --bench proxy`.
 
 use std::io::BufRead;
@@ -104,6 +108,45 @@ async fn throughput(addr: &str, conns: usize, secs: f64) -> f64 {
     n as f64 / secs
 }
 
+/// nginx as a plain streaming reverse proxy to `upstream` (one worker, upstream
+/// keep-alive, no buffering), in `dir`; its address. `None` when nginx is not installed.
+fn start_nginx(dir: &std::path::Path, upstream: &str) -> Option<(std::process::Child, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\nmaster_process off;\npid {d}/nginx.pid;\n\
+         error_log {d}/nginx-error.log warn;\nevents {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+         upstream up {{ server {upstream}; keepalive 64; keepalive_requests 1000000; }}\n\
+         server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+         proxy_pass http://up;\n      proxy_http_version 1.1;\n\
+         proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).ok()?;
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let addr = format!("127.0.0.1:{port}");
+    // Up when it accepts connections (a second at most).
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            return Some((child, addr));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--serve") {
         reprise_stub::sse::serve_forever(reprise_stub::sse::Style::ChatStamped);
@@ -144,10 +187,12 @@ fn main() {
     println!(
         "# capture proxy overhead (2-core machine; upstream in a child process, proxy on 1 worker thread, client on 1 thread)\n"
     );
+    let nginx = start_nginx(dir.path(), &upstream);
     let n = 500;
-    // Interleaved rounds, so both sides see the same machine.
+    // Interleaved rounds, so every side sees the same machine.
     let (mut d_ttft, mut d_delay, mut p_ttft, mut p_delay) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut n_ttft, mut n_delay) = (Vec::new(), Vec::new());
     for _ in 0..5 {
         let (t, d) = rt.block_on(latency(&upstream, n / 5));
         d_ttft.extend(t);
@@ -155,6 +200,11 @@ fn main() {
         let (t, d) = rt.block_on(latency(&proxy, n / 5));
         p_ttft.extend(t);
         p_delay.extend(d);
+        if let Some((_, addr)) = &nginx {
+            let (t, d) = rt.block_on(latency(addr, n / 5));
+            n_ttft.extend(t);
+            n_delay.extend(d);
+        }
     }
     let (dt50, dt99, pt50, pt99) = (
         pct(&mut d_ttft, 0.5),
@@ -182,13 +232,52 @@ fn main() {
         pd50 - dd50,
         pd99 - dd99
     );
+    if !n_ttft.is_empty() {
+        let (nt50, nt99, nd50, nd99) = (
+            pct(&mut n_ttft, 0.5),
+            pct(&mut n_ttft, 0.99),
+            pct(&mut n_delay, 0.5),
+            pct(&mut n_delay, 0.99),
+        );
+        println!(
+            "\n| through nginx (the baseline) | p50 / p99 | added p50 / p99 | reprise's added / nginx's added, p50 / p99 (target ≤ 1.2) |"
+        );
+        println!("|---|---|---|---|");
+        println!(
+            "| TTFT | {nt50:.0} / {nt99:.0} µs | {:.0} / {:.0} µs | {:.2} / {:.2} |",
+            nt50 - dt50,
+            nt99 - dt99,
+            (pt50 - dt50) / (nt50 - dt50),
+            (pt99 - dt99) / (nt99 - dt99)
+        );
+        println!(
+            "| per-event delay | {nd50:.0} / {nd99:.0} µs | {:.0} / {:.0} µs | {:.2} / {:.2} |",
+            nd50 - dd50,
+            nd99 - dd99,
+            (pd50 - dd50) / (nd50 - dd50),
+            (pd99 - dd99) / (nd99 - dd99)
+        );
+    } else {
+        println!("\nnginx not installed (Debian: nginx-light): no baseline proxy in this run");
+    }
     let direct = rt.block_on(throughput(&upstream, 32, 3.0));
     let through = rt.block_on(throughput(&proxy, 32, 3.0));
+    let via_nginx = nginx
+        .as_ref()
+        .map(|(_, addr)| rt.block_on(throughput(addr, 32, 3.0)));
     println!("\n| closed loop, 32 connections, 3 s | req/s |\n|---|---:|");
     println!(
         "| direct | {direct:.0} |\n| through the proxy (recording every request) | {through:.0} |"
     );
-    println!("proxy / direct: {:.2} (target ≥ 0.90)", through / direct);
+    if let Some(v) = via_nginx {
+        println!("| through nginx (one worker, no recording) | {v:.0} |");
+        println!("proxy / nginx: {:.2} (target ≥ 0.80)", through / v);
+    }
+    println!("proxy / direct: {:.2}", through / direct);
+    if let Some((mut child, _)) = nginx {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let summary = proxy_rt.block_on(recorder.shutdown());
     println!(
         "rows recorded: {}, lost: {}",

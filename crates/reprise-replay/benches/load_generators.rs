@@ -5,7 +5,8 @@
 //! - `cpu`: open loop at 200, 1,000, 5,000, 10,000 and 20,000 req/s for `--secs` (5 s by
 //!   default) each: CPU-seconds of the load generator's process per 1,000 requests (user +
 //!   system, read from `/proc` as it exits), the rate achieved, and reprise's queue p99
-//!   (sent − scheduled). The baseline is oha (`OHA`, `oha` on the `PATH`, or
+//!   (sent − scheduled), the median of `--rounds` (3) runs of each tool, alternating (this
+//!   machine's noise is larger than some differences). The baseline is oha (`OHA`, `oha` on the `PATH`, or
 //!   `~/.cache/reprise/tools/bin/oha`; `cargo install oha --locked --root
 //!   ~/.cache/reprise/tools` builds it outside the clone); without it the section says so.
 //!   oha parses no SSE and writes no rows; reprise parses every event and writes every row.
@@ -16,7 +17,7 @@
 //!
 //! Run (the `reprise` binary built in release first; `REPRISE_BIN` names another):
 //! `cargo build --release -p reprise-cli && cargo bench -p reprise-replay --bench
-//! load_generators [-- --only cpu|bursts|slow] [--secs N]`.
+//! load_generators [-- --only cpu|bursts|slow] [--secs N] [--rounds N]`.
 
 use std::io::BufRead;
 use std::path::Path;
@@ -143,8 +144,68 @@ fn replay_args<'a>(target: &'a str, out: &'a str) -> Vec<&'a str> {
     ]
 }
 
-fn cpu(base: &str, secs: u64) {
-    println!("\n## CPU per 1,000 requests: reprise vs oha, open loop, {secs} s per rate\n");
+/// One oha run: CPU seconds, achieved rate, p99 latency (ms).
+fn oha_run(oha: &str, url: &str, rate: u64, n: u64) -> (f64, f64, f64) {
+    let child = Command::new(oha)
+        .args(["-n", &n.to_string(), "-q", &rate.to_string(), "-c", "50"])
+        .args(["-m", "POST", "-H", "content-type: application/json"])
+        .args([
+            "-d",
+            r#"{"model":"m","prompt":"hello","max_tokens":16,"stream":true}"#,
+        ])
+        .args(["--no-tui", "--output-format", "json", url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("oha runs");
+    let (cpu, text) = cpu_of(child);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    (
+        cpu,
+        v["summary"]["requestsPerSec"].as_f64().unwrap_or(f64::NAN),
+        v["latencyPercentiles"]["p99"].as_f64().unwrap_or(f64::NAN) * 1000.0,
+    )
+}
+
+/// One reprise run: CPU seconds, rate held, queue p99 (ms).
+fn reprise_run(base: &str, out: &Path, rate: u64, n: u64) -> (f64, f64, f64) {
+    let out_s = out.to_str().expect("utf-8");
+    let mut args = replay_args(base, out_s);
+    let (rate_s, n_s) = (rate.to_string(), n.to_string());
+    args.extend([
+        "--rate",
+        &rate_s,
+        "--requests",
+        &n_s,
+        "--input-tokens",
+        "16",
+        "--output-tokens",
+        "16",
+    ]);
+    let child = Command::new(reprise_bin())
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("reprise runs");
+    let (cpu, _) = cpu_of(child);
+    let s = &run_json(out)["summary"];
+    (
+        cpu,
+        s["client"]["held_rate"].as_f64().unwrap_or(f64::NAN),
+        s["overall"]["queue_ms"]["p99"].as_f64().unwrap_or(f64::NAN),
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn cpu(base: &str, secs: u64, rounds: usize) {
+    println!(
+        "\n## CPU per 1,000 requests: reprise vs oha, open loop, {secs} s per rate, median of {rounds} alternating rounds\n"
+    );
     let Some(oha) = oha() else {
         println!(
             "oha not found (OHA, PATH, ~/.cache/reprise/tools/bin): `cargo install oha --locked --root ~/.cache/reprise/tools`; section skipped"
@@ -152,7 +213,7 @@ fn cpu(base: &str, secs: u64) {
         return;
     };
     println!(
-        "| rate req/s | oha CPU s / 1k | oha achieved | oha p99 ms | reprise CPU s / 1k | reprise achieved | reprise queue p99 ms | reprise / oha |"
+        "| rate req/s | oha CPU s / 1k | oha achieved | oha p99 ms | reprise CPU s / 1k | reprise held | reprise queue p99 ms | reprise / oha (per round) |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -160,54 +221,32 @@ fn cpu(base: &str, secs: u64) {
     let url = format!("{base}/v1/completions");
     for rate in [200u64, 1_000, 5_000, 10_000, 20_000] {
         let n = rate * secs;
-        std::thread::sleep(Duration::from_secs(1));
-        let child = Command::new(&oha)
-            .args(["-n", &n.to_string(), "-q", &rate.to_string(), "-c", "50"])
-            .args(["-m", "POST", "-H", "content-type: application/json"])
-            .args([
-                "-d",
-                r#"{"model":"m","prompt":"hello","max_tokens":16,"stream":true}"#,
-            ])
-            .args(["--no-tui", "--output-format", "json", &url])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("oha runs");
-        let (oha_cpu, text) = cpu_of(child);
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        let oha_rps = v["summary"]["requestsPerSec"].as_f64().unwrap_or(f64::NAN);
-        let oha_p99 = v["latencyPercentiles"]["p99"].as_f64().unwrap_or(f64::NAN) * 1000.0;
-        std::thread::sleep(Duration::from_secs(1));
-        let out_s = out.to_str().expect("utf-8");
-        let mut args = replay_args(base, out_s);
-        let (rate_s, n_s) = (rate.to_string(), n.to_string());
-        args.extend([
-            "--rate",
-            &rate_s,
-            "--requests",
-            &n_s,
-            "--input-tokens",
-            "16",
-            "--output-tokens",
-            "16",
-        ]);
-        let child = Command::new(reprise_bin())
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("reprise runs");
-        let (cpu, _) = cpu_of(child);
-        let run = run_json(&out);
-        let s = &run["summary"];
-        let q99 = s["overall"]["queue_ms"]["p99"].as_f64().unwrap_or(f64::NAN);
-        let held = s["client"]["held_rate"].as_f64().unwrap_or(f64::NAN);
+        let (mut o, mut r) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            std::thread::sleep(Duration::from_secs(1));
+            o.push(oha_run(&oha, &url, rate, n));
+            std::thread::sleep(Duration::from_secs(1));
+            r.push(reprise_run(base, &out, rate, n));
+        }
         let per_k = |c: f64| c / n as f64 * 1000.0;
+        let ratios: Vec<String> = o
+            .iter()
+            .zip(&r)
+            .map(|(o, r)| format!("{:.2}", r.0 / o.0))
+            .collect();
+        let m = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| {
+            median(v.iter().map(f).collect())
+        };
         println!(
-            "| {rate} | {:.3} | {oha_rps:.0} | {oha_p99:.2} | {:.3} | {held:.0} | {q99:.2} | {:.2}x |",
-            per_k(oha_cpu),
-            per_k(cpu),
-            cpu / oha_cpu
+            "| {rate} | {:.3} | {:.0} | {:.2} | {:.3} | {:.0} | {:.2} | {:.2}x ({}) |",
+            per_k(m(&o, |x| x.0)),
+            m(&o, |x| x.1),
+            m(&o, |x| x.2),
+            per_k(m(&r, |x| x.0)),
+            m(&r, |x| x.1),
+            m(&r, |x| x.2),
+            m(&r, |x| x.0) / m(&o, |x| x.0),
+            ratios.join(", ")
         );
     }
 }
@@ -338,11 +377,12 @@ fn main() {
     };
     let only = flag("--only");
     let secs = flag("--secs").and_then(|s| s.parse().ok()).unwrap_or(5);
+    let rounds = flag("--rounds").and_then(|s| s.parse().ok()).unwrap_or(3);
     let (mut server, base) = start_server();
     println!("# reprise vs the load generators users pick instead (server pinned to CPU 1)");
     let wants = |name: &str| only.as_deref().is_none_or(|o| o == name);
     if wants("cpu") {
-        cpu(&base, secs);
+        cpu(&base, secs, rounds);
     }
     if wants("bursts") {
         bursts(&base);

@@ -10,7 +10,7 @@ use crate::clock::Clock;
 use crate::closed::ClosedLoop;
 use crate::live::{self, Live};
 use crate::prepare::MetricsEndpoint;
-use crate::send::{Done, SendCtx, endpoint_urls, header_map, http_client, lean_targets};
+use crate::send::{Done, SendCtx, endpoint_urls, header_map, lean_targets, reqwest_if_needed};
 use crate::summary::Summarizer;
 use crate::{Pacing, ReplayConfig, ReplayError, RunSummary, closed, events, open, write};
 
@@ -166,8 +166,8 @@ async fn run_inner(
     let writer = write::create(&config)?;
     let requests_file = config.run_dir.join("requests.parquet");
     let headers = header_map(&config.headers)?;
-    let client = http_client()?;
     let urls = endpoint_urls(&config)?;
+    let client = reqwest_if_needed(&config, &urls)?;
 
     // Each sender thread's client (see `send::http_client`), built before the clock starts:
     // a client with TLS set up takes milliseconds to build.
@@ -179,7 +179,7 @@ async fn run_inner(
             }
             .clamp(1, plan.expected_len().max(1) as usize);
             (0..senders)
-                .map(|_| http_client())
+                .map(|_| reqwest_if_needed(&config, &urls))
                 .collect::<Result<Vec<_>, _>>()?
         }
         Pacing::Closed { .. } => Vec::new(),
@@ -268,9 +268,15 @@ async fn run_inner(
         ctx,
     };
 
+    // HTTP events go through reqwest: a client only when there are events.
+    let event_client = match (&client, config.events.is_empty()) {
+        (_, true) => None,
+        (Some(c), false) => Some(c.clone()),
+        (None, false) => Some(crate::send::http_client()?),
+    };
     let events_task = {
         let (events, clock, client, stop) =
-            (config.events.clone(), *clock, client.clone(), stop.clone());
+            (config.events.clone(), *clock, event_client, stop.clone());
         tokio::spawn(async move {
             let mut records = Vec::new();
             for e in events {
@@ -280,7 +286,8 @@ async fn run_inner(
                 }
                 let started = Instant::now();
                 tracing::info!("event at {:?}: {}", e.offset, e.describe());
-                let (ok, detail) = events::execute(&client, &e.action).await;
+                let Some(client) = &client else { break };
+                let (ok, detail) = events::execute(client, &e.action).await;
                 records.push(events::EventRecord {
                     offset_s: e.offset.as_secs_f64(),
                     action: e.describe(),

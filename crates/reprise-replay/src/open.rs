@@ -17,7 +17,7 @@ use crate::{ReplayError, pace};
 /// started); `false` when stopped early or not drained.
 pub(crate) async fn run(
     plan: OpenPlan,
-    mut clients: Vec<reqwest::Client>,
+    mut clients: Vec<Option<reqwest::Client>>,
     urls: &[reqwest::Url],
     run: &Shared,
 ) -> Result<bool, ReplayError> {

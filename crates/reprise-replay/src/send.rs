@@ -58,7 +58,7 @@ pub(crate) fn build_body(config: &ReplayConfig, request: &TraceRecord) -> Vec<u8
             .prompts
             .build(&request.request_id, input, request.prefix_hashes.as_deref()),
     };
-    config.shape.body(&prompt, output).to_string().into_bytes()
+    config.shape.body_bytes(&prompt, output)
 }
 
 /// What sized the prompts: `cl100k` (the embedded default), `server` or `hf:<name>`.
@@ -98,7 +98,10 @@ pub(crate) fn http_client() -> Result<reqwest::Client, ReplayError> {
 /// What a request task needs besides its job.
 #[derive(Clone)]
 pub(crate) struct SendCtx {
-    pub(crate) client: reqwest::Client,
+    /// `reqwest`, for the targets the lean client does not serve (`https://`, a proxy,
+    /// `--http-client reqwest`); `None` when it serves them all (building a reqwest client
+    /// loads the system's root certificates: milliseconds of CPU for nothing).
+    pub(crate) client: Option<reqwest::Client>,
     /// Per URL, the lean client's target (and pool) when it sends to that URL; empty or
     /// `None` means `reqwest`. Like `client`, of the runtime that sends.
     pub(crate) lean: Vec<Option<Arc<h1::Target>>>,
@@ -128,13 +131,29 @@ pub(crate) async fn send_job(mut job: Job, ctx: Arc<SendCtx>) -> std::time::Inst
     }
     let started = std::time::Instant::now();
     let body = std::mem::take(&mut job.body);
-    let transport = match ctx.lean.get(job.target).and_then(Option::as_deref) {
-        Some(target) => client::Transport::H1(target),
-        None => client::Transport::Reqwest {
-            client: &ctx.client,
+    let transport = match (
+        ctx.lean.get(job.target).and_then(Option::as_deref),
+        &ctx.client,
+    ) {
+        (Some(target), _) => client::Transport::H1(target),
+        (None, Some(client)) => client::Transport::Reqwest {
+            client,
             url: &ctx.urls[job.target],
             headers: &ctx.headers,
         },
+        (None, None) => {
+            // Not reached: a reqwest client is built whenever a target needs one.
+            let measured = Measured {
+                sent: Some(started),
+                error_kind: Some(client::CLIENT_ERROR),
+                error: Some("no HTTP client for this target".into()),
+                ..Measured::default()
+            };
+            let end = std::time::Instant::now();
+            ctx.progress.finished.fetch_add(1, Ordering::Relaxed);
+            let _ = ctx.done_tx.send(Done { job, measured });
+            return end;
+        }
     };
     let send = client::send(
         transport,
@@ -189,6 +208,15 @@ pub(crate) fn endpoint_urls(config: &ReplayConfig) -> Result<Vec<reqwest::Url>, 
                 .map_err(|e| ReplayError::Config(format!("target `{t}`: {e}")))
         })
         .collect()
+}
+
+/// A `reqwest` client when some target needs one (the lean client does not serve it).
+pub(crate) fn reqwest_if_needed(
+    config: &ReplayConfig,
+    urls: &[reqwest::Url],
+) -> Result<Option<reqwest::Client>, ReplayError> {
+    let needed = lean_targets(config, urls).iter().any(Option::is_none);
+    needed.then(http_client).transpose()
 }
 
 /// The lean client's target per URL (`None`: `reqwest` sends there), built afresh for each

@@ -52,8 +52,10 @@ pub(crate) fn create(config: &ReplayConfig) -> Result<DatasetWriter<ResultRecord
     Ok(writer)
 }
 
-/// How often the writer thread looks for finished requests when it has none.
+/// How soon the writer thread looks again for finished requests after finding none…
 const WRITER_POLL: Duration = Duration::from_millis(2);
+/// …doubling while it keeps finding none, up to this.
+const WRITER_POLL_MAX: Duration = Duration::from_millis(32);
 
 /// What the writer thread shares with the executor.
 pub(crate) struct Sink {
@@ -102,11 +104,20 @@ pub(crate) fn spawn(
         // ends (a futex call on the sender's thread, a context switch here), which at
         // thousands of requests a second costs more than the rows. Polling every
         // WRITER_POLL takes them in batches, a few milliseconds late at most.
+        // An idle queue is looked at less and less often (up to WRITER_POLL_MAX), so that a
+        // slow run does not pay hundreds of wake-ups a second for nothing.
+        let mut poll = WRITER_POLL;
         let incoming = std::iter::from_fn(|| {
             loop {
                 match done.try_recv() {
-                    Ok(d) => return Some(d),
-                    Err(std::sync::mpsc::TryRecvError::Empty) => std::thread::sleep(WRITER_POLL),
+                    Ok(d) => {
+                        poll = WRITER_POLL;
+                        return Some(d);
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {
+                        std::thread::sleep(poll);
+                        poll = (poll * 2).min(WRITER_POLL_MAX);
+                    }
                     Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
                 }
             }
