@@ -24,6 +24,7 @@ pub mod column;
 pub mod error;
 pub mod export;
 pub mod formats;
+mod guard;
 pub mod human;
 pub mod inspect;
 pub mod reader;

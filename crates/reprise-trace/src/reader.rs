@@ -112,8 +112,12 @@ fn check_magic(path: &Path) -> Result<File> {
 fn open_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
     let file = check_magic(path)?;
     let len = file.metadata().map_err(|e| TraceError::io(path, e))?.len();
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| TraceError::NotParquet {
+    let builder = crate::guard::decode(|| ParquetRecordBatchReaderBuilder::try_new(file))
+        .map_err(|detail| TraceError::NotParquet {
+            path: path.to_owned(),
+            detail,
+        })?
+        .map_err(|e| TraceError::NotParquet {
             path: path.to_owned(),
             detail: e.to_string(),
         })?;
@@ -339,11 +343,18 @@ impl<R: Row> Batches<R> {
         };
         let builder = open_builder(&plan.path)?;
         let mask = ProjectionMask::roots(builder.parquet_schema(), plan.projection.clone());
-        let reader = builder
-            .with_projection(mask)
-            .with_batch_size(self.batch_rows)
-            .build()
-            .map_err(|e| TraceError::parquet(&plan.path, e))?;
+        let batch_rows = self.batch_rows;
+        let reader = crate::guard::decode(|| {
+            builder
+                .with_projection(mask)
+                .with_batch_size(batch_rows)
+                .build()
+        })
+        .map_err(|message| TraceError::Parquet {
+            path: plan.path.clone(),
+            message,
+        })?
+        .map_err(|e| TraceError::parquet(&plan.path, e))?;
         self.current = Some(OpenFile {
             path: plan.path,
             reader,
@@ -358,7 +369,13 @@ impl<R: Row> Batches<R> {
                 return Ok(None);
             }
             let file = self.current.as_mut().expect("a file is open");
-            match file.reader.next() {
+            let next = crate::guard::decode(|| file.reader.next()).map_err(|message| {
+                TraceError::Parquet {
+                    path: file.path.clone(),
+                    message,
+                }
+            })?;
+            match next {
                 Some(Ok(batch)) => {
                     let first_row = file.rows_read;
                     file.rows_read += batch.num_rows() as u64;
