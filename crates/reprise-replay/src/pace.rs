@@ -9,9 +9,13 @@
 //! wakes a sleeping thread within ~100 µs (a busy one does) sleeps right up to each
 //! deadline and spends no CPU waiting; an idle virtual machine, which can take a
 //! millisecond to wake a thread, grows the margin so that requests still go out well within
-//! a millisecond. The margin follows the lateness seen (up quickly, a quarter of the
-//! excess a wait, down slowly, 1/64), between zero and [`COARSE`], so that one late
-//! wake-up does not buy a long stretch of spinning. Deadlines closer than [`MIN_SLEEP`] are
+//! a millisecond. The margin starts at [`INITIAL`] (until the pacer has seen how this
+//! machine wakes, it assumes it wakes late: a replay's first requests, and a distributed
+//! replay's common start, are on time on a busy or idle machine alike) and follows the
+//! lateness seen (up by a quarter of the excess a wait, down by 1/16), between zero and
+//! [`COARSE`], so that one late wake-up does not buy a long stretch of spinning. A wait
+//! spent awake inside the margin counts as an on-time wake-up, so a margin wider than the
+//! gaps between requests comes down until the timer is tried again. Deadlines closer than [`MIN_SLEEP`] are
 //! waited for awake (cheaper than arming the timer). Elsewhere (or if no timerfd can be
 //! made) it sleeps on the runtime's timer until [`COARSE`] before the deadline and yields
 //! from there.
@@ -22,6 +26,8 @@ use std::time::{Duration, Instant};
 pub const TOLERANCE: Duration = Duration::from_micros(100);
 /// Added to the wake-up lateness seen to make the margin.
 const EXTRA: Duration = Duration::from_micros(20);
+/// The margin before anything has been learnt.
+pub const INITIAL: Duration = Duration::from_millis(1);
 /// Deadlines closer than this are waited for awake.
 pub const MIN_SLEEP: Duration = Duration::from_micros(20);
 /// How long before a deadline a wait on the runtime's millisecond timer ends.
@@ -43,7 +49,7 @@ impl Pacer {
         Pacer {
             #[cfg(target_os = "linux")]
             timer: linux::timer(),
-            margin: Duration::ZERO,
+            margin: INITIAL,
         }
     }
 
@@ -78,6 +84,12 @@ impl Pacer {
                 } else {
                     self.learn(Instant::now().saturating_duration_since(wake));
                 }
+            } else if deadline > now + MIN_SLEEP {
+                // Inside the margin, waited for awake: nothing is learnt of the timer, so the
+                // margin drifts down as if the wake-up had been on time. Otherwise a margin
+                // wider than the gaps between requests would never be tested again, and the
+                // pacer would spin through every gap.
+                self.learn(Duration::ZERO);
             }
         }
         if !self.is_fine() {
@@ -94,13 +106,13 @@ impl Pacer {
 
 impl Pacer {
     /// Follows the wake-ups' lateness beyond [`TOLERANCE`]: up by a quarter of the excess
-    /// a wait, down by 1/64.
+    /// a wait, down by 1/16.
     fn learn(&mut self, late: Duration) {
         let want = (late + EXTRA).saturating_sub(TOLERANCE).min(COARSE);
         if want > self.margin {
             self.margin += (want - self.margin) / 4;
         } else {
-            self.margin -= (self.margin - want) / 64;
+            self.margin -= (self.margin - want) / 16;
         }
     }
 }
@@ -187,6 +199,12 @@ mod tests {
 
     #[test]
     fn the_margin_covers_lateness_beyond_the_tolerance_up_fast_and_down_slowly() {
+        // A new pacer assumes late wake-ups until it has seen some.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(async { Pacer::new().margin() }), INITIAL);
         let mut p = Pacer {
             #[cfg(target_os = "linux")]
             timer: None,
@@ -205,7 +223,7 @@ mod tests {
         assert!((880..=920).contains(&m), "{m}");
         // One on-time wake-up barely lowers it; many bring it back to zero.
         p.learn(Duration::from_micros(5));
-        assert!(p.margin() > Duration::from_micros(850));
+        assert!(p.margin() > Duration::from_micros(830));
         for _ in 0..1000 {
             p.learn(Duration::from_micros(5));
         }
