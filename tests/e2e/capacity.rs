@@ -7,29 +7,48 @@ use std::time::{Duration, Instant};
 
 use crate::support::{run_json, s};
 
-/// A no-op streaming server (16 events at once) on a runtime of its own, for the test's
-/// life; `http://127.0.0.1:PORT`.
+/// A no-op streaming server (16 events at once) on a thread of its own.
 fn stub_server() -> String {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            tx.send(listener.local_addr().expect("addr")).expect("send");
-            reprise_stub::sse::serve(
-                listener,
-                reprise_stub::sse::Options::new(reprise_stub::sse::Style::Completion),
-            )
-            .await;
-        });
-    });
-    format!("http://{}", rx.recv().expect("address"))
+    reprise_stub::sse::spawn(reprise_stub::sse::Style::Completion)
+}
+
+/// `reprise replay --rate 1000` of `requests` 16-token requests to `target`, with the
+/// open-files limit (soft and hard) lowered to `files`, and `extra` flags.
+fn replay_with_files(
+    files: u32,
+    target: &str,
+    requests: u32,
+    extra: &[&str],
+    out: &std::path::Path,
+) -> std::process::Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_reprise"))
+        .args([
+            "replay",
+            "--target",
+            target,
+            "--model",
+            "m",
+            "--api",
+            "completions",
+            "--rate",
+            "1000",
+            "--requests",
+            &requests.to_string(),
+            "--input-tokens",
+            "16",
+            "--output-tokens",
+            "16",
+            "--no-tui",
+            "--no-host-metrics",
+            "--out",
+            s(out),
+        ])
+        .args(extra)
+        .output()
+        .expect("sh runs")
 }
 
 /// Resident memory of process `pid`, KiB (0 once it has gone).
@@ -145,35 +164,13 @@ fn running_out_of_file_descriptors_is_the_clients_error_not_the_targets() {
     let out = dir.path().join("run");
     // 200 streams held open 5 s each, with 128 files allowed and the connection bound
     // lifted above that: connects fail with EMFILE.
-    let output = Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -n 128 && exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_reprise"))
-        .args([
-            "replay",
-            "--target",
-            &format!("{target}/hold"),
-            "--model",
-            "m",
-            "--api",
-            "completions",
-            "--rate",
-            "1000",
-            "--requests",
-            "200",
-            "--input-tokens",
-            "16",
-            "--output-tokens",
-            "16",
-            "--max-connections",
-            "1000",
-            "--no-tui",
-            "--no-host-metrics",
-            "--out",
-            s(&out),
-        ])
-        .output()
-        .expect("sh runs");
+    let output = replay_with_files(
+        128,
+        &format!("{target}/hold"),
+        200,
+        &["--max-connections", "1000"],
+        &out,
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -202,33 +199,7 @@ fn running_out_of_file_descriptors_is_the_clients_error_not_the_targets() {
 
     // The same run with the default bound (from the lowered limit) waits instead of failing.
     let out = dir.path().join("bounded");
-    let output = Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -n 320 && exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_reprise"))
-        .args([
-            "replay",
-            "--target",
-            &format!("{target}/hold"),
-            "--model",
-            "m",
-            "--api",
-            "completions",
-            "--rate",
-            "1000",
-            "--requests",
-            "100",
-            "--input-tokens",
-            "16",
-            "--output-tokens",
-            "16",
-            "--no-tui",
-            "--no-host-metrics",
-            "--out",
-            s(&out),
-        ])
-        .output()
-        .expect("sh runs");
+    let output = replay_with_files(320, &format!("{target}/hold"), 100, &[], &out);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let run = run_json(&out);
     let client = &run["summary"]["client"];

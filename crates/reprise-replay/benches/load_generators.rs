@@ -19,7 +19,8 @@
 //! `cargo build --release -p reprise-cli && cargo bench -p reprise-replay --bench
 //! load_generators [-- --only cpu|bursts|slow] [--secs N] [--rounds N]`.
 
-use std::io::BufRead;
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -81,27 +82,6 @@ fn cpu_of(mut child: Child) -> (f64, String) {
     }
     let _ = child.wait();
     (cpu, reader.join().unwrap_or_default())
-}
-
-fn start_server() -> (Child, String) {
-    let exe = std::env::current_exe().expect("exe");
-    let mut cmd = if Command::new("taskset").arg("-V").output().is_ok() {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "1"]).arg(&exe);
-        c
-    } else {
-        Command::new(&exe)
-    };
-    let mut child = cmd
-        .arg("--serve")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("server");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address");
-    (child, format!("http://{}", line.trim()))
 }
 
 fn oha() -> Option<String> {
@@ -378,7 +358,7 @@ fn main() {
     let only = flag("--only");
     let secs = flag("--secs").and_then(|s| s.parse().ok()).unwrap_or(5);
     let rounds = flag("--rounds").and_then(|s| s.parse().ok()).unwrap_or(3);
-    let (mut server, base) = start_server();
+    let (mut server, base, _) = common::start_server();
     println!("# reprise vs the load generators users pick instead (server pinned to CPU 1)");
     let wants = |name: &str| only.as_deref().is_none_or(|o| o == name);
     if wants("cpu") {

@@ -17,8 +17,9 @@
 //! (`--client lean|reqwest` for one HTTP client; both by default, reqwest as the baseline)
 //! or `[-- --soak 600]`.
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -140,28 +141,6 @@ fn bare_pacer(rate: f64, secs: f64) -> Vec<f64> {
     });
     lateness.sort_by(f64::total_cmp);
     lateness
-}
-
-fn start_server() -> (Child, String, bool) {
-    let exe = std::env::current_exe().expect("exe");
-    let pinned = Command::new("taskset").arg("-V").output().is_ok();
-    let mut cmd = if pinned {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "1"]).arg(&exe);
-        c
-    } else {
-        Command::new(&exe)
-    };
-    let mut child = cmd
-        .arg("--serve")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("server");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address");
-    (child, format!("http://{}", line.trim()), pinned)
 }
 
 fn pacing(rt: &tokio::runtime::Runtime, base: &str) {
@@ -644,7 +623,7 @@ fn main() {
         }]);
     }
     reprise_replay::raise_open_files_limit();
-    let (mut child, base, pinned) = start_server();
+    let (mut child, base, pinned) = common::start_server();
     println!("# replayer self-benchmark (server pinned to CPU 1: {pinned}), 2-core machine");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -215,9 +215,9 @@ pub async fn serve(listener: tokio::net::TcpListener, options: Options) {
     }
 }
 
-/// Binds a loopback port, prints its address (`127.0.0.1:PORT`) on stdout and serves on
-/// a current-thread runtime forever: the body of a bench's `--serve` child process.
-pub fn serve_forever(style: Style) {
+/// Binds a loopback port, calls `ready` with its address (`127.0.0.1:PORT`) and serves on
+/// a current-thread runtime on this thread forever.
+fn serve_here(style: Style, ready: impl FnOnce(std::net::SocketAddr)) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -226,9 +226,30 @@ pub fn serve_forever(style: Style) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        println!("{}", listener.local_addr().expect("addr"));
+        ready(listener.local_addr().expect("addr"));
         serve(listener, Options::new(style)).await;
     });
+}
+
+/// Serves on a thread of its own for the rest of the process; returns
+/// `http://127.0.0.1:PORT` (a test's server).
+pub fn spawn(style: Style) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("stub-sse".into())
+        .spawn(move || {
+            serve_here(style, |addr| {
+                let _ = tx.send(addr);
+            })
+        })
+        .expect("thread");
+    format!("http://{}", rx.recv().expect("the server's address"))
+}
+
+/// Binds a loopback port, prints its address (`127.0.0.1:PORT`) on stdout and serves on
+/// a current-thread runtime forever: the body of a bench's `--serve` child process.
+pub fn serve_forever(style: Style) {
+    serve_here(style, |addr| println!("{addr}"));
 }
 
 #[cfg(test)]
