@@ -12,12 +12,39 @@ fn stub_server() -> String {
     reprise_stub::sse::spawn(reprise_stub::sse::Style::Completion)
 }
 
-/// `reprise replay --rate 1000` of `requests` 16-token requests to `target`, with the
-/// open-files limit (soft and hard) lowered to `files`, and `extra` flags.
+/// `replay` arguments: `requests` 16-token requests to `target` at `rate` req/s, into
+/// `out`, without a live view or host sampling.
+fn rate_args(target: &str, rate: u32, requests: u64, out: &std::path::Path) -> Vec<String> {
+    let flags = [
+        "replay",
+        "--target",
+        target,
+        "--model",
+        "m",
+        "--api",
+        "completions",
+        "--rate",
+        &rate.to_string(),
+        "--requests",
+        &requests.to_string(),
+        "--input-tokens",
+        "16",
+        "--output-tokens",
+        "16",
+        "--no-tui",
+        "--no-host-metrics",
+        "--out",
+        s(out),
+    ];
+    flags.iter().map(|f| (*f).to_owned()).collect()
+}
+
+/// [`rate_args`] at 1,000 req/s with `extra` flags, the open-files limit (soft and hard)
+/// lowered to `files`.
 fn replay_with_files(
     files: u32,
     target: &str,
-    requests: u32,
+    requests: u64,
     extra: &[&str],
     out: &std::path::Path,
 ) -> std::process::Output {
@@ -25,27 +52,7 @@ fn replay_with_files(
         .arg("-c")
         .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
         .arg(env!("CARGO_BIN_EXE_reprise"))
-        .args([
-            "replay",
-            "--target",
-            target,
-            "--model",
-            "m",
-            "--api",
-            "completions",
-            "--rate",
-            "1000",
-            "--requests",
-            &requests.to_string(),
-            "--input-tokens",
-            "16",
-            "--output-tokens",
-            "16",
-            "--no-tui",
-            "--no-host-metrics",
-            "--out",
-            s(out),
-        ])
+        .args(rate_args(target, 1000, requests, out))
         .args(extra)
         .output()
         .expect("sh runs")
@@ -70,27 +77,7 @@ fn fifty_thousand_a_second_is_held_as_far_as_it_can_be_and_said_so() {
     let out = dir.path().join("run");
     let requests = 20_000u64;
     let child = Command::new(env!("CARGO_BIN_EXE_reprise"))
-        .args([
-            "replay",
-            "--target",
-            &target,
-            "--model",
-            "m",
-            "--api",
-            "completions",
-            "--rate",
-            "50000",
-            "--requests",
-            &requests.to_string(),
-            "--input-tokens",
-            "16",
-            "--output-tokens",
-            "16",
-            "--no-tui",
-            "--no-host-metrics",
-            "--out",
-            s(&out),
-        ])
+        .args(rate_args(&target, 50_000, requests, &out))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -107,8 +107,11 @@ fn run_json(dir: &Path) -> serde_json::Value {
         .expect("json")
 }
 
-fn replay_args<'a>(target: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec![
+/// `reprise replay` to `target` writing `out` (replaced), without a live view or host
+/// sampling.
+fn replay_command(target: &str, out: &Path) -> Command {
+    let mut c = Command::new(reprise_bin());
+    c.args([
         "replay",
         "--target",
         target,
@@ -116,12 +119,18 @@ fn replay_args<'a>(target: &'a str, out: &'a str) -> Vec<&'a str> {
         "m",
         "--api",
         "completions",
-        "--no-tui",
-        "--no-host-metrics",
-        "--force",
-        "--out",
-        out,
-    ]
+    ])
+    .args(["--no-tui", "--no-host-metrics", "--force", "--out"])
+    .arg(out);
+    c
+}
+
+/// [`replay_command`] of `n` 16-token requests at `rate` req/s.
+fn rate_command(target: &str, out: &Path, rate: u64, n: u64) -> Command {
+    let mut c = replay_command(target, out);
+    c.args(["--rate", &rate.to_string(), "--requests", &n.to_string()])
+        .args(["--input-tokens", "16", "--output-tokens", "16"]);
+    c
 }
 
 /// One oha run: CPU seconds, achieved rate, p99 latency (ms).
@@ -149,21 +158,7 @@ fn oha_run(oha: &str, url: &str, rate: u64, n: u64) -> (f64, f64, f64) {
 
 /// One reprise run: CPU seconds, rate held, queue p99 (ms).
 fn reprise_run(base: &str, out: &Path, rate: u64, n: u64) -> (f64, f64, f64) {
-    let out_s = out.to_str().expect("utf-8");
-    let mut args = replay_args(base, out_s);
-    let (rate_s, n_s) = (rate.to_string(), n.to_string());
-    args.extend([
-        "--rate",
-        &rate_s,
-        "--requests",
-        &n_s,
-        "--input-tokens",
-        "16",
-        "--output-tokens",
-        "16",
-    ]);
-    let child = Command::new(reprise_bin())
-        .args(&args)
+    let child = rate_command(base, out, rate, n)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -259,10 +254,8 @@ fn bursts(base: &str) {
     let trace = dir.path().join("bursts.parquet");
     burst_trace(&trace, 40, 32, Duration::from_millis(100));
     let out = dir.path().join("run");
-    let mut args = replay_args(base, out.to_str().expect("utf-8"));
-    args.insert(1, trace.to_str().expect("utf-8"));
-    let status = Command::new(reprise_bin())
-        .args(&args)
+    let status = replay_command(base, &out)
+        .arg(&trace)
         .stdout(Stdio::null())
         .status()
         .expect("reprise runs");
@@ -299,20 +292,7 @@ fn slow(base: &str) {
     let out = dir.path().join("run");
     for (rate, gap_ms, secs) in [(500u64, 300u64, 8u64), (100, 1_500, 26)] {
         let target = format!("{base}/slow/{gap_ms}");
-        let mut args = replay_args(&target, out.to_str().expect("utf-8"));
-        let (rate_s, n_s) = (rate.to_string(), (rate * secs).to_string());
-        args.extend([
-            "--rate",
-            &rate_s,
-            "--requests",
-            &n_s,
-            "--input-tokens",
-            "16",
-            "--output-tokens",
-            "16",
-        ]);
-        Command::new(reprise_bin())
-            .args(&args)
+        rate_command(&target, &out, rate, rate * secs)
             .stdout(Stdio::null())
             .status()
             .expect("reprise runs");
