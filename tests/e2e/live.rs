@@ -196,6 +196,18 @@ fn prometheus_scrapes_a_replay_and_every_dashboard_panel_has_data() {
     )
     .unwrap();
     let (_server, prom) = start_prometheus(&prometheus, &config, &dir.path().join("tsdb"));
+    // Ready is not scraping: on a busy machine the scrape manager's first sync comes seconds
+    // later. Once the sim has been scraped, a new file-discovered target is picked up within
+    // the discovery manager's update interval (5 s), well inside the replay's 12 s.
+    let waiting = Instant::now();
+    while query(&prom, "up{job=\"sim\"}", now_s()).is_empty() {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(60),
+            "Prometheus never scraped the sim: {:?}",
+            get(&prom, "/api/v1/targets")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     let run = dir.path().join("run");
     let mut replay = Command::new(env!("CARGO_BIN_EXE_reprise"))
@@ -210,7 +222,7 @@ fn prometheus_scrapes_a_replay_and_every_dashboard_panel_has_data() {
             "--speed",
             "10",
             "--duration",
-            "80",
+            "120",
             "--out",
             s(&run),
             "--metrics-listen",
@@ -253,7 +265,12 @@ fn prometheus_scrapes_a_replay_and_every_dashboard_panel_has_data() {
         &format!("sum(reprise_replay_requests_total{{run_id=\"{run_id}\"}})"),
         ended,
     );
-    assert_eq!(count.len(), 1, "{count:?}");
+    assert_eq!(
+        count.len(),
+        1,
+        "no scrape of the replay: {:?}",
+        get(&prom, "/api/v1/targets")
+    );
     assert_eq!(count[0].1 as u64, report.rows);
 
     // P99 TTFT from the histograms. `histogram_quantile` estimates the order statistic of
