@@ -33,6 +33,7 @@ pub mod run;
 pub mod sessions;
 pub mod stats;
 pub mod time;
+pub mod widen;
 pub mod writer;
 
 pub use column::{ColumnType, Timestamp};

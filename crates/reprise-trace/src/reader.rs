@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::{Array, ArrayRef, RecordBatch, TimestampNanosecondArray};
-use arrow_cast::cast::{CastOptions, cast_with_options};
 use arrow_schema::{DataType, TimeUnit};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
@@ -18,6 +17,7 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchR
 use crate::column::{ReadIssue, readable_as, type_name};
 use crate::error::{Result, TraceError};
 use crate::record::Row;
+use crate::widen::{WidenError, widen};
 use crate::writer::META_FORMAT;
 
 /// What a dataset is, read from its footers only.
@@ -484,23 +484,26 @@ fn convert<R: Row>(path: &Path, first_row: u64, batch: &RecordBatch) -> Result<V
             arrays.push(Some(array));
             continue;
         }
-        let safe = CastOptions {
-            safe: true,
-            ..Default::default()
-        };
-        let cast = cast_with_options(column, &spec.data_type, &safe)
-            .map_err(|e| TraceError::parquet(path, format!("column `{}`: {e}", spec.name)))?;
-        if cast.null_count() > column.null_count() {
-            let row = (0..column.len())
-                .find(|&r| cast.is_null(r) && !column.is_null(r))
-                .unwrap_or(0);
-            return Err(TraceError::BadValue {
+        let cast = widen(column.as_ref(), &spec.data_type).map_err(|e| match e {
+            WidenError::DoesNotFit { row } => TraceError::BadValue {
                 path: path.to_owned(),
                 row: first_row + row as u64 + 1,
                 column: spec.name.clone(),
                 reason: format!("value does not fit {}", type_name(&spec.data_type)),
-            });
-        }
+            },
+            WidenError::Unsupported { from, to } => TraceError::parquet(
+                path,
+                format!(
+                    "column `{}`: cannot read {} as {}",
+                    spec.name,
+                    type_name(&from),
+                    type_name(&to)
+                ),
+            ),
+            WidenError::Arrow(e) => {
+                TraceError::parquet(path, format!("column `{}`: {e}", spec.name))
+            }
+        })?;
         arrays.push(Some(cast));
     }
     R::from_arrays(&arrays, batch.num_rows()).map_err(|issue| {
