@@ -114,11 +114,12 @@ impl Tap {
             let (started, last_content, completion) =
                 (self.started, &mut self.last_content, &mut self.completion);
             let content = s.observe.record_content;
-            let _ = self.parser.feed(chunk, |event| {
+            // Borrowed events: no allocation or copy per event on the forwarding path.
+            let _ = self.parser.feed_ref(chunk, |event| {
                 if event.is_done() {
                     return;
                 }
-                let Ok(f) = chunk_facts(&event.data) else {
+                let Ok(f) = chunk_facts(event.data) else {
                     return;
                 };
                 if f.has_content {
@@ -130,7 +131,7 @@ impl Tap {
                     }
                     *last_content = Some(now);
                     x.content_events += 1;
-                    if content && let Ok(v) = serde_json::from_str::<serde_json::Value>(&event.data)
+                    if content && let Ok(v) = serde_json::from_str::<serde_json::Value>(event.data)
                     {
                         completion.push_str(&content_of(&v));
                     }
