@@ -26,9 +26,10 @@ pub(crate) async fn run(
         .planned
         .store(plan.expected_len(), Ordering::Relaxed);
     // Sender threads pace and send: each has a runtime of its own that waits for its
-    // requests' deadlines while polling its connections (`pace::Pacer`) and spawns each
-    // request's task on itself at the deadline, so no wake-up of another thread stands
-    // between a deadline and its send, and responses are read as they arrive.
+    // requests' deadlines while polling its connections (`pace::Pacer`) and, at a deadline,
+    // writes the request itself and spawns the rest of it (`start`), so no wake-up of
+    // another thread and no queue of other tasks stands between a deadline and its send,
+    // and responses are read as they arrive.
     let senders = clients.len();
     let shares = plan.deal(senders);
     let mut pacers = Vec::new();
@@ -102,6 +103,26 @@ fn fill(ahead: &mut std::collections::VecDeque<Ready>, plan: &mut impl Iterator<
             Some(r) => ahead.push_back(r),
             None => break,
         }
+    }
+}
+
+/// Starts a request's task at its deadline: its first poll — the send time stamped, the
+/// request written — happens here, in the pacer's own poll, and only what is left (reading
+/// the response) is spawned. A spawned task's first poll waits behind every task already
+/// queued on this runtime: with thousands of streams open, those reading their events; the
+/// request would go out when the runtime reaches it, not at its deadline.
+///
+/// The first poll sees a no-op waker; the spawned task's own first poll (a new task is
+/// always polled) registers its real one, and readiness that came in between is kept by
+/// the reactor, so nothing is missed.
+fn start<F>(tasks: &mut tokio::task::JoinSet<()>, request: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut request = Box::pin(request);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if request.as_mut().poll(&mut cx).is_pending() {
+        tasks.spawn(request);
     }
 }
 
@@ -274,7 +295,7 @@ async fn open_loop(
         match then {
             None => {
                 let ctx = ctx.clone();
-                tasks.spawn(async move {
+                start(&mut tasks, async move {
                     send_job(job, ctx).await;
                 });
             }
@@ -283,7 +304,7 @@ async fn open_loop(
                 turns_in_flight += 1;
                 let (ctx, config, tx, t0) =
                     (ctx.clone(), config.clone(), turn_tx.clone(), clock.t0);
-                tasks.spawn(async move {
+                start(&mut tasks, async move {
                     let end = send_job(job, ctx).await;
                     let Chain { after, next } = *chain;
                     let recorded = t0 + next.offset;

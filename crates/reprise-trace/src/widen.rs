@@ -230,8 +230,8 @@ mod tests {
     use super::*;
     use arrow_array::builder::{LargeListBuilder, ListBuilder, UInt64Builder};
     use arrow_array::{
-        Float32Array, Int8Array, Int64Array, LargeListViewArray, LargeStringArray,
-        StringViewArray, UInt8Array, UInt64Array,
+        Float32Array, Int8Array, Int64Array, LargeListViewArray, LargeStringArray, StringViewArray,
+        UInt8Array, UInt64Array,
     };
     use proptest::prelude::*;
 
@@ -290,7 +290,11 @@ mod tests {
 
     #[test]
     fn numbers_become_doubles() {
-        let out = widen(&Float32Array::from(vec![Some(1.5), None]), &DataType::Float64).unwrap();
+        let out = widen(
+            &Float32Array::from(vec![Some(1.5), None]),
+            &DataType::Float64,
+        )
+        .unwrap();
         assert_eq!(
             out.as_primitive::<Float64Type>().iter().collect::<Vec<_>>(),
             vec![Some(1.5), None]
@@ -337,7 +341,12 @@ mod tests {
         let out = widen(column.slice(1, 4).as_ref(), &to).unwrap();
         assert_eq!(
             u64_lists(&out),
-            vec![Some(vec![Some(1), None]), None, Some(vec![]), Some(vec![Some(3)])]
+            vec![
+                Some(vec![Some(1), None]),
+                None,
+                Some(vec![]),
+                Some(vec![Some(3)])
+            ]
         );
     }
 
@@ -373,7 +382,12 @@ mod tests {
         let out = widen(&column, &list_field(DataType::UInt64)).unwrap();
         assert_eq!(
             u64_lists(&out),
-            vec![Some(vec![Some(5), Some(6)]), None, Some(vec![Some(4)]), Some(vec![])]
+            vec![
+                Some(vec![Some(5), Some(6)]),
+                None,
+                Some(vec![Some(4)]),
+                Some(vec![])
+            ]
         );
     }
 
