@@ -47,9 +47,11 @@ pub(crate) fn chunk_facts(data: &str) -> Option<ChunkFacts> {
 }
 
 impl<'a> Skim<'a> {
+    #[inline(always)]
     fn ws(&mut self) {
         while let Some(&c) = self.b.get(self.i) {
-            if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+            // Most bytes are above the space: one comparison decides.
+            if c <= b' ' && matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
                 self.i += 1;
             } else {
                 break;
@@ -58,15 +60,18 @@ impl<'a> Skim<'a> {
     }
 
     /// The next byte after whitespace, not consumed.
+    #[inline(always)]
     fn peek(&mut self) -> Option<u8> {
         self.ws();
         self.b.get(self.i).copied()
     }
 
+    #[inline(always)]
     fn eat(&mut self, c: u8) -> Option<()> {
         (self.peek()? == c).then(|| self.i += 1)
     }
 
+    #[inline(always)]
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         self.ws();
         self.b[self.i..]
@@ -75,6 +80,7 @@ impl<'a> Skim<'a> {
     }
 
     /// `null`, consumed, when it is next.
+    #[inline(always)]
     fn null(&mut self) -> Option<bool> {
         if self.peek()? == b'n' {
             self.literal(b"null")?;
@@ -85,12 +91,13 @@ impl<'a> Skim<'a> {
 
     /// A string (the opening quote next); `None` for invalid strings and for any `\u`
     /// escape (whose surrogate rules the serde path applies).
+    #[inline(always)]
     fn string(&mut self) -> Option<Str> {
         self.eat(b'"')?;
         let start = self.i;
         let mut escaped = false;
         loop {
-            self.i += plain_run(&self.b[self.i..]);
+            self.i = plain_run(self.b, self.i);
             match *self.b.get(self.i)? {
                 b'"' => {
                     let end = self.i;
@@ -115,6 +122,7 @@ impl<'a> Skim<'a> {
     }
 
     /// An object key without escapes.
+    #[inline(always)]
     fn key(&mut self) -> Option<&'a [u8]> {
         let s = self.string()?;
         if s.escaped {
@@ -255,6 +263,7 @@ impl<'a> Skim<'a> {
     }
 
     /// A string or `null`: `Some(true)` for a non-empty string.
+    #[inline(always)]
     fn opt_text(&mut self) -> Option<bool> {
         if self.null()? {
             return Some(false);
@@ -414,14 +423,14 @@ impl<'a> Skim<'a> {
     }
 }
 
-/// How many bytes at the start of `b` need no attention inside a JSON string: not a quote,
-/// not a backslash, not a control character. Eight bytes at a time (SWAR): a byte-by-byte
-/// loop was the largest cost of reading a chunk.
-fn plain_run(b: &[u8]) -> usize {
+/// Where the run of bytes from `i` that need no attention inside a JSON string ends: the
+/// index of the first quote, backslash or control character (or the end). Eight bytes at a
+/// time (SWAR): a byte-by-byte loop was the largest cost of reading a chunk.
+#[inline(always)]
+fn plain_run(b: &[u8], mut i: usize) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let mut n = 0;
-    while let Some(word) = b.get(n..n + 8) {
+    while let Some(word) = b.get(i..i + 8) {
         let v = u64::from_le_bytes(word.try_into().expect("eight bytes"));
         // A byte's high bit is set where it is zero (after the xor) or below 0x20; bytes
         // above the first such byte may be flagged falsely, never bytes below it.
@@ -430,17 +439,17 @@ fn plain_run(b: &[u8]) -> usize {
             | zero(v ^ (ONES * u64::from(b'\\')))
             | (v.wrapping_sub(ONES * 0x20) & !v & HIGHS);
         if flags != 0 {
-            return n + (flags.trailing_zeros() / 8) as usize;
+            return i + (flags.trailing_zeros() / 8) as usize;
         }
-        n += 8;
+        i += 8;
     }
-    while let Some(&c) = b.get(n) {
+    while let Some(&c) = b.get(i) {
         if c == b'"' || c == b'\\' || c < 0x20 {
             break;
         }
-        n += 1;
+        i += 1;
     }
-    n
+    i
 }
 
 #[cfg(test)]
@@ -462,7 +471,11 @@ mod tests {
             (b"ab\"\x00cdefgh", 2),
             (b"abcdefg\x1f\"", 7),
         ] {
-            assert_eq!(plain_run(text), run, "{text:?}");
+            assert_eq!(plain_run(text, 0), run, "{text:?}");
+            // From an offset: the same run, counted from there.
+            let mut shifted = b"xy".to_vec();
+            shifted.extend_from_slice(text);
+            assert_eq!(plain_run(&shifted, 2), run + 2, "{text:?}");
         }
         // Every position of every special byte, against the plain loop.
         for special in [b'"', b'\\', 0u8, 0x1f] {
@@ -472,7 +485,7 @@ mod tests {
                     if at < len {
                         v[at] = special;
                     }
-                    assert_eq!(plain_run(&v), at.min(len), "{special} {len} {at}");
+                    assert_eq!(plain_run(&v, 0), at.min(len), "{special} {len} {at}");
                 }
             }
         }
