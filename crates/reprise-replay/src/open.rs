@@ -52,7 +52,17 @@ pub(crate) async fn run(
                         .enable_time()
                         .build()
                         .map_err(|e| ReplayError::Config(format!("starting the pacer: {e}")))?;
-                    Ok(rt.block_on(open_loop(share, k, senders, run)))
+                    // The loop is a task of this runtime rather than `block_on`'s own
+                    // future: waking that one (each timer wake-up of the pacer) writes the
+                    // runtime's eventfd, a system call each time, where a task is woken in
+                    // place. strace at 5,000 req/s: 0.6 eventfd writes a request, gone.
+                    rt.block_on(async move {
+                        let heartbeat = tokio::spawn(heartbeat());
+                        let done = tokio::spawn(open_loop(share, k, senders, run)).await;
+                        heartbeat.abort();
+                        done
+                    })
+                    .map_err(|_| ReplayError::Config("the pacer panicked".into()))
                 })
                 .map_err(|e| ReplayError::Config(format!("starting the pacer: {e}")))?,
         );
@@ -68,6 +78,20 @@ pub(crate) async fn run(
     }
     Ok(complete)
 }
+
+/// Keeps a timer pending on the sender's runtime at all times. Tokio's timer wakes its
+/// driver (an eventfd write, a system call) whenever a timer is registered that is due
+/// before every other one, or when there is no other one — each request's response and
+/// gap timeouts, once the previous request's have been dropped. With this one due within
+/// [`HEARTBEAT`], later timeouts (seconds away) never are the earliest.
+async fn heartbeat() {
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+/// The heartbeat's period (far below any request or gap timeout a user would set).
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// How often a long wait looks at the stop flag.
 const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(25);
