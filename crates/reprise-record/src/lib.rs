@@ -252,6 +252,14 @@ impl Recorder {
         if let Some(l) = admin_listener {
             accept.push(tokio::spawn(serve(l, shared.clone(), admin::admin)));
         }
+        // A timer always pending: tokio wakes its driver (an eventfd write) whenever a timer
+        // is registered due before every other one, or with no other one pending — each
+        // exchange's header-read and upstream timeouts on an otherwise idle wheel.
+        accept.push(tokio::spawn(async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }));
         Ok(Recorder {
             addr,
             admin_addr,
