@@ -164,29 +164,11 @@ fn list<O: OffsetSizeTrait>(
     );
     // Only the span the offsets cover: a sliced array's values may extend beyond it.
     let values = array.values().slice(first, last - first);
-    let values = widen(values.as_ref(), field.data_type()).map_err(|e| match e {
-        WidenError::DoesNotFit { row } => WidenError::DoesNotFit {
-            row: owner_row(offsets.iter().map(|o| o.as_usize() - first), row),
-        },
-        other => other,
-    })?;
-    let mut rebased = Vec::with_capacity(offsets.len());
-    for o in offsets {
-        let o = i32::try_from(o.as_usize() - first).map_err(|_| {
-            WidenError::Arrow("a list column holds more than 2^31 values".to_owned())
-        })?;
-        rebased.push(o);
-    }
-    Ok(Arc::new(ListArray::try_new(
-        field.clone(),
-        arrow_buffer_offsets(rebased),
-        values,
-        array.nulls().cloned(),
-    )?))
-}
-
-fn arrow_buffer_offsets(offsets: Vec<i32>) -> OffsetBuffer<i32> {
-    OffsetBuffer::new(offsets.into())
+    let offsets = offsets
+        .iter()
+        .map(|o| offset(o.as_usize() - first))
+        .collect::<Result<Vec<_>, _>>()?;
+    rebuild(field, offsets, values.as_ref(), array.nulls())
 }
 
 /// A list-view array to `List<field>`: its lists copied out in row order, then converted.
@@ -204,14 +186,28 @@ fn list_view<O: OffsetSizeTrait>(
             let size = array.value_sizes()[row].as_usize();
             indices.extend((start..start + size).map(|i| i as u64));
         }
-        let end = i32::try_from(indices.len()).map_err(|_| {
-            WidenError::Arrow("a list column holds more than 2^31 values".to_owned())
-        })?;
-        offsets.push(end);
+        offsets.push(offset(indices.len())?);
     }
     let indices = PrimitiveArray::<UInt64Type>::from(indices);
     let values = arrow_select::take::take(array.values().as_ref(), &indices, None)?;
-    let values = widen(values.as_ref(), field.data_type()).map_err(|e| match e {
+    rebuild(field, offsets, values.as_ref(), array.nulls())
+}
+
+/// A 32-bit list offset.
+fn offset(o: usize) -> Result<i32, WidenError> {
+    i32::try_from(o)
+        .map_err(|_| WidenError::Arrow("a list column holds more than 2^31 values".to_owned()))
+}
+
+/// `List<field>` from zero-based `offsets` over `values` (converted here; a value that does
+/// not fit names the row of the list that holds it) and the lists' nulls.
+fn rebuild(
+    field: &Arc<Field>,
+    offsets: Vec<i32>,
+    values: &dyn Array,
+    nulls: Option<&arrow_buffer::NullBuffer>,
+) -> Result<ArrayRef, WidenError> {
+    let values = widen(values, field.data_type()).map_err(|e| match e {
         WidenError::DoesNotFit { row } => WidenError::DoesNotFit {
             row: owner_row(offsets.iter().map(|&o| o as usize), row),
         },
@@ -219,9 +215,9 @@ fn list_view<O: OffsetSizeTrait>(
     })?;
     Ok(Arc::new(ListArray::try_new(
         field.clone(),
-        arrow_buffer_offsets(offsets),
+        OffsetBuffer::new(offsets.into()),
         values,
-        array.nulls().cloned(),
+        nulls.cloned(),
     )?))
 }
 
