@@ -364,3 +364,82 @@ async fn open_loop(
     while tasks.join_next().await.is_some() {}
     complete
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn a_request_starts_in_the_pacers_poll_and_only_the_rest_is_spawned() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            // Queued ahead of it: a task the runtime has not polled yet.
+            let queued = Arc::new(AtomicBool::new(false));
+            let q = queued.clone();
+            tasks.spawn(async move { q.store(true, Ordering::SeqCst) });
+
+            // Its first poll runs inside `start`, before any queued task: what it does
+            // up to its first wait (stamping, writing) is done when `start` returns.
+            let written = Arc::new(AtomicBool::new(false));
+            let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+            let got = Arc::new(std::sync::Mutex::new(None));
+            let (w, g) = (written.clone(), got.clone());
+            start(&mut tasks, async move {
+                w.store(true, Ordering::SeqCst);
+                let answer = rx.await.ok();
+                *g.lock().unwrap() = answer;
+            });
+            assert!(written.load(Ordering::SeqCst));
+            assert!(!queued.load(Ordering::SeqCst));
+            assert_eq!(tasks.len(), 2, "the rest of the request is spawned");
+
+            // A request done in its first poll leaves no task behind.
+            start(&mut tasks, async {});
+            assert_eq!(tasks.len(), 2);
+
+            // The spawned rest is woken by its own waker (the first poll saw a no-op one).
+            tx.send(7).unwrap();
+            while tasks.join_next().await.is_some() {}
+            assert_eq!(*got.lock().unwrap(), Some(7));
+            assert!(queued.load(Ordering::SeqCst));
+        });
+    }
+
+    #[test]
+    fn readiness_between_the_first_poll_and_the_spawned_poll_is_not_lost() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut client = std::net::TcpStream::connect(addr).unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            let mut tasks = tokio::task::JoinSet::new();
+            let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let g = got.clone();
+            start(&mut tasks, async move {
+                use tokio::io::AsyncReadExt;
+                let mut server = server;
+                let mut buf = [0u8; 5];
+                server.read_exact(&mut buf).await.unwrap();
+                g.lock().unwrap().extend_from_slice(&buf);
+            });
+            // The data arrives after the first poll registered interest with a no-op
+            // waker and before the spawned task has been polled.
+            std::io::Write::write_all(&mut client, b"hello").unwrap();
+            tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await
+            .expect("the spawned task is woken");
+            assert_eq!(&*got.lock().unwrap(), b"hello");
+        });
+    }
+}
