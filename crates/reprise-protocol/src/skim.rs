@@ -211,46 +211,39 @@ impl<'a> Skim<'a> {
 
     /// An object, each member's value read by `member` (given the key).
     fn object(&mut self, mut member: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
-        self.eat(b'{')?;
-        self.depth += 1;
-        if self.depth > MAX_DEPTH {
-            return None;
-        }
-        if self.peek()? == b'}' {
-            self.i += 1;
-        } else {
-            loop {
-                let key = self.key()?;
-                member(self, key)?;
-                match self.peek()? {
-                    b',' => self.i += 1,
-                    b'}' => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return None,
-                }
-            }
-        }
-        self.depth -= 1;
-        Some(())
+        self.sequence(b'{', b'}', |p| {
+            let key = p.key()?;
+            member(p, key)
+        })
     }
 
     /// An array, each element read by `element`.
-    fn array(&mut self, mut element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        self.eat(b'[')?;
+    fn array(&mut self, element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.sequence(b'[', b']', element)
+    }
+
+    /// `open`, items separated by commas, each read by `item`, then `close`; one nesting
+    /// level deeper while inside.
+    #[inline]
+    fn sequence(
+        &mut self,
+        open: u8,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(open)?;
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return None;
         }
-        if self.peek()? == b']' {
+        if self.peek()? == close {
             self.i += 1;
         } else {
             loop {
-                element(self)?;
+                item(self)?;
                 match self.peek()? {
                     b',' => self.i += 1,
-                    b']' => {
+                    c if c == close => {
                         self.i += 1;
                         break;
                     }
