@@ -243,17 +243,17 @@ pub(crate) fn status_class(status: u16) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::tests::sink;
+    use crate::sink::tests::{Flat, sink};
     use http_body_util::BodyExt;
     use std::time::Duration;
 
-    type Rows = std::sync::mpsc::Receiver<reprise_trace::TraceRecord>;
+    type Rows = Flat<reprise_trace::TraceRecord>;
 
     fn tapped(
         body: &'static str,
         streamed: bool,
         status: u16,
-    ) -> (Tap, std::sync::mpsc::Receiver<Exchange>, Rows) {
+    ) -> (Tap, Flat<Exchange>, Rows) {
         let (sink, obs_rx, rows) = sink(8, 8);
         let sink = Arc::new(sink);
         sink.begin();

@@ -41,7 +41,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use reprise_trace::TraceRecord;
 use tokio::sync::Notify;
 
 use body::ProxyBody;
@@ -81,6 +80,9 @@ pub enum RecordError {
         message: String,
     },
 }
+
+/// How often exchanges gathered for the observation workers are handed on.
+const TICK: Duration = Duration::from_millis(50);
 
 /// A running capture proxy.
 #[derive(Debug)]
@@ -187,8 +189,10 @@ impl Recorder {
         };
         let client = UpstreamClient::for_url(&upstream)?;
         let counters = Arc::new(Counters::default());
-        let (obs_tx, obs_rx) = std_mpsc::sync_channel::<Exchange>(config.queue.max(1));
-        let (row_tx, row_rx) = std_mpsc::sync_channel::<TraceRecord>(65_536);
+        // Both channels carry batches: their bounds in exchanges and rows stay as configured.
+        let (obs_tx, obs_rx) =
+            std_mpsc::sync_channel::<Vec<Exchange>>(config.queue.div_ceil(sink::BATCH).max(1));
+        let (row_tx, row_rx) = std_mpsc::sync_channel::<sink::Rows>(65_536 / sink::BATCH);
         let writer = {
             let (config, counters) = (config.clone(), counters.clone());
             std::thread::Builder::new()
@@ -207,11 +211,18 @@ impl Recorder {
                     .spawn(move || {
                         loop {
                             let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                            let Ok(x) = next else { break };
-                            let row = to_record(x, &opts, false);
-                            counters.latency.observe(&row);
-                            if tx.try_send(row).is_err() {
-                                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                            let Ok(batch) = next else { break };
+                            let rows: sink::Rows = batch
+                                .into_iter()
+                                .map(|x| {
+                                    let row = to_record(x, &opts, false);
+                                    counters.latency.observe(&row);
+                                    row
+                                })
+                                .collect();
+                            let n = rows.len() as u64;
+                            if tx.try_send(rows).is_err() {
+                                counters.dropped.fetch_add(n, Ordering::Relaxed);
                             }
                         }
                     })
@@ -235,7 +246,7 @@ impl Recorder {
             observe: config.observe.clone(),
             max_observed_body: config.max_observed_body,
             counters,
-            obs_tx: Mutex::new(Some(obs_tx)),
+            obs: Mutex::new(sink::Outlet::new(obs_tx, sink::BATCH)),
             row_tx: Mutex::new(Some(row_tx)),
             idle: Notify::new(),
         });
@@ -252,12 +263,16 @@ impl Recorder {
         if let Some(l) = admin_listener {
             accept.push(tokio::spawn(serve(l, shared.clone(), admin::admin)));
         }
-        // A timer always pending: tokio wakes its driver (an eventfd write) whenever a timer
-        // is registered due before every other one, or with no other one pending — each
-        // exchange's header-read and upstream timeouts on an otherwise idle wheel.
-        accept.push(tokio::spawn(async {
+        // The tick: hands on the exchanges gathered for the workers (a row waits at most a
+        // tick for its batch), and is a timer always pending: tokio wakes its driver (an
+        // eventfd write) whenever a timer is registered due before every other one, or with
+        // no other one pending — each exchange's header-read and upstream timeouts on an
+        // otherwise idle wheel.
+        let ticking = shared.sink.clone();
+        accept.push(tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(TICK).await;
+                ticking.flush();
             }
         }));
         Ok(Recorder {

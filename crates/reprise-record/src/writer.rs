@@ -17,7 +17,7 @@ use crate::counters::{Counters, RecordSummary};
 /// Writes rows until every sender is gone, then closes the files.
 pub(crate) fn writer_loop(
     config: RecordConfig,
-    rows: mpsc::Receiver<TraceRecord>,
+    rows: mpsc::Receiver<Vec<TraceRecord>>,
     counters: Arc<Counters>,
 ) -> RecordSummary {
     let options = WriterOptions {
@@ -69,7 +69,7 @@ pub(crate) fn writer_loop(
     loop {
         let msg = rows.recv_timeout(config.flush_interval.min(Duration::from_millis(200)));
         let closed = matches!(msg, Err(mpsc::RecvTimeoutError::Disconnected));
-        if let Ok(mut row) = msg {
+        for mut row in msg.into_iter().flatten() {
             sessions.observe(&mut row);
             if writer.is_none() {
                 writer = open().ok();
