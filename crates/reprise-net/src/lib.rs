@@ -6,8 +6,14 @@
 //! client is built: [`client_builder`] and [`client`] do both. Every crate that talks HTTP
 //! through reqwest (replay, record, monitor, the distributed coordinator and workers)
 //! builds its clients here; a client built with `reqwest::Client::builder()` directly
-//! would panic for want of a provider. Plain `http://` replay traffic does not go through
-//! reqwest at all (the replayer's lean HTTP/1.1 client).
+//! would panic for want of a provider.
+//!
+//! Plain `http://` traffic where every microsecond counts — the replayer's requests, the
+//! capture proxy's forwarding — does not go through reqwest or hyper's pooled client at all
+//! but through [`h1`], a lean HTTP/1.1 client: one buffer written per request on a kept-alive
+//! connection of a pool, the response parsed in place.
+
+pub mod h1;
 
 use std::sync::Once;
 
@@ -35,6 +41,29 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// Whether an I/O error is this process running short (EMFILE, ENFILE, EADDRNOTAVAIL,
+/// ENOBUFS, ENOMEM) rather than anything the target did.
+pub fn client_shortage(e: &std::io::Error) -> bool {
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::OutOfMemory
+    ) {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        use rustix::io::Errno;
+        matches!(
+            Errno::from_io_error(e),
+            Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS)
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +74,22 @@ mod tests {
         let built = client_builder().https_only(true).build();
         assert!(built.is_ok(), "{built:?}");
         assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn shortages_of_this_process_are_the_clients_errors() {
+        use std::io::Error;
+        // EMFILE, ENFILE, EADDRNOTAVAIL, ENOBUFS (Linux numbers).
+        for errno in [24, 23, 99, 105] {
+            assert!(client_shortage(&Error::from_raw_os_error(errno)), "{errno}");
+        }
+        // A refused or reset connection, or a timeout, is the target's.
+        for errno in [111, 104, 110] {
+            assert!(
+                !client_shortage(&Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
     }
 }

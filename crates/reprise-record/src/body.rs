@@ -249,11 +249,7 @@ mod tests {
 
     type Rows = Flat<reprise_trace::TraceRecord>;
 
-    fn tapped(
-        body: &'static str,
-        streamed: bool,
-        status: u16,
-    ) -> (Tap, Flat<Exchange>, Rows) {
+    fn tapped(body: &'static str, streamed: bool, status: u16) -> (Tap, Flat<Exchange>, Rows) {
         let (sink, obs_rx, rows) = sink(8, 8);
         let sink = Arc::new(sink);
         sink.begin();

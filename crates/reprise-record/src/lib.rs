@@ -253,6 +253,8 @@ impl Recorder {
         let shared = Arc::new(Shared {
             config,
             client,
+            base_path: upstream.path().trim_end_matches('/').to_owned(),
+            host: upstream::host_header(&upstream),
             upstream,
             sink,
             next_id: AtomicU64::new(0),

@@ -21,13 +21,17 @@ use crate::body::{ProxyBody, Tap};
 use crate::config::RecordConfig;
 use crate::observe::Exchange;
 use crate::sink::{Pending, Sink};
-use crate::upstream::{UpstreamBody, UpstreamClient, chain, upstream_url};
+use crate::upstream::{UpstreamBody, UpstreamClient, chain, upstream_url, wire_request};
 
 /// What every exchange shares.
 pub(crate) struct Shared {
     pub(crate) config: RecordConfig,
     pub(crate) client: UpstreamClient,
     pub(crate) upstream: reqwest::Url,
+    /// The upstream's path prefix, without its trailing slash.
+    pub(crate) base_path: String,
+    /// The `host` field of requests upstream.
+    pub(crate) host: String,
     pub(crate) sink: Arc<Sink>,
     pub(crate) next_id: AtomicU64,
     /// Prefix of this recorder's request ids.
@@ -166,7 +170,6 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     }
     pending.exchange().body = Some(body.clone());
 
-    let url = upstream_url(&s.upstream, &path_and_query);
     let mut headers = HeaderMap::with_capacity(parts.headers.len());
     for (k, v) in &parts.headers {
         if forwardable(k) && k != header::HOST && k != header::CONTENT_LENGTH {
@@ -174,27 +177,28 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         }
     }
     let sent = match &s.client {
-        UpstreamClient::Plain(client) => {
-            let mut request = Request::builder()
-                .method(parts.method.clone())
-                .uri(url.as_str())
-                .body(http_body_util::Full::new(body));
-            if let Ok(r) = request.as_mut() {
-                *r.headers_mut() = headers;
-            }
-            match request {
-                Ok(request) => {
-                    tokio::time::timeout(s.config.upstream_timeout, client.request(request))
-                        .await
-                        .map(|r| {
-                            r.map(|r| r.map(UpstreamBody::Plain))
-                                .map_err(|e| (false, chain(&e)))
-                        })
-                }
-                Err(e) => Ok(Err((false, e.to_string()))),
-            }
+        UpstreamClient::Plain(target) => {
+            let request = wire_request(
+                &parts.method,
+                &s.base_path,
+                &path_and_query,
+                &s.host,
+                &headers,
+                &body,
+            );
+            let options = reprise_net::h1::RequestOptions {
+                head_only: parts.method == hyper::Method::HEAD,
+                keep_head: true,
+            };
+            tokio::time::timeout(
+                s.config.upstream_timeout,
+                target.send_request(&request, options),
+            )
+            .await
+            .map(|r| r.map(plain_response).map_err(|e| (false, e.to_string())))
         }
         UpstreamClient::Tls(client) => {
+            let url = upstream_url(&s.upstream, &path_and_query);
             let request = client
                 .request(parts.method.clone(), url)
                 .headers(headers)
@@ -246,6 +250,23 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     let tap = Tap::new(s.sink.clone(), upstream_body, x, record, started);
     out.body(ProxyBody::Stream(Box::new(tap)))
         .unwrap_or_else(|e| json_error(StatusCode::BAD_GATEWAY, &format!("reprise record: {e}")))
+}
+
+/// A lean client's response as an HTTP response (header fields that are not valid HTTP
+/// field values are left out).
+fn plain_response(r: reprise_net::h1::Response) -> Response<UpstreamBody> {
+    let mut out = Response::new(());
+    *out.status_mut() = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let headers = out.headers_mut();
+    r.headers(|k, v| {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_bytes(v),
+        ) {
+            headers.append(k, v);
+        }
+    });
+    out.map(|()| UpstreamBody::Plain(r))
 }
 
 /// The upstream could not be reached or did not answer in time: the exchange ends in a

@@ -1,25 +1,26 @@
-//! The upstream side: the client requests are forwarded with (hyper's own for `http://`,
-//! reqwest with rustls for `https://`), its response body, and error messages with their
-//! causes.
+//! The upstream side: the client requests are forwarded with (the lean HTTP/1.1 client of
+//! `reprise-net` for `http://`, reqwest with rustls for `https://`), its response body, and
+//! error messages with their causes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
+use reprise_net::h1;
 
 use crate::RecordError;
 
-/// The client to the upstream: hyper's own for `http://` (no layer between the proxy and
-/// the connection pool), reqwest for `https://` (rustls).
+/// The client to the upstream: the lean HTTP/1.1 client for `http://` (the request written
+/// in one call on a kept-alive connection, the response read in the exchange's own task: no
+/// connection task and no channel between them), reqwest for `https://` (rustls).
 pub(crate) enum UpstreamClient {
-    Plain(Box<hyper_util::client::legacy::Client<HttpConnector, http_body_util::Full<Bytes>>>),
+    Plain(Arc<h1::Target>),
     Tls(reqwest::Client),
 }
 
 /// An upstream response body, from either client.
 pub(crate) enum UpstreamBody {
-    Plain(Incoming),
+    Plain(h1::Response),
     Tls(reqwest::Body),
 }
 
@@ -33,9 +34,11 @@ impl http_body::Body for UpstreamBody {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, String>>> {
         // Errors become their messages (the tap classes them as a broken stream).
         match self.get_mut() {
-            UpstreamBody::Plain(b) => std::pin::Pin::new(b)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(|e| e.to_string()))),
+            UpstreamBody::Plain(r) => r.poll_chunk(cx).map(|c| match c {
+                Ok(Some(data)) => Some(Ok(http_body::Frame::data(data))),
+                Ok(None) => None,
+                Err(e) => Some(Err(e.to_string())),
+            }),
             UpstreamBody::Tls(b) => std::pin::Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(|e| e.to_string()))),
@@ -44,7 +47,7 @@ impl http_body::Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Plain(b) => b.is_end_stream(),
+            UpstreamBody::Plain(r) => r.is_finished(),
             UpstreamBody::Tls(b) => b.is_end_stream(),
         }
     }
@@ -68,15 +71,9 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 impl UpstreamClient {
     /// The client for an upstream URL's scheme.
     pub(crate) fn for_url(upstream: &reqwest::Url) -> Result<UpstreamClient, RecordError> {
-        Ok(if upstream.scheme() == "http" {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            connector.set_connect_timeout(Some(Duration::from_secs(10)));
-            UpstreamClient::Plain(Box::new(
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .pool_timer(hyper_util::rt::TokioTimer::new())
-                    .pool_idle_timeout(Duration::from_secs(3))
-                    .build(connector),
+        Ok(if let Some(target) = h1::Target::new(upstream, &[]) {
+            UpstreamClient::Plain(Arc::new(
+                target.with_connect_timeout(Duration::from_secs(10)),
             ))
         } else {
             UpstreamClient::Tls(
@@ -89,6 +86,60 @@ impl UpstreamClient {
             )
         })
     }
+}
+
+/// The `host` field for requests to `upstream`: its host, and its port when the URL names
+/// one.
+pub(crate) fn host_header(upstream: &reqwest::Url) -> String {
+    let host = upstream.host_str().unwrap_or_default();
+    match upstream.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    }
+}
+
+/// A request for the lean client, as it goes on the wire: `method`, the upstream's path
+/// prefix (`base`, no trailing slash) then the client's path and query, `host`, the
+/// `headers` given (the caller has left out hop-by-hop fields, `host` and `content-length`),
+/// a content length unless the body is empty on a method that has none, and the body.
+pub(crate) fn wire_request(
+    method: &hyper::Method,
+    base: &str,
+    path_and_query: &str,
+    host: &str,
+    headers: &hyper::HeaderMap,
+    body: &[u8],
+) -> Vec<u8> {
+    let fields: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    let mut out = Vec::with_capacity(64 + base.len() + path_and_query.len() + fields + body.len());
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(base.as_bytes());
+    out.extend_from_slice(path_and_query.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (k, v) in headers {
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let bodiless = matches!(
+        *method,
+        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::DELETE | hyper::Method::OPTIONS
+    );
+    if !(body.is_empty() && bodiless) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
 }
 
 /// The upstream URL of a request: the upstream's path prefix, then the request's path and
@@ -120,6 +171,36 @@ mod tests {
             upstream_url(&bare, "/v1/models").as_str(),
             "http://h:8000/v1/models"
         );
+    }
+
+    #[test]
+    fn wire_requests_are_exact() {
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("authorization", "Bearer k".parse().unwrap());
+        headers.append("x-tag", "a".parse().unwrap());
+        headers.append("x-tag", "b".parse().unwrap());
+        let up = reqwest::Url::parse("http://h:8000/llm/").unwrap();
+        let r = wire_request(
+            &hyper::Method::POST,
+            "/llm",
+            "/v1/completions?x=1",
+            &host_header(&up),
+            &headers,
+            b"{}",
+        );
+        assert_eq!(
+            String::from_utf8(r).unwrap(),
+            "POST /llm/v1/completions?x=1 HTTP/1.1\r\nhost: h:8000\r\n\
+             authorization: Bearer k\r\nx-tag: a\r\nx-tag: b\r\ncontent-length: 2\r\n\r\n{}"
+        );
+        // No body on a method without one: no length. An empty POST says 0.
+        let none = hyper::HeaderMap::new();
+        let bare = reqwest::Url::parse("http://h/").unwrap();
+        let get = wire_request(&hyper::Method::GET, "", "/v1/models", "h", &none, b"");
+        assert_eq!(get, b"GET /v1/models HTTP/1.1\r\nhost: h\r\n\r\n");
+        assert_eq!(host_header(&bare), "h");
+        let post = wire_request(&hyper::Method::POST, "", "/x", "h", &none, b"");
+        assert!(post.ends_with(b"content-length: 0\r\n\r\n"));
     }
 
     #[test]

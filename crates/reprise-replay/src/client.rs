@@ -203,28 +203,7 @@ fn closed_before_response(e: &reqwest::Error) -> bool {
 /// failures, since a faster target would not have avoided it.
 pub const CLIENT_ERROR: &str = "client";
 
-/// Whether an I/O error is this process running short (EMFILE, ENFILE, EADDRNOTAVAIL,
-/// ENOBUFS, ENOMEM) rather than anything the target did.
-pub fn client_shortage(e: &std::io::Error) -> bool {
-    if matches!(
-        e.kind(),
-        std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::OutOfMemory
-    ) {
-        return true;
-    }
-    #[cfg(unix)]
-    {
-        use rustix::io::Errno;
-        matches!(
-            Errno::from_io_error(e),
-            Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS)
-        )
-    }
-    #[cfg(not(unix))]
-    {
-        false
-    }
-}
+pub use reprise_net::client_shortage;
 
 fn transport_kind(e: &reqwest::Error) -> &'static str {
     let mut src = std::error::Error::source(e);
@@ -263,16 +242,16 @@ pub enum Transport<'a> {
         headers: &'a reqwest::header::HeaderMap,
     },
     /// The lean HTTP/1.1 path for plain-http targets (headers are part of the target).
-    H1(&'a crate::h1::Target),
+    H1(&'a std::sync::Arc<crate::h1::Target>),
 }
 
 /// A response being read, whichever the transport.
-enum Response<'t> {
+enum Response {
     Reqwest(reqwest::Response),
-    H1(crate::h1::Response<'t>),
+    H1(crate::h1::Response),
 }
 
-impl Response<'_> {
+impl Response {
     fn status(&self) -> u16 {
         match self {
             Response::Reqwest(r) => r.status().as_u16(),
@@ -528,23 +507,6 @@ mod tests {
                     );
                 }
             }
-        }
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn shortages_of_this_process_are_the_clients_errors() {
-        use std::io::Error;
-        // EMFILE, ENFILE, EADDRNOTAVAIL, ENOBUFS (Linux numbers).
-        for errno in [24, 23, 99, 105] {
-            assert!(client_shortage(&Error::from_raw_os_error(errno)), "{errno}");
-        }
-        // A refused or reset connection, or a timeout, is the target's.
-        for errno in [111, 104, 110] {
-            assert!(
-                !client_shortage(&Error::from_raw_os_error(errno)),
-                "{errno}"
-            );
         }
     }
 

@@ -36,7 +36,7 @@ pub mod config;
 pub mod events;
 pub mod execute;
 pub mod gate;
-pub mod h1;
+pub use reprise_net::h1;
 pub mod live;
 pub mod load;
 mod open;

@@ -132,7 +132,7 @@ pub(crate) async fn send_job(mut job: Job, ctx: Arc<SendCtx>) -> std::time::Inst
     let started = std::time::Instant::now();
     let body = std::mem::take(&mut job.body);
     let transport = match (
-        ctx.lean.get(job.target).and_then(Option::as_deref),
+        ctx.lean.get(job.target).and_then(Option::as_ref),
         &ctx.client,
     ) {
         (Some(target), _) => client::Transport::H1(target),

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use reprise_replay::h1::{H1Error, Target};
+use reprise_net::h1::{H1Error, RequestOptions, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -73,7 +73,7 @@ async fn server(
     (url, accepted, last)
 }
 
-async fn body_of(target: &Target, req: &[u8]) -> Result<(u16, Vec<u8>), H1Error> {
+async fn body_of(target: &Arc<Target>, req: &[u8]) -> Result<(u16, Vec<u8>), H1Error> {
     let mut r = target.send(req).await?;
     let status = r.status();
     let mut all = Vec::new();
@@ -90,11 +90,13 @@ async fn kept_alive_connections_are_reused_and_requests_are_exact() {
         false,
     )
     .await;
-    let target = Target::new(
-        &url.parse().unwrap(),
-        &[("authorization".into(), "Bearer k".into())],
-    )
-    .unwrap();
+    let target = Arc::new(
+        Target::new(
+            &url.parse().unwrap(),
+            &[("authorization".into(), "Bearer k".into())],
+        )
+        .unwrap(),
+    );
     for _ in 0..20 {
         let (status, body) = body_of(&target, b"{\"prompt\":\"hi\"}").await.unwrap();
         assert_eq!((status, body.as_slice()), (200, &b"{\"ok\":true}"[..]));
@@ -122,7 +124,7 @@ async fn a_server_that_closes_silently_after_each_response_costs_no_request() {
         true,
     )
     .await;
-    let target = Target::new(&url.parse().unwrap(), &[]).unwrap();
+    let target = Arc::new(Target::new(&url.parse().unwrap(), &[]).unwrap());
     for _ in 0..10 {
         let (_, body) = body_of(&target, b"{}").await.unwrap();
         assert_eq!(body, b"hello");
@@ -139,7 +141,7 @@ async fn bodies_read_to_close_and_connection_close_are_not_pooled() {
         true,
     )
     .await;
-    let target = Target::new(&url.parse().unwrap(), &[]).unwrap();
+    let target = Arc::new(Target::new(&url.parse().unwrap(), &[]).unwrap());
     for _ in 0..3 {
         let (_, body) = body_of(&target, b"{}").await.unwrap();
         assert_eq!(body, b"data: [DONE]\n\n");
@@ -152,7 +154,7 @@ async fn bodies_read_to_close_and_connection_close_are_not_pooled() {
         false,
     )
     .await;
-    let target = Target::new(&url.parse().unwrap(), &[]).unwrap();
+    let target = Arc::new(Target::new(&url.parse().unwrap(), &[]).unwrap());
     for _ in 0..3 {
         assert_eq!(
             body_of(&target, b"{}").await.unwrap(),
@@ -169,25 +171,96 @@ async fn broken_bodies_and_heads_are_errors_of_their_class() {
         true,
     )
     .await;
-    let target = Target::new(&url.parse().unwrap(), &[]).unwrap();
+    let target = Arc::new(Target::new(&url.parse().unwrap(), &[]).unwrap());
     assert!(matches!(
         body_of(&target, b"{}").await,
         Err(H1Error::Body(_))
     ));
 
     let (url, _, _) = server(b"SMTP ready\r\n\r\n", true).await;
-    let target = Target::new(&url.parse().unwrap(), &[]).unwrap();
+    let target = Arc::new(Target::new(&url.parse().unwrap(), &[]).unwrap());
     assert!(matches!(
         body_of(&target, b"{}").await,
         Err(H1Error::Protocol(_))
     ));
 
     let (url, _, _) = server(b"", true).await;
-    let target = Target::new(&url.parse().unwrap(), &[]).unwrap();
+    let target = Arc::new(Target::new(&url.parse().unwrap(), &[]).unwrap());
     let e = body_of(&target, b"{}").await.unwrap_err();
     assert!(
         matches!(&e, H1Error::Transport(m) if m.contains("closed the connection before")),
         "{e}"
     );
     assert!(Target::new(&"https://x/".parse().unwrap(), &[]).is_none());
+}
+
+#[tokio::test]
+async fn caller_formatted_requests_give_their_header_fields_and_reuse_the_pool() {
+    let (url, accepted, last) = server(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nx-request-id: abc\r\n\
+          transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        false,
+    )
+    .await;
+    let target = Arc::new(
+        Target::new(&url.parse().unwrap(), &[])
+            .unwrap()
+            .with_connect_timeout(std::time::Duration::from_secs(5)),
+    );
+    assert_eq!(format!("http://{}/v1/completions", target.authority()), url);
+    let keep = RequestOptions {
+        keep_head: true,
+        ..RequestOptions::default()
+    };
+    for i in 0..3 {
+        let request = format!(
+            "POST /llm/v1/chat/completions?x={i} HTTP/1.1\r\nhost: up\r\nx-session: s\r\n\
+             content-length: 2\r\n\r\n{{}}"
+        );
+        let mut r = target.send_request(request.as_bytes(), keep).await.unwrap();
+        let mut fields = Vec::new();
+        r.headers(|k, v| fields.push(format!("{k}={}", String::from_utf8_lossy(v))));
+        assert_eq!(
+            fields,
+            [
+                "content-type=text/event-stream",
+                "x-request-id=abc",
+                "transfer-encoding=chunked"
+            ]
+        );
+        // Read by polling, as a response body is.
+        let mut body = Vec::new();
+        while let Some(c) = std::future::poll_fn(|cx| r.poll_chunk(cx)).await.unwrap() {
+            body.extend_from_slice(&c);
+        }
+        assert!(r.is_finished());
+        assert_eq!(body, b"hello");
+        assert_eq!(*last.lock().unwrap(), request);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(target.idle(), 1);
+}
+
+#[tokio::test]
+async fn a_response_to_head_has_no_body_whatever_its_length_says() {
+    let (url, accepted, _) =
+        server(b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n", false).await;
+    let target = Arc::new(Target::new(&url.parse().unwrap(), &[]).unwrap());
+    let head = RequestOptions {
+        head_only: true,
+        ..RequestOptions::default()
+    };
+    for _ in 0..3 {
+        let mut r = target
+            .send_request(b"HEAD /v1/models HTTP/1.1\r\nhost: up\r\n\r\n", head)
+            .await
+            .unwrap();
+        // Without keep_head, no header fields are kept.
+        let mut n = 0;
+        r.headers(|_, _| n += 1);
+        assert_eq!((r.status(), n), (200, 0));
+        assert!(r.chunk().await.unwrap().is_none());
+    }
+    // The connection went back to the pool each time.
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }

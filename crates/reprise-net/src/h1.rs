@@ -1,4 +1,5 @@
-//! A lean HTTP/1.1 client for plain `http://` targets, the replayer's fast path.
+//! A lean HTTP/1.1 client for plain `http://` targets: the replayer's requests and the
+//! capture proxy's forwarding.
 //!
 //! A replay sends the same request head to the same target thousands of times a second, so
 //! everything that does not change is formatted once per target ([`Target::new`]): request
@@ -6,7 +7,9 @@
 //! length, body) written in one call on a kept-alive connection of the sender's own pool,
 //! and the response is parsed in place (`httparse`) and its body decoded (content-length,
 //! chunked or read-to-close) as it arrives, each network read handed to the caller as it
-//! comes so that SSE events can be stamped on arrival.
+//! comes so that SSE events can be stamped on arrival. The capture proxy formats each
+//! request itself ([`Target::send_request`]) and reads the response's header fields
+//! ([`Response::headers`]) and its body by polling ([`Response::poll_chunk`]).
 //!
 //! A pool belongs to one runtime (its sockets are registered with that runtime's reactor).
 //! Before a pooled connection is reused it is checked without blocking for an end of file
@@ -17,7 +20,9 @@
 //! TLS targets and proxies (`HTTP_PROXY`, `ALL_PROXY`) go through `reqwest` instead.
 
 use std::io::ErrorKind;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,6 +60,17 @@ pub struct Target {
     /// Everything of the request head up to the content length's value.
     head: Vec<u8>,
     idle: Mutex<Vec<Conn>>,
+    /// Longest wait for a new connection (`None`: the system's).
+    connect_timeout: Option<Duration>,
+}
+
+/// How a request formatted by the caller is sent ([`Target::send_request`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestOptions {
+    /// The request is a `HEAD`: its response has no body, whatever its head says.
+    pub head_only: bool,
+    /// Keep the response head, to read its header fields ([`Response::headers`]).
+    pub keep_head: bool,
 }
 
 #[derive(Debug)]
@@ -95,7 +111,19 @@ impl Target {
             authority,
             head: head.into_bytes(),
             idle: Mutex::new(Vec::new()),
+            connect_timeout: None,
         })
+    }
+
+    /// Gives up connecting after `timeout`.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Target {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// `host:port`, what is connected to.
+    pub fn authority(&self) -> &str {
+        &self.authority
     }
 
     /// Idle connections now in the pool.
@@ -125,9 +153,19 @@ impl Target {
     }
 
     async fn connect(&self) -> Result<Conn, H1Error> {
-        let stream = TcpStream::connect(&self.authority).await.map_err(|e| {
+        let connecting = TcpStream::connect(&self.authority);
+        let connected = match self.connect_timeout {
+            Some(t) => tokio::time::timeout(t, connecting).await.map_err(|_| {
+                H1Error::Transport(format!(
+                    "connecting to {}: no answer within {t:?}",
+                    self.authority
+                ))
+            })?,
+            None => connecting.await,
+        };
+        let stream = connected.map_err(|e| {
             let message = format!("connecting to {}: {e}", self.authority);
-            if crate::client::client_shortage(&e) {
+            if crate::client_shortage(&e) {
                 H1Error::Client(message)
             } else {
                 H1Error::Transport(message)
@@ -142,16 +180,26 @@ impl Target {
         })
     }
 
-    /// Sends `body` and reads the response head. The body of the response is read with
-    /// [`Response::chunk`].
-    pub async fn send(&self, body: &[u8]) -> Result<Response<'_>, H1Error> {
+    /// Sends `body` with the target's own request head and reads the response head. The
+    /// body of the response is read with [`Response::chunk`].
+    pub async fn send(self: &Arc<Self>, body: &[u8]) -> Result<Response, H1Error> {
         let mut request = Vec::with_capacity(self.head.len() + 24 + body.len());
         request.extend_from_slice(&self.head);
         request.extend_from_slice(body.len().to_string().as_bytes());
         request.extend_from_slice(b"\r\n\r\n");
         request.extend_from_slice(body);
+        self.send_request(&request, RequestOptions::default()).await
+    }
+
+    /// Sends `request`, a whole HTTP/1.1 request as it goes on the wire (head and body,
+    /// formatted by the caller), and reads the response head.
+    pub async fn send_request(
+        self: &Arc<Self>,
+        request: &[u8],
+        options: RequestOptions,
+    ) -> Result<Response, H1Error> {
         if let Some(conn) = self.checkout() {
-            match self.exchange(conn, &request).await {
+            match self.exchange(conn, request, options).await {
                 Ok(r) => return Ok(r),
                 // The server closed the kept-alive connection as the request went out:
                 // once more on a new one.
@@ -160,16 +208,19 @@ impl Target {
             }
         }
         let conn = self.connect().await?;
-        self.exchange(conn, &request).await.map_err(|(e, _)| e)
+        self.exchange(conn, request, options)
+            .await
+            .map_err(|(e, _)| e)
     }
 
     /// Writes the request and reads the head. On error, says whether any byte of the
     /// response had arrived.
     async fn exchange(
-        &self,
+        self: &Arc<Self>,
         mut conn: Conn,
         request: &[u8],
-    ) -> Result<Response<'_>, (H1Error, bool)> {
+        options: RequestOptions,
+    ) -> Result<Response, (H1Error, bool)> {
         conn.stream.write_all(request).await.map_err(|e| {
             (
                 H1Error::Transport(format!("sending to {}: {e}", self.authority)),
@@ -208,17 +259,27 @@ impl Target {
                 // `100 Continue` and other interim responses: skip.
                 Head::Interim(len) => conn.buf.advance(len),
                 Head::Complete(h) => {
+                    let head = options.keep_head.then(|| conn.buf[..h.len].to_vec());
                     conn.buf.advance(h.len);
-                    let framing = h.framing();
-                    return Ok(Response {
-                        target: self,
+                    let framing = if options.head_only {
+                        Framing::Length(0)
+                    } else {
+                        h.framing()
+                    };
+                    let mut response = Response {
+                        target: self.clone(),
                         conn: Some(conn),
                         status: h.status,
                         framing,
                         keep_alive: h.keep_alive,
                         out: BytesMut::new(),
                         finished: false,
-                    });
+                        head,
+                    };
+                    if response.framing == Framing::Length(0) {
+                        response.finish(true);
+                    }
+                    return Ok(response);
                 }
             }
         }
@@ -227,14 +288,16 @@ impl Target {
 
 /// A response whose head has been read.
 #[derive(Debug)]
-pub struct Response<'t> {
-    target: &'t Target,
+pub struct Response {
+    target: Arc<Target>,
     conn: Option<Conn>,
     status: u16,
     framing: Framing,
     keep_alive: bool,
     out: BytesMut,
     finished: bool,
+    /// The head's bytes, when asked to keep them.
+    head: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,35 +321,59 @@ enum Chunked {
     Trailer,
 }
 
-impl Response<'_> {
+impl Response {
     /// The status code.
     pub fn status(&self) -> u16 {
         self.status
+    }
+
+    /// Calls `f` with each header field of the response head (name, value), in order.
+    /// Only for a response sent with [`RequestOptions::keep_head`]; otherwise none.
+    pub fn headers(&self, mut f: impl FnMut(&str, &[u8])) {
+        let Some(head) = &self.head else { return };
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut r = httparse::Response::new(&mut headers);
+        // It parsed before.
+        if r.parse(head).is_ok() {
+            for h in r.headers.iter() {
+                f(h.name, h.value);
+            }
+        }
+    }
+
+    /// Whether the whole body has been read.
+    pub fn is_finished(&self) -> bool {
+        self.finished || self.conn.is_none()
     }
 
     /// The body bytes that arrived with the next network read (decoded from chunked
     /// framing), or `None` at the end of the body. At the end a connection that can be
     /// kept alive goes back to the pool.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, H1Error> {
+        std::future::poll_fn(|cx| self.poll_chunk(cx)).await
+    }
+
+    /// [`Response::chunk`], polled.
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, H1Error>> {
         loop {
             if self.finished {
-                return Ok(None);
+                return Poll::Ready(Ok(None));
             }
             let Some(conn) = self.conn.as_mut() else {
-                return Ok(None);
+                return Poll::Ready(Ok(None));
             };
             decode(&mut self.framing, &mut conn.buf, &mut self.out)?;
             if self.framing == Framing::Length(0) {
                 self.finish(true);
             }
             if !self.out.is_empty() {
-                return Ok(Some(self.out.split().freeze()));
+                return Poll::Ready(Ok(Some(self.out.split().freeze())));
             }
             if self.finished {
-                return Ok(None);
+                return Poll::Ready(Ok(None));
             }
             let conn = self.conn.as_mut().expect("a connection until finished");
-            let n = conn.stream.read_buf(&mut conn.buf).await.map_err(|e| {
+            let n = ready!(poll_fill(&conn.stream, &mut conn.buf, cx)).map_err(|e| {
                 H1Error::Body(format!("reading from {}: {e}", self.target.authority))
             })?;
             if n == 0 {
@@ -294,10 +381,10 @@ impl Response<'_> {
                     self.finish(false);
                     continue;
                 }
-                return Err(H1Error::Body(format!(
+                return Poll::Ready(Err(H1Error::Body(format!(
                     "{} closed the connection in the middle of the body",
                     self.target.authority
-                )));
+                ))));
             }
         }
     }
@@ -403,6 +490,24 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut, out: &mut BytesMut) -> Resu
                     }
                 }
             },
+        }
+    }
+}
+
+/// Reads what the socket holds into `buf`, waiting for it to be readable.
+fn poll_fill(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(8 * 1024);
+    }
+    loop {
+        ready!(stream.poll_read_ready(cx))?;
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
+            r => return Poll::Ready(r),
         }
     }
 }
