@@ -25,7 +25,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Longest response head accepted.
@@ -134,6 +134,13 @@ impl Target {
     fn checkout(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(conn) = idle.pop() {
+            // Nothing arrived since the last read drained the socket (the reactor saw no
+            // event): no system call to check. A close the reactor has not seen yet shows
+            // up as a failure before the response, and the request goes once more.
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            if conn.stream.poll_read_ready(&mut cx).is_pending() {
+                return Some(conn);
+            }
             // An idle connection has nothing to read: an end of file (or anything else)
             // means the server is done with it.
             let mut probe = [0u8; 1];
@@ -229,13 +236,15 @@ impl Target {
         })?;
         conn.buf.clear();
         loop {
-            let n = conn.stream.read_buf(&mut conn.buf).await.map_err(|e| {
-                let started = !conn.buf.is_empty();
-                (
-                    H1Error::Transport(format!("reading from {}: {e}", self.authority)),
-                    started,
-                )
-            })?;
+            let n = std::future::poll_fn(|cx| poll_fill(&conn.stream, &mut conn.buf, cx))
+                .await
+                .map_err(|e| {
+                    let started = !conn.buf.is_empty();
+                    (
+                        H1Error::Transport(format!("reading from {}: {e}", self.authority)),
+                        started,
+                    )
+                })?;
             if n == 0 {
                 let started = !conn.buf.is_empty();
                 return Err((
@@ -495,6 +504,12 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut, out: &mut BytesMut) -> Resu
 }
 
 /// Reads what the socket holds into `buf`, waiting for it to be readable.
+///
+/// A read that leaves room in the buffer took everything the socket held, so the
+/// readiness is cleared then and there, as nginx does: the next wait goes straight to the
+/// reactor instead of first reading `EAGAIN` (one system call fewer per network read).
+/// Safe with the reactor's edge-triggered events: data arriving after that read raises a
+/// new event, which sets the readiness again.
 fn poll_fill(
     stream: &TcpStream,
     buf: &mut BytesMut,
@@ -503,10 +518,17 @@ fn poll_fill(
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(8 * 1024);
     }
+    let room = buf.capacity() - buf.len();
     loop {
         ready!(stream.poll_read_ready(cx))?;
         match stream.try_read_buf(buf) {
             Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
+            Ok(n) if n > 0 && n < room => {
+                let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+                    Err::<(), _>(ErrorKind::WouldBlock.into())
+                });
+                return Poll::Ready(Ok(n));
+            }
             r => return Poll::Ready(r),
         }
     }

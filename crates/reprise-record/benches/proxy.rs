@@ -69,16 +69,49 @@ async fn one(sender: &mut Sender, addr: &str, path: &str) -> (f64, Vec<f64>) {
     (ttft.expect("data").as_secs_f64() * 1e6, delays)
 }
 
+/// One way to the upstream and what was measured through it.
+struct Side {
+    name: &'static str,
+    addr: String,
+    ttft: Vec<f64>,
+    delay: Vec<f64>,
+    rate: Vec<f64>,
+}
+
+impl Side {
+    fn new(name: &'static str, addr: &str) -> Side {
+        Side {
+            name,
+            addr: addr.to_owned(),
+            ttft: Vec::new(),
+            delay: Vec::new(),
+            rate: Vec::new(),
+        }
+    }
+
+    /// TTFT p50, p99, delay p50, p99, mean req/s.
+    fn stats(&mut self) -> [f64; 5] {
+        [
+            pct(&mut self.ttft, 0.5),
+            pct(&mut self.ttft, 0.99),
+            pct(&mut self.delay, 0.5),
+            pct(&mut self.delay, 0.99),
+            self.rate.iter().sum::<f64>() / self.rate.len() as f64,
+        ]
+    }
+}
+
 fn pct(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
-async fn latency(addr: &str, n: usize) -> (Vec<f64>, Vec<f64>) {
+/// `n` requests one after another on one connection: their TTFTs and event delays.
+async fn latency(addr: &str, path: &str, n: usize) -> (Vec<f64>, Vec<f64>) {
     let mut sender = connect(addr).await;
     let (mut ttfts, mut delays) = (Vec::new(), Vec::new());
     for _ in 0..n {
-        let (t, d) = one(&mut sender, addr, "/paced/v1/chat/completions").await;
+        let (t, d) = one(&mut sender, addr, path).await;
         ttfts.push(t);
         delays.extend(d);
     }
@@ -164,12 +197,7 @@ fn main() {
         .expect("address");
     let upstream = line.trim().to_owned();
 
-    // The proxy on a runtime of its own.
-    let proxy_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    // The proxy on a thread and runtime of its own.
     let dir = tempfile::tempdir().expect("dir");
     let config = RecordConfig::new(
         "127.0.0.1:0".parse().expect("addr"),
@@ -177,108 +205,130 @@ fn main() {
         dir.path().join("capture"),
         Salt::from_bytes(b"bench"),
     );
-    let recorder = proxy_rt.block_on(Recorder::start(config)).expect("proxy");
-    let proxy = recorder.addr().to_string();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let proxy_thread = std::thread::spawn(move || {
+        let rt = if std::env::var_os("BENCH_MT").is_some() {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
+        .expect("runtime");
+        rt.block_on(async move {
+            let recorder = Recorder::start(config).await.expect("proxy");
+            addr_tx.send(recorder.addr()).expect("address");
+            let _ = stop_rx.await;
+            recorder.shutdown().await
+        })
+    });
+    let proxy = addr_rx.recv().expect("proxy address").to_string();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     println!(
-        "# capture proxy overhead (2-core machine; upstream in a child process, proxy on 1 worker thread, client on 1 thread)\n"
+        "# capture proxy overhead (2-core machine; upstream in a child process, proxy on 1 thread ({}), nginx 1 worker, client on 1 thread)\n",
+        if std::env::var_os("BENCH_MT").is_some() {
+            "tokio multi-thread, 1 worker"
+        } else {
+            "tokio current-thread"
+        }
     );
     let nginx = start_nginx(dir.path(), &upstream);
-    let n = 500;
-    // Interleaved rounds, so every side sees the same machine.
-    let (mut d_ttft, mut d_delay, mut p_ttft, mut p_delay) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut n_ttft, mut n_delay) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
-        let (t, d) = rt.block_on(latency(&upstream, n / 5));
-        d_ttft.extend(t);
-        d_delay.extend(d);
-        let (t, d) = rt.block_on(latency(&proxy, n / 5));
-        p_ttft.extend(t);
-        p_delay.extend(d);
-        if let Some((_, addr)) = &nginx {
-            let (t, d) = rt.block_on(latency(addr, n / 5));
-            n_ttft.extend(t);
-            n_delay.extend(d);
+    let mut sides = vec![
+        Side::new("direct", &upstream),
+        Side::new("reprise record", &proxy),
+    ];
+    if let Some((_, addr)) = &nginx {
+        sides.push(Side::new("nginx", addr));
+    }
+    // Interleaved rounds, so that every side sees the same machine.
+    // TTFT: unpaced streams one after another (the first event comes with the head).
+    for _ in 0..10 {
+        for side in &mut sides {
+            let (t, _) = rt.block_on(latency(&side.addr, "/v1/chat/completions", 200));
+            side.ttft.extend(t);
         }
     }
-    let (dt50, dt99, pt50, pt99) = (
-        pct(&mut d_ttft, 0.5),
-        pct(&mut d_ttft, 0.99),
-        pct(&mut p_ttft, 0.5),
-        pct(&mut p_ttft, 0.99),
+    // Per-event delay: streams whose events come 1 ms apart.
+    for _ in 0..5 {
+        for side in &mut sides {
+            let (_, d) = rt.block_on(latency(&side.addr, "/paced/v1/chat/completions", 60));
+            side.delay.extend(d);
+        }
+    }
+    // Throughput: closed loop, 32 connections, responses sent at once.
+    for _ in 0..3 {
+        for side in &mut sides {
+            side.rate.push(rt.block_on(throughput(&side.addr, 32, 1.5)));
+        }
+    }
+    let stats: Vec<[f64; 5]> = sides.iter_mut().map(Side::stats).collect();
+    let d = stats[0];
+    println!(
+        "| {} sequential streams for TTFT, {} paced events; 3 × 1.5 s closed loop, 32 connections | {} |",
+        sides[0].ttft.len(),
+        sides[0].delay.len(),
+        sides.iter().map(|s| s.name).collect::<Vec<_>>().join(" | ")
     );
-    let (dd50, dd99, pd50, pd99) = (
-        pct(&mut d_delay, 0.5),
-        pct(&mut d_delay, 0.99),
-        pct(&mut p_delay, 0.5),
-        pct(&mut p_delay, 0.99),
+    println!("|---|{}", "---:|".repeat(sides.len()));
+    let names = [
+        "TTFT p50 (µs)",
+        "TTFT p99 (µs)",
+        "per-event delay p50 (µs)",
+        "per-event delay p99 (µs)",
+        "req/s (mean of rounds)",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let cells: Vec<String> = stats.iter().map(|s| format!("{:.0}", s[i])).collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    }
+    let p = stats[1];
+    println!("\n| reprise record | added over direct | target |\n|---|---:|---|");
+    println!(
+        "| TTFT p50 / p99 | {:.0} / {:.0} µs | |",
+        p[0] - d[0],
+        p[1] - d[1]
     );
     println!(
-        "| {n} paced streams | direct p50 / p99 | through the proxy p50 / p99 | added p50 / p99 | target |"
+        "| per-event delay p50 / p99 | {:.0} / {:.0} µs | |",
+        p[2] - d[2],
+        p[3] - d[3]
     );
-    println!("|---|---|---|---|---|");
-    println!(
-        "| TTFT | {dt50:.0} / {dt99:.0} µs | {pt50:.0} / {pt99:.0} µs | {:.0} / {:.0} µs | p99 ≤ 200 µs |",
-        pt50 - dt50,
-        pt99 - dt99
-    );
-    println!(
-        "| per-event delay (receive − send) | {dd50:.0} / {dd99:.0} µs | {pd50:.0} / {pd99:.0} µs | {:.0} / {:.0} µs | p99 ≤ 50 µs |",
-        pd50 - dd50,
-        pd99 - dd99
-    );
-    if !n_ttft.is_empty() {
-        let (nt50, nt99, nd50, nd99) = (
-            pct(&mut n_ttft, 0.5),
-            pct(&mut n_ttft, 0.99),
-            pct(&mut n_delay, 0.5),
-            pct(&mut n_delay, 0.99),
+    if let Some(n) = stats.get(2) {
+        let ratio = |i: usize| (p[i] - d[i]) / (n[i] - d[i]);
+        println!(
+            "\n| reprise record / nginx | ratio | target |\n|---|---:|---|\n\
+             | added TTFT p50 | {:.2} | ≤ 1.2 |\n| added TTFT p99 | {:.2} | ≤ 1.2 |\n\
+             | added per-event delay p99 | {:.2} | ≤ 1.2 |\n| throughput | {:.2} | ≥ 0.80 |",
+            ratio(0),
+            ratio(1),
+            ratio(3),
+            p[4] / n[4]
         );
         println!(
-            "\n| through nginx (the baseline) | p50 / p99 | added p50 / p99 | reprise's added / nginx's added, p50 / p99 (target ≤ 1.2) |"
-        );
-        println!("|---|---|---|---|");
-        println!(
-            "| TTFT | {nt50:.0} / {nt99:.0} µs | {:.0} / {:.0} µs | {:.2} / {:.2} |",
-            nt50 - dt50,
-            nt99 - dt99,
-            (pt50 - dt50) / (nt50 - dt50),
-            (pt99 - dt99) / (nt99 - dt99)
-        );
-        println!(
-            "| per-event delay | {nd50:.0} / {nd99:.0} µs | {:.0} / {:.0} µs | {:.2} / {:.2} |",
-            nd50 - dd50,
-            nd99 - dd99,
-            (pd50 - dd50) / (nd50 - dd50),
-            (pd99 - dd99) / (nd99 - dd99)
+            "(nginx added: TTFT {:.0} / {:.0} µs, per-event delay {:.0} / {:.0} µs)",
+            n[0] - d[0],
+            n[1] - d[1],
+            n[2] - d[2],
+            n[3] - d[3]
         );
     } else {
         println!("\nnginx not installed (Debian: nginx-light): no baseline proxy in this run");
     }
-    let direct = rt.block_on(throughput(&upstream, 32, 3.0));
-    let through = rt.block_on(throughput(&proxy, 32, 3.0));
-    let via_nginx = nginx
-        .as_ref()
-        .map(|(_, addr)| rt.block_on(throughput(addr, 32, 3.0)));
-    println!("\n| closed loop, 32 connections, 3 s | req/s |\n|---|---:|");
-    println!(
-        "| direct | {direct:.0} |\n| through the proxy (recording every request) | {through:.0} |"
-    );
-    if let Some(v) = via_nginx {
-        println!("| through nginx (one worker, no recording) | {v:.0} |");
-        println!("proxy / nginx: {:.2} (target ≥ 0.80)", through / v);
-    }
-    println!("proxy / direct: {:.2}", through / direct);
+    println!("proxy / direct throughput: {:.2}", p[4] / d[4]);
     if let Some((mut child, _)) = nginx {
         let _ = child.kill();
         let _ = child.wait();
     }
-    let summary = proxy_rt.block_on(recorder.shutdown());
+    let _ = stop_tx.send(());
+    let summary = proxy_thread.join().expect("proxy thread");
     println!(
         "rows recorded: {}, lost: {}",
         summary.recorded, summary.lost
