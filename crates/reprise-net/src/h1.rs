@@ -508,8 +508,9 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut, out: &mut BytesMut) -> Resu
 /// A read that leaves room in the buffer took everything the socket held, so the
 /// readiness is cleared then and there, as nginx does: the next wait goes straight to the
 /// reactor instead of first reading `EAGAIN` (one system call fewer per network read).
-/// Safe with the reactor's edge-triggered events: data arriving after that read raises a
-/// new event, which sets the readiness again.
+/// The read runs inside `try_io`, so what is cleared is the readiness seen *before* the
+/// read: an event the reactor records meanwhile (data that came after it, perhaps seen by
+/// another worker thread) has a newer tick and stays.
 fn poll_fill(
     stream: &TcpStream,
     buf: &mut BytesMut,
@@ -521,15 +522,19 @@ fn poll_fill(
     let room = buf.capacity() - buf.len();
     loop {
         ready!(stream.poll_read_ready(cx))?;
-        match stream.try_read_buf(buf) {
-            Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
-            Ok(n) if n > 0 && n < room => {
-                let _ = stream.try_io(tokio::io::Interest::READABLE, || {
-                    Err::<(), _>(ErrorKind::WouldBlock.into())
-                });
-                return Poll::Ready(Ok(n));
+        let mut drained = None;
+        let read = stream.try_io(tokio::io::Interest::READABLE, || {
+            let n = stream.try_read_buf(buf)?;
+            if n > 0 && n < room {
+                drained = Some(n);
+                return Err(ErrorKind::WouldBlock.into());
             }
-            r => return Poll::Ready(r),
+            Ok(n)
+        });
+        match (read, drained) {
+            (_, Some(n)) => return Poll::Ready(Ok(n)),
+            (Err(e), None) if e.kind() == ErrorKind::WouldBlock => continue,
+            (r, None) => return Poll::Ready(r),
         }
     }
 }

@@ -264,3 +264,41 @@ async fn a_response_to_head_has_no_body_whatever_its_length_says() {
     // The connection went back to the pool each time.
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
+
+/// A body much larger than a read, written as fast as the server can, read on a runtime
+/// whose reactor may run on another worker between a read and the next wait: every byte
+/// arrives (a readiness cleared after a short read must never hide data that came after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_read_in_short_reads_arrives_whole() {
+    const LEN: usize = 16 << 20;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/completions", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        if read_request(&mut s, &mut buf).await.is_some() {
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\n\r\n");
+            s.write_all(head.as_bytes()).await.unwrap();
+            let block: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+            for _ in 0..LEN / block.len() {
+                // Small writes with yields between them: many short reads on the other side.
+                for piece in block.chunks(1500) {
+                    s.write_all(piece).await.unwrap();
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let target = Arc::new(Target::new(&url.parse().unwrap(), &[]).unwrap());
+    let got = tokio::time::timeout(std::time::Duration::from_secs(60), body_of(&target, b"{}"))
+        .await
+        .expect("the whole body within 60 s")
+        .unwrap();
+    assert_eq!(got.1.len(), LEN);
+    assert!(
+        got.1
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == ((i % (64 * 1024)) % 251) as u8)
+    );
+}

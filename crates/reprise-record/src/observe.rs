@@ -1,9 +1,13 @@
-//! Turning what the proxy saw into a trace/1 row, on worker threads: request JSON parsing,
-//! tokenizing, salted prefix hashes and session ids. Nothing here runs on the forwarding path.
+//! Turning what the proxy saw into a trace/1 row, on worker threads: the response's events
+//! measured from the reads the tap kept ([`EventMeter`]), a plain response's usage, request
+//! JSON parsing, tokenizing, salted prefix hashes and session ids. The forwarding path only
+//! keeps bytes and arrival times; it measures a stream itself ([`EventMeter`] in the tap)
+//! only once the stream outgrows what is kept for the workers.
 
 use std::time::Duration;
 
-use reprise_protocol::openai::{Api, GenerationRequest, Usage};
+use reprise_protocol::openai::{Api, GenerationRequest, Usage, chunk_facts, content_of};
+use reprise_protocol::sse::SseParser;
 use reprise_tokenizer::{Cl100k, Tokenizer, block_hashes};
 use reprise_trace::{Timestamp, TraceRecord};
 use serde_json::Value;
@@ -41,6 +45,117 @@ pub struct Exchange {
     pub completion: Option<String>,
     /// Error class, when the exchange failed.
     pub failure: Option<String>,
+    /// The response body as it came, for the workers to read: a plain body (up to the
+    /// observation limit), or the network reads of a stream the tap has not measured itself.
+    pub response: Vec<u8>,
+    /// For a stream: where each read kept in `response` ends, and when it arrived (since the
+    /// exchange's arrival). All the events of one read share its arrival time.
+    pub reads: Vec<(Duration, usize)>,
+}
+
+/// Measures the events of a streamed response read by read: TTFT (arrival → the first
+/// read holding a content event), the gaps between content events, their count, the
+/// upstream's usage and, when asked, the completion text.
+#[derive(Debug, Default)]
+pub struct EventMeter {
+    parser: SseParser,
+    last_content: Option<Duration>,
+    content: bool,
+    completion: String,
+}
+
+impl EventMeter {
+    /// A meter; `content` collects the completion text.
+    pub fn new(content: bool) -> EventMeter {
+        EventMeter {
+            content,
+            ..EventMeter::default()
+        }
+    }
+
+    /// One network read of the stream, arrived `at` after the exchange did.
+    pub fn feed(&mut self, x: &mut Exchange, at: Duration, read: &[u8]) {
+        let (last_content, completion, content) =
+            (&mut self.last_content, &mut self.completion, self.content);
+        // Borrowed events: no allocation or copy per event. A framing error ends nothing:
+        // the events before it are counted.
+        let _ = self.parser.feed_ref(read, |event| {
+            if event.is_done() {
+                return;
+            }
+            let Ok(f) = chunk_facts(event.data) else {
+                return;
+            };
+            if f.has_content {
+                match *last_content {
+                    None => x.ttft = Some(at),
+                    Some(prev) => x
+                        .itl_us
+                        .push((at - prev).as_micros().min(u128::from(u32::MAX)) as u32),
+                }
+                *last_content = Some(at);
+                x.content_events += 1;
+                if content && let Ok(v) = serde_json::from_str::<Value>(event.data) {
+                    completion.push_str(&content_of(&v));
+                }
+            }
+            if f.usage.is_some() {
+                x.usage = f.usage;
+            }
+        });
+    }
+
+    /// The reads `x` kept, measured (and let go).
+    pub fn feed_kept(&mut self, x: &mut Exchange) {
+        let (response, reads) = (
+            std::mem::take(&mut x.response),
+            std::mem::take(&mut x.reads),
+        );
+        let mut from = 0;
+        for (at, end) in reads {
+            let end = end.clamp(from, response.len());
+            self.feed(x, at, &response[from..end]);
+            from = end;
+        }
+    }
+
+    /// The completion text collected (empty without `content`).
+    pub fn take_completion(&mut self) -> String {
+        std::mem::take(&mut self.completion)
+    }
+}
+
+/// What the response body says, read by a worker: a stream's kept reads measured, or a
+/// plain JSON body's usage (and TTFT, the whole answer, for a `200`) and completion text.
+fn measure_response(x: &mut Exchange, record_content: bool) {
+    if x.streamed {
+        if x.reads.is_empty() {
+            return;
+        }
+        let mut meter = EventMeter::new(record_content);
+        meter.feed_kept(x);
+        if record_content {
+            x.completion
+                .get_or_insert_with(String::new)
+                .push_str(&meter.take_completion());
+        }
+        return;
+    }
+    let body = std::mem::take(&mut x.response);
+    if body.is_empty() {
+        return;
+    }
+    if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+        x.usage = Usage::from_value(&v);
+        x.ttft = x.e2e.filter(|_| x.status == 200);
+        if record_content {
+            let text = v["choices"][0]["message"]["content"]
+                .as_str()
+                .or(v["choices"][0]["text"].as_str())
+                .unwrap_or_default();
+            x.completion.get_or_insert_with(String::new).push_str(text);
+        }
+    }
 }
 
 /// Settings of the observation.
@@ -60,7 +175,8 @@ fn us(d: Option<Duration>) -> Option<u64> {
 
 /// The trace/1 row of an exchange. With `quick`, the prompt is not tokenized (the workers are
 /// behind): input tokens come from `usage` only and there are no prefix hashes.
-pub fn to_record(x: Exchange, opts: &ObserveOptions, quick: bool) -> TraceRecord {
+pub fn to_record(mut x: Exchange, opts: &ObserveOptions, quick: bool) -> TraceRecord {
+    measure_response(&mut x, opts.record_content);
     let mut r = TraceRecord::new(x.request_id, x.arrival);
     r.endpoint = x.path.clone();
     r.status = Some(x.status);
@@ -177,6 +293,54 @@ mod tests {
             to_record(exchange(body), &other, false).session_id,
             Some(session)
         );
+    }
+
+    #[test]
+    fn kept_reads_are_measured_however_the_stream_was_split() {
+        let sse = "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n\
+                   data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\r\n\r\n\
+                   data: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\n\
+                   data: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2,\"total_tokens\":6}}\n\n\
+                   data: [DONE]\n\n";
+        for split in 1..sse.len() {
+            let mut x = exchange("{}");
+            x.content_events = 0;
+            x.response = sse.as_bytes().to_vec();
+            x.reads = vec![
+                (Duration::from_micros(100), split),
+                (Duration::from_micros(350), sse.len()),
+            ];
+            let r = to_record(x, &opts(true), true);
+            assert_eq!(r.output_tokens, Some(2), "split {split}");
+            assert_eq!(r.completion.as_deref(), Some("Hello"), "split {split}");
+            // An event counts in the read that holds its end.
+            let first_whole = sse.find("\n\n").unwrap() + 2;
+            let lo = "lo\"}}]}\n\n";
+            let second_whole = sse.find(lo).unwrap() + lo.len();
+            let (ttft, gaps) = if split >= second_whole {
+                (100, vec![0])
+            } else if split >= first_whole {
+                (100, vec![250])
+            } else {
+                (350, vec![0])
+            };
+            assert_eq!(r.ttft_us, Some(ttft), "split {split}");
+            assert_eq!(r.itl_us, Some(gaps), "split {split}");
+        }
+    }
+
+    #[test]
+    fn a_plain_body_gives_usage_and_its_ttft_is_the_whole_answer() {
+        let mut x = exchange("{}");
+        x.streamed = false;
+        x.e2e = Some(Duration::from_millis(42));
+        x.response = br#"{"choices":[{"message":{"content":"hi there"}}],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#.to_vec();
+        let r = to_record(x.clone(), &opts(true), false);
+        assert_eq!((r.output_tokens, r.ttft_us), (Some(2), Some(42_000)));
+        assert_eq!(r.completion.as_deref(), Some("hi there"));
+        // An error answer's body is not a first token.
+        x.status = 503;
+        assert_eq!(to_record(x, &opts(false), false).ttft_us, None);
     }
 
     #[test]
