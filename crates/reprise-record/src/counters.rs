@@ -29,6 +29,8 @@ pub struct Counters {
     pub upstream_errors: AtomicU64,
     /// Exchanges in flight.
     pub in_flight: AtomicU64,
+    /// Ended exchanges handed to the observation workers and not yet taken up by one.
+    pub waiting: AtomicU64,
     /// Idle client connections closed to make room for a new one past `max_connections`.
     pub idle_closed: AtomicU64,
 }
@@ -119,6 +121,13 @@ impl Counters {
             "# HELP reprise_record_in_flight Exchanges in flight.\n# TYPE reprise_record_in_flight gauge\nreprise_record_in_flight {}\n",
             self.in_flight.load(Ordering::Relaxed)
         ));
+        out.push_str(&format!(
+            "# HELP reprise_record_waiting Ended exchanges waiting for an observation worker.
+# TYPE reprise_record_waiting gauge
+reprise_record_waiting {}
+",
+            self.waiting.load(Ordering::Relaxed)
+        ));
         out
     }
 }
@@ -204,6 +213,7 @@ mod tests {
         assert!(text.contains("reprise_record_recorded_total 0\n"));
         assert!(
             text.contains("# TYPE reprise_record_in_flight gauge\nreprise_record_in_flight 2\n")
+                && text.contains("# TYPE reprise_record_waiting gauge\nreprise_record_waiting 0\n")
         );
         // Every line parses as the exposition format: comments or `name value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
