@@ -6,10 +6,12 @@
 //! token counts (the upstream's `usage`, else the embedded tokenizer), salted prefix-block
 //! hashes and session ids, non-content parameters.
 //!
-//! The forwarding path only stamps times and splits SSE events (`chunk_facts`, no JSON tree);
+//! The forwarding path (plain `http://` upstreams through `reprise-net`'s lean HTTP/1.1
+//! client) only stamps each read of the response and keeps it; measuring the SSE events,
 //! parsing the request, tokenizing and hashing happen afterwards on worker threads
-//! ([`observe`]), and rows go through a bounded channel to a writer thread that finishes a
-//! Parquet part file every flush interval, so a `kill -9` loses at most that interval.
+//! ([`observe`]), handed over in batches by a 50 ms tick, and rows go through a bounded
+//! channel to a writer thread that finishes a Parquet part file every flush interval, so a
+//! `kill -9` loses at most that interval.
 //! When the workers fall behind, the row is written with what is known (no tokenizer) and
 //! counted; when the writer falls behind, the row is dropped and counted: forwarding never
 //! waits on recording. Credentials and content are never written unless asked for content
