@@ -83,19 +83,6 @@ pub enum RecordError {
     },
 }
 
-/// Recording is background work: its threads (observation workers, writer) run at nice 10,
-/// so that on a busy machine the scheduler gives the CPU to forwarding first. Their bursts
-/// (a batch of exchanges measured and tokenized) otherwise stood in front of the forwarding
-/// thread: the TTFT p99 added by the proxy went from 116-133 µs to 355-368 µs when the event
-/// measurement moved to the workers, on two cores shared with the client and the upstream.
-/// When they fall behind, rows are written without tokenizing (counted), as before.
-fn background_priority() {
-    #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
-        tracing::debug!("recording threads keep their priority: {e}");
-    }
-}
-
 /// How often exchanges gathered for the observation workers are handed on.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -213,10 +200,7 @@ impl Recorder {
             let (config, counters) = (config.clone(), counters.clone());
             std::thread::Builder::new()
                 .name("reprise-record-writer".into())
-                .spawn(move || {
-                    background_priority();
-                    writer_loop(config, row_rx, counters)
-                })
+                .spawn(move || writer_loop(config, row_rx, counters))
                 .map_err(|e| RecordError::Config(format!("starting the writer: {e}")))?
         };
         let obs_rx = Arc::new(Mutex::new(obs_rx));
@@ -228,7 +212,6 @@ impl Recorder {
                 std::thread::Builder::new()
                     .name(format!("reprise-record-obs{i}"))
                     .spawn(move || {
-                        background_priority();
                         loop {
                             let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                             let Ok(batch) = next else { break };
