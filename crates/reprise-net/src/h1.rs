@@ -57,6 +57,8 @@ pub enum H1Error {
 pub struct Target {
     /// `host:port`, what is connected to.
     authority: String,
+    /// The `host` field of requests: the host, and the port when the URL names one.
+    host_header: String,
     /// Everything of the request head up to the content length's value.
     head: Vec<u8>,
     idle: Mutex<Vec<Conn>>,
@@ -109,6 +111,7 @@ impl Target {
         head.push_str("accept: */*\r\ncontent-type: application/json\r\ncontent-length: ");
         Some(Target {
             authority,
+            host_header,
             head: head.into_bytes(),
             idle: Mutex::new(Vec::new()),
             connect_timeout: None,
@@ -119,6 +122,12 @@ impl Target {
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Target {
         self.connect_timeout = Some(timeout);
         self
+    }
+
+    /// The `host` field of requests to this target (the URL's host, and its port when the
+    /// URL names one), for callers that format their own requests.
+    pub fn host_header(&self) -> &str {
+        &self.host_header
     }
 
     /// `host:port`, what is connected to.

@@ -260,7 +260,6 @@ impl Recorder {
             config,
             client,
             base_path: upstream.path().trim_end_matches('/').to_owned(),
-            host: upstream::host_header(&upstream),
             upstream,
             sink,
             next_id: AtomicU64::new(0),

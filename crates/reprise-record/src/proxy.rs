@@ -30,8 +30,6 @@ pub(crate) struct Shared {
     pub(crate) upstream: reqwest::Url,
     /// The upstream's path prefix, without its trailing slash.
     pub(crate) base_path: String,
-    /// The `host` field of requests upstream.
-    pub(crate) host: String,
     pub(crate) sink: Arc<Sink>,
     pub(crate) next_id: AtomicU64,
     /// Prefix of this recorder's request ids.
@@ -182,7 +180,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
                 &parts.method,
                 &s.base_path,
                 &path_and_query,
-                &s.host,
+                target.host_header(),
                 &headers,
                 &body,
             );

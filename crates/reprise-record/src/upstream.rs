@@ -88,16 +88,6 @@ impl UpstreamClient {
     }
 }
 
-/// The `host` field for requests to `upstream`: its host, and its port when the URL names
-/// one.
-pub(crate) fn host_header(upstream: &reqwest::Url) -> String {
-    let host = upstream.host_str().unwrap_or_default();
-    match upstream.port() {
-        Some(p) => format!("{host}:{p}"),
-        None => host.to_owned(),
-    }
-}
-
 /// A request for the lean client, as it goes on the wire: `method`, the upstream's path
 /// prefix (`base`, no trailing slash) then the client's path and query, `host`, the
 /// `headers` given (the caller has left out hop-by-hop fields, `host` and `content-length`),
@@ -184,7 +174,7 @@ mod tests {
             &hyper::Method::POST,
             "/llm",
             "/v1/completions?x=1",
-            &host_header(&up),
+            h1::Target::new(&up, &[]).unwrap().host_header(),
             &headers,
             b"{}",
         );
@@ -198,7 +188,7 @@ mod tests {
         let bare = reqwest::Url::parse("http://h/").unwrap();
         let get = wire_request(&hyper::Method::GET, "", "/v1/models", "h", &none, b"");
         assert_eq!(get, b"GET /v1/models HTTP/1.1\r\nhost: h\r\n\r\n");
-        assert_eq!(host_header(&bare), "h");
+        assert_eq!(h1::Target::new(&bare, &[]).unwrap().host_header(), "h");
         let post = wire_request(&hyper::Method::POST, "", "/x", "h", &none, b"");
         assert!(post.ends_with(b"content-length: 0\r\n\r\n"));
     }
