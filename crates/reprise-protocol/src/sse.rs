@@ -121,6 +121,22 @@ impl SseParser {
             match memchr::memchr2(b'\n', b'\r', chunk) {
                 Some(i) => {
                     let end = chunk[i];
+                    // The common shape, a whole `data:` line and its blank line in this
+                    // chunk with nothing pending: the event is dispatched from the chunk
+                    // itself, not copied into `data` first.
+                    if end == b'\n'
+                        && chunk.get(i + 1) == Some(&b'\n')
+                        && self.line.is_empty()
+                        && !self.has_data
+                        && self.event.is_none()
+                        && let Some(value) = chunk[..i].strip_prefix(b"data:")
+                    {
+                        let value = value.strip_prefix(b" ").unwrap_or(value);
+                        let data = std::str::from_utf8(value).map_err(|_| SseError::NotUtf8)?;
+                        on_event(SseEventRef { event: None, data });
+                        chunk = &chunk[i + 2..];
+                        continue;
+                    }
                     if self.line.is_empty() {
                         self.process_line(&chunk[..i], &mut on_event)?;
                     } else {
@@ -296,6 +312,39 @@ mod tests {
                 start = c;
             }
             prop_assert_eq!(data(got), payloads);
+        }
+
+        /// A whole chunk (which takes the copy-free path for `data:` lines) and the same
+        /// bytes one at a time (which never can) give the same events and errors, on text
+        /// made of the pieces that matter: fields, colons, spaces, every line end, bytes
+        /// that are not UTF-8.
+        #[test]
+        fn whole_chunks_and_single_bytes_agree(pieces in proptest::collection::vec(
+            prop_oneof![
+                Just(&b"data:"[..]), Just(&b"data: "[..]), Just(&b"event: e"[..]),
+                Just(&b": c"[..]), Just(&b"\n"[..]), Just(&b"\n\n"[..]), Just(&b"\r"[..]),
+                Just(&b"\r\n"[..]), Just(&b"x"[..]), Just(&b" "[..]), Just(&b"\xff"[..]),
+                Just(&b"data"[..]), Just(&b"id: 1"[..]),
+            ], 0..40)) {
+            let bytes: Vec<u8> = pieces.concat();
+            let run = |chunks: &mut dyn Iterator<Item = &[u8]>| {
+                let mut p = SseParser::new();
+                let mut out = Vec::new();
+                for c in chunks {
+                    if let Err(e) = p.feed(c, |e| out.push(Ok((e.event, e.data)))) {
+                        out.push(Err(e));
+                    }
+                }
+                out
+            };
+            let whole = run(&mut std::iter::once(&bytes[..]));
+            let single = run(&mut bytes.chunks(1));
+            // Errors end a chunk: compare up to the first one.
+            let upto = |v: &Vec<Result<(Option<String>, String), SseError>>| {
+                let n = v.iter().position(Result::is_err).map_or(v.len(), |i| i + 1);
+                v[..n].to_vec()
+            };
+            prop_assert_eq!(upto(&whole), upto(&single));
         }
 
         #[test]
