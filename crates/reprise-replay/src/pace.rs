@@ -168,7 +168,13 @@ mod linux {
             let mut ready = timer.readable().await?;
             let mut expirations = [0u8; 8];
             match rustix::io::read(ready.get_inner(), &mut expirations) {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    // Read: the timer cannot fire again before the next `settime`, so its
+                    // readiness goes now, or the next sleep would begin with a read that
+                    // fails (`EAGAIN`): a system call for nothing on every sleep.
+                    ready.clear_ready();
+                    return Ok(());
+                }
                 Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
                 Err(e) => return Err(e.into()),
             }
