@@ -13,7 +13,8 @@
 //! `nginx-light`): one worker, a plain reverse proxy to the same upstream with
 //! `proxy_buffering off` and kept-alive upstream connections, the same client.
 //!
-//! Run: `cargo bench -p reprise-record --bench proxy`.
+//! Run: `cargo bench -p reprise-record --bench proxy` (`BENCH_TTFT_ROUNDS=N` repeats the TTFT
+//! phase, 10 rounds of 200 streams per side by default, to profile the `reprise-proxy` thread).
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -27,6 +28,10 @@ use reprise_record::salt::Salt;
 use reprise_record::{RecordConfig, Recorder};
 
 use reprise_stub::sse::wall_ns;
+
+/// The allocator of the `reprise` binary, so that the proxy here allocates as it does there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
@@ -207,25 +212,28 @@ fn main() {
     );
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let proxy_thread = std::thread::spawn(move || {
-        let rt = if std::env::var_os("BENCH_MT").is_some() {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-        } else {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-        }
-        .expect("runtime");
-        rt.block_on(async move {
-            let recorder = Recorder::start(config).await.expect("proxy");
-            addr_tx.send(recorder.addr()).expect("address");
-            let _ = stop_rx.await;
-            recorder.shutdown().await
+    let proxy_thread = std::thread::Builder::new()
+        .name("reprise-proxy".into())
+        .spawn(move || {
+            let rt = if std::env::var_os("BENCH_MT").is_some() {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            }
+            .expect("runtime");
+            rt.block_on(async move {
+                let recorder = Recorder::start(config).await.expect("proxy");
+                addr_tx.send(recorder.addr()).expect("address");
+                let _ = stop_rx.await;
+                recorder.shutdown().await
+            })
         })
-    });
+        .expect("proxy thread");
     let proxy = addr_rx.recv().expect("proxy address").to_string();
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -250,7 +258,12 @@ fn main() {
     }
     // Interleaved rounds, so that every side sees the same machine.
     // TTFT: unpaced streams one after another (the first event comes with the head).
-    for _ in 0..10 {
+    // `BENCH_TTFT_ROUNDS` (10) repeats this phase, for profiling one side's thread.
+    let ttft_rounds = std::env::var("BENCH_TTFT_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    for _ in 0..ttft_rounds {
         for side in &mut sides {
             let (t, _) = rt.block_on(latency(&side.addr, "/v1/chat/completions", 200));
             side.ttft.extend(t);

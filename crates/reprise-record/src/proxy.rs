@@ -107,12 +107,8 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     let s = &*shared;
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let path = parts.uri.path().to_owned();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = parts.uri.path();
     let session_header = s
         .config
         .session_header
@@ -127,13 +123,13 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
             s.next_id.fetch_add(1, Ordering::Relaxed)
         ),
         arrival: wall_now(),
-        path: path.clone(),
+        path: path.to_owned(),
         session_header,
         ..Exchange::default()
     };
     // From here the exchange ends in a row (or a counted skip) however the handler ends,
     // a client that goes away included.
-    let mut pending = Pending::begin(s.sink.clone(), x, wanted(&s.config, &path), started);
+    let mut pending = Pending::begin(s.sink.clone(), x, wanted(&s.config, path), started);
     // The request body: kept whole up to the observation limit (it is JSON to parse); a
     // bigger one is refused with a clear answer rather than held in memory.
     let body = match Limited::new(body, s.config.max_observed_body)
@@ -168,20 +164,20 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     }
     pending.exchange().body = Some(body.clone());
 
-    let mut headers = HeaderMap::with_capacity(parts.headers.len());
-    for (k, v) in &parts.headers {
-        if forwardable(k) && k != header::HOST && k != header::CONTENT_LENGTH {
-            headers.append(k.clone(), v.clone());
-        }
-    }
+    // The request's header fields pass as they came, less the hop-by-hop ones and those
+    // the proxy sets itself (`host`, `content-length`); each response's likewise, copied
+    // once, straight into the answer.
+    let passes =
+        |k: &HeaderName| forwardable(k) && k != header::HOST && k != header::CONTENT_LENGTH;
     let sent = match &s.client {
         UpstreamClient::Plain(target) => {
             let request = wire_request(
                 &parts.method,
                 &s.base_path,
-                &path_and_query,
+                path_and_query,
                 target.host_header(),
-                &headers,
+                &parts.headers,
+                passes,
                 &body,
             );
             let options = reprise_net::h1::RequestOptions {
@@ -196,17 +192,18 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
             .map(|r| r.map(plain_response).map_err(|e| (false, e.to_string())))
         }
         UpstreamClient::Tls(client) => {
-            let url = upstream_url(&s.upstream, &path_and_query);
+            let url = upstream_url(&s.upstream, path_and_query);
+            let mut headers = HeaderMap::with_capacity(parts.headers.len());
+            for (k, v) in parts.headers.iter().filter(|(k, _)| passes(k)) {
+                headers.append(k.clone(), v.clone());
+            }
             let request = client
                 .request(parts.method.clone(), url)
                 .headers(headers)
                 .body(body);
             tokio::time::timeout(s.config.upstream_timeout, request.send())
                 .await
-                .map(|r| {
-                    r.map(|r| hyper::Response::<reqwest::Body>::from(r).map(UpstreamBody::Tls))
-                        .map_err(|e| (e.is_timeout(), chain(&e)))
-                })
+                .map(|r| r.map(tls_response).map_err(|e| (e.is_timeout(), chain(&e))))
         }
     };
     let response = match sent {
@@ -235,23 +232,14 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let mut out = Response::builder().status(response.status());
-    if let Some(h) = out.headers_mut() {
-        for (k, v) in response.headers() {
-            if forwardable(k) {
-                h.append(k.clone(), v.clone());
-            }
-        }
-    }
-    let upstream_body = response.into_body();
+    let (head, upstream_body) = response.into_parts();
     let (x, record) = pending.hand_over();
     let tap = Tap::new(s.sink.clone(), upstream_body, x, record, started);
-    out.body(ProxyBody::Stream(Box::new(tap)))
-        .unwrap_or_else(|e| json_error(StatusCode::BAD_GATEWAY, &format!("reprise record: {e}")))
+    Response::from_parts(head, ProxyBody::Stream(Box::new(tap)))
 }
 
-/// A lean client's response as an HTTP response (header fields that are not valid HTTP
-/// field values are left out).
+/// A lean client's response as the answer's head (status, and the header fields that
+/// pass: not hop-by-hop, and valid HTTP field names and values) and its body.
 fn plain_response(r: reprise_net::h1::Response) -> Response<UpstreamBody> {
     let mut out = Response::new(());
     *out.status_mut() = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -260,11 +248,29 @@ fn plain_response(r: reprise_net::h1::Response) -> Response<UpstreamBody> {
         if let (Ok(k), Ok(v)) = (
             HeaderName::from_bytes(k.as_bytes()),
             HeaderValue::from_bytes(v),
-        ) {
+        ) && forwardable(&k)
+        {
             headers.append(k, v);
         }
     });
     out.map(|()| UpstreamBody::Plain(r))
+}
+
+/// A `reqwest` response likewise, its hop-by-hop fields left out.
+fn tls_response(r: reqwest::Response) -> Response<UpstreamBody> {
+    let (mut head, body) = hyper::Response::<reqwest::Body>::from(r).into_parts();
+    let all = std::mem::take(&mut head.headers);
+    let mut name = None;
+    for (k, v) in all {
+        // `None` repeats the previous field's name.
+        if let Some(k) = k {
+            name = Some(k);
+        }
+        if let Some(k) = name.as_ref().filter(|k| forwardable(k)) {
+            head.headers.append(k.clone(), v);
+        }
+    }
+    Response::from_parts(head, UpstreamBody::Tls(body))
 }
 
 /// The upstream could not be reached or did not answer in time: the exchange ends in a

@@ -89,21 +89,21 @@ impl UpstreamClient {
 }
 
 /// A request for the lean client, as it goes on the wire: `method`, the upstream's path
-/// prefix (`base`, no trailing slash) then the client's path and query, `host`, the
-/// `headers` given (the caller has left out hop-by-hop fields, `host` and `content-length`),
-/// a content length unless the body is empty on a method that has none, and the body.
+/// prefix (`base`, no trailing slash) then the client's path and query, `host`, the fields
+/// of `headers` that `passes` lets through (the caller leaves out hop-by-hop fields, `host`
+/// and `content-length`), a content length unless the body is empty on a method that has
+/// none, and the body.
 pub(crate) fn wire_request(
     method: &hyper::Method,
     base: &str,
     path_and_query: &str,
     host: &str,
     headers: &hyper::HeaderMap,
+    passes: impl Fn(&hyper::header::HeaderName) -> bool,
     body: &[u8],
 ) -> Vec<u8> {
-    let fields: usize = headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
+    let headers = || headers.iter().filter(|(k, _)| passes(k));
+    let fields: usize = headers().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     let mut out = Vec::with_capacity(64 + base.len() + path_and_query.len() + fields + body.len());
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
@@ -112,7 +112,7 @@ pub(crate) fn wire_request(
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (k, v) in headers {
+    for (k, v) in headers() {
         out.extend_from_slice(k.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(v.as_bytes());
@@ -176,6 +176,7 @@ mod tests {
             "/v1/completions?x=1",
             h1::Target::new(&up, &[]).unwrap().host_header(),
             &headers,
+            |_| true,
             b"{}",
         );
         assert_eq!(
@@ -183,13 +184,35 @@ mod tests {
             "POST /llm/v1/completions?x=1 HTTP/1.1\r\nhost: h:8000\r\n\
              authorization: Bearer k\r\nx-tag: a\r\nx-tag: b\r\ncontent-length: 2\r\n\r\n{}"
         );
+        // Fields the filter stops are not written, and the length still is.
+        let filtered = wire_request(
+            &hyper::Method::POST,
+            "",
+            "/x",
+            "h",
+            &headers,
+            |k| k != "authorization",
+            b"{}",
+        );
+        assert_eq!(
+            String::from_utf8(filtered).unwrap(),
+            "POST /x HTTP/1.1\r\nhost: h\r\nx-tag: a\r\nx-tag: b\r\ncontent-length: 2\r\n\r\n{}"
+        );
         // No body on a method without one: no length. An empty POST says 0.
         let none = hyper::HeaderMap::new();
         let bare = reqwest::Url::parse("http://h/").unwrap();
-        let get = wire_request(&hyper::Method::GET, "", "/v1/models", "h", &none, b"");
+        let get = wire_request(
+            &hyper::Method::GET,
+            "",
+            "/v1/models",
+            "h",
+            &none,
+            |_| true,
+            b"",
+        );
         assert_eq!(get, b"GET /v1/models HTTP/1.1\r\nhost: h\r\n\r\n");
         assert_eq!(h1::Target::new(&bare, &[]).unwrap().host_header(), "h");
-        let post = wire_request(&hyper::Method::POST, "", "/x", "h", &none, b"");
+        let post = wire_request(&hyper::Method::POST, "", "/x", "h", &none, |_| true, b"");
         assert!(post.ends_with(b"content-length: 0\r\n\r\n"));
     }
 
