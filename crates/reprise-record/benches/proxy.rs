@@ -14,7 +14,8 @@
 //! `proxy_buffering off` and kept-alive upstream connections, the same client.
 //!
 //! Run: `cargo bench -p reprise-record --bench proxy` (`BENCH_TTFT_ROUNDS=N` repeats the TTFT
-//! phase, 10 rounds of 200 streams per side by default, to profile the `reprise-proxy` thread).
+//! phase, 10 rounds of 200 streams per side by default, to profile the `reprise-proxy` thread;
+//! `BENCH_SAMPLE=0.000001` records almost nothing: the forwarding path alone).
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -210,6 +211,15 @@ fn main() {
         dir.path().join("capture"),
         Salt::from_bytes(b"bench"),
     );
+    // `BENCH_SAMPLE=F` records that fraction of the exchanges (in (0, 1]): a tiny one
+    // measures the forwarding path alone.
+    let mut config = config;
+    if let Some(f) = std::env::var("BENCH_SAMPLE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        config.sample = f;
+    }
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let proxy_thread = std::thread::Builder::new()
