@@ -194,6 +194,8 @@ fn main() {
     let exe = std::env::current_exe().expect("exe");
     let mut child = Command::new(exe)
         .arg("--serve")
+        // The upstream ends when this pipe does (`serve_forever`): with this process.
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("upstream");

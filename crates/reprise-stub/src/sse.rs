@@ -247,8 +247,14 @@ pub fn spawn(style: Style) -> String {
 }
 
 /// Binds a loopback port, prints its address (`127.0.0.1:PORT`) on stdout and serves on
-/// a current-thread runtime forever: the body of a bench's `--serve` child process.
+/// a current-thread runtime until its standard input ends: the body of a bench's `--serve`
+/// child process, which its parent spawns with a pipe on stdin, so that the server goes
+/// with the parent even when that one panics or is killed.
 pub fn serve_forever(style: Style) {
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
     serve_here(style, |addr| println!("{addr}"));
 }
 

@@ -18,6 +18,8 @@ pub fn start_server() -> (Child, String, bool) {
     };
     let mut child = cmd
         .arg("--serve")
+        // The server ends when this pipe does (`serve_forever`): with this process.
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("server");
