@@ -129,11 +129,15 @@ pub async fn execute(client: &reqwest::Client, action: &EventAction) -> (bool, S
                 Err(e) => (false, e.to_string()),
             }
         }
-        EventAction::Command(cmd) => match tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .status()
-            .await
+        // On a blocking thread of the runtime rather than through tokio's process driver:
+        // that driver looks for exited children every time a runtime parks, which the
+        // forwarding and pacing threads would pay for on every wake-up.
+        EventAction::Command(cmd) => match tokio::task::spawn_blocking({
+            let cmd = cmd.clone();
+            move || std::process::Command::new("sh").arg("-c").arg(cmd).status()
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
         {
             Ok(s) => (
                 s.success(),
@@ -150,6 +154,21 @@ pub async fn execute(client: &reqwest::Client, action: &EventAction) -> (bool, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn commands_run_through_the_shell_and_report_their_status() {
+        let client = reprise_net::client_builder().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let ok = EventAction::Command(format!("echo hi > '{}'", marker.display()));
+        assert_eq!(execute(&client, &ok).await, (true, "exit status 0".into()));
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), "hi\n");
+        let failing = EventAction::Command("exit 3".into());
+        assert_eq!(
+            execute(&client, &failing).await,
+            (false, "exit status 3".into())
+        );
+    }
 
     #[test]
     fn parses_http_and_command_events() {
