@@ -349,6 +349,29 @@ mod tests {
     }
 
     #[test]
+    fn upstream_heads_lose_their_hop_by_hop_fields_and_keep_repeated_ones() {
+        let upstream = hyper::Response::builder()
+            .status(201)
+            .header("content-type", "text/event-stream")
+            .header("connection", "keep-alive")
+            .header("transfer-encoding", "chunked")
+            .header("set-cookie", "a=1")
+            .header("set-cookie", "b=2")
+            .header("x-request-id", "r7")
+            .body(Vec::<u8>::new())
+            .unwrap();
+        let out = tls_response(reqwest::Response::from(upstream));
+        assert_eq!(out.status(), StatusCode::CREATED);
+        let h = out.headers();
+        assert_eq!(h["content-type"], "text/event-stream");
+        assert_eq!(h["x-request-id"], "r7");
+        let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert!(!h.contains_key("connection") && !h.contains_key("transfer-encoding"));
+        assert_eq!(h.len(), 4);
+    }
+
+    #[test]
     fn proxy_errors_are_openai_json() {
         let r = json_error(StatusCode::BAD_GATEWAY, "upstream down");
         assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
