@@ -256,21 +256,24 @@ fn plain_response(r: reprise_net::h1::Response) -> Response<UpstreamBody> {
     out.map(|()| UpstreamBody::Plain(r))
 }
 
-/// A `reqwest` response likewise, its hop-by-hop fields left out.
+/// A `reqwest` response likewise, its hop-by-hop fields left out (and nothing else of its
+/// head kept: the answer is HTTP/1.1 whatever the upstream spoke).
 fn tls_response(r: reqwest::Response) -> Response<UpstreamBody> {
-    let (mut head, body) = hyper::Response::<reqwest::Body>::from(r).into_parts();
-    let all = std::mem::take(&mut head.headers);
+    let (head, body) = hyper::Response::<reqwest::Body>::from(r).into_parts();
+    let mut out = Response::new(UpstreamBody::Tls(body));
+    *out.status_mut() = head.status;
+    let headers = out.headers_mut();
     let mut name = None;
-    for (k, v) in all {
+    for (k, v) in head.headers {
         // `None` repeats the previous field's name.
         if let Some(k) = k {
             name = Some(k);
         }
         if let Some(k) = name.as_ref().filter(|k| forwardable(k)) {
-            head.headers.append(k.clone(), v);
+            headers.append(k.clone(), v);
         }
     }
-    Response::from_parts(head, UpstreamBody::Tls(body))
+    out
 }
 
 /// The upstream could not be reached or did not answer in time: the exchange ends in a
@@ -352,6 +355,7 @@ mod tests {
     fn upstream_heads_lose_their_hop_by_hop_fields_and_keep_repeated_ones() {
         let upstream = hyper::Response::builder()
             .status(201)
+            .version(hyper::Version::HTTP_10)
             .header("content-type", "text/event-stream")
             .header("connection", "keep-alive")
             .header("transfer-encoding", "chunked")
@@ -362,6 +366,7 @@ mod tests {
             .unwrap();
         let out = tls_response(reqwest::Response::from(upstream));
         assert_eq!(out.status(), StatusCode::CREATED);
+        assert_eq!(out.version(), hyper::Version::HTTP_11);
         let h = out.headers();
         assert_eq!(h["content-type"], "text/event-stream");
         assert_eq!(h["x-request-id"], "r7");
