@@ -86,7 +86,7 @@ pub fn row(job: &Job, m: &Measured, clock: &Clock, ctx: &RowContext) -> (ResultR
         .windows(2)
         .map(|w| us(w[1].saturating_duration_since(w[0])).min(u64::from(u32::MAX)) as u32)
         .collect();
-    let request = job.request.clone();
+    let request = &job.request;
     let record = ResultRecord {
         request: request.clone(),
         run_id: ctx.run_id.to_owned(),
