@@ -310,6 +310,16 @@ pub fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<u
     .to_string()
 }
 
+/// The answer's text in a whole (non-streamed) response: the first choice's
+/// `message.content` (chat) or `text` (completions); empty when it has neither.
+pub fn answer_text(response: &Value) -> &str {
+    let first = &response["choices"][0];
+    first["message"]["content"]
+        .as_str()
+        .or(first["text"].as_str())
+        .unwrap_or_default()
+}
+
 /// What counts as content in one parsed chunk: the concatenated `delta.content`,
 /// `delta.reasoning_content` (chat) or `text` (completions) of its choices. Empty when the
 /// chunk carries none (a role-only first chunk, a finish chunk, a usage-only chunk).
@@ -440,6 +450,16 @@ pub fn has_choices(chunk: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answer_text_reads_chat_and_completions_answers() {
+        let chat = serde_json::json!({"choices": [{"message": {"content": "hi there"}}]});
+        let completion = serde_json::json!({"choices": [{"text": "once"}]});
+        let neither = serde_json::json!({"choices": []});
+        assert_eq!(answer_text(&chat), "hi there");
+        assert_eq!(answer_text(&completion), "once");
+        assert_eq!(answer_text(&neither), "");
+    }
     use serde_json::json;
 
     #[test]

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use reprise_protocol::openai::{Api, GenerationRequest, Usage, chunk_facts, content_of};
+use reprise_protocol::openai::{
+    Api, GenerationRequest, Usage, answer_text, chunk_facts, content_of,
+};
 use reprise_protocol::sse::SseParser;
 use reprise_tokenizer::{Cl100k, Tokenizer, block_hashes};
 use reprise_trace::{Timestamp, TraceRecord};
@@ -149,11 +151,9 @@ fn measure_response(x: &mut Exchange, record_content: bool) {
         x.usage = Usage::from_value(&v);
         x.ttft = x.e2e.filter(|_| x.status == 200);
         if record_content {
-            let text = v["choices"][0]["message"]["content"]
-                .as_str()
-                .or(v["choices"][0]["text"].as_str())
-                .unwrap_or_default();
-            x.completion.get_or_insert_with(String::new).push_str(text);
+            x.completion
+                .get_or_insert_with(String::new)
+                .push_str(answer_text(&v));
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use reprise_protocol::openai::{Api, Usage, chunk_facts};
+use reprise_protocol::openai::{Api, Usage, answer_text, chunk_facts};
 use reprise_protocol::sse::SseParser;
 use reprise_tokenizer::{Cl100k, Tokenizer};
 use serde_json::{Value, json};
@@ -388,11 +388,7 @@ pub async fn send(
         match serde_json::from_slice::<Value>(&body) {
             Ok(v) => {
                 m.usage = Usage::from_value(&v);
-                let text = v["choices"][0]["message"]["content"]
-                    .as_str()
-                    .or(v["choices"][0]["text"].as_str())
-                    .unwrap_or_default();
-                m.n_out_counted = Cl100k.count(text) as u32;
+                m.n_out_counted = Cl100k.count(answer_text(&v)) as u32;
             }
             Err(e) => m.fail("bad_body", format!("response body is not JSON: {e}")),
         }
