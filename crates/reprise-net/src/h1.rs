@@ -520,7 +520,9 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut, out: &mut BytesMut) -> Resu
 /// The read runs inside `try_io`, so what is cleared is the readiness seen *before* the
 /// read: an event the reactor records meanwhile (data that came after it, perhaps seen by
 /// another worker thread) has a newer tick and stays.
-fn poll_fill(
+///
+/// `Ok(0)` is the end of the stream. The capture proxy reads its clients with it too.
+pub fn poll_fill(
     stream: &TcpStream,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,

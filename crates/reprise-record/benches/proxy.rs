@@ -75,10 +75,34 @@ async fn one(sender: &mut Sender, addr: &str, path: &str) -> (f64, Vec<f64>) {
     (ttft.expect("data").as_secs_f64() * 1e6, delays)
 }
 
+/// Nanoseconds a thread has run on a CPU (`schedstat`'s first field: exact, where
+/// `utime` counts 10 ms ticks).
+fn cpu_ns(schedstat: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(schedstat)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The `schedstat` file of this process's thread named `name`.
+fn thread_schedstat(name: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_dir("/proc/self/task").ok()?.find_map(|t| {
+        let dir = t.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        (comm.trim() == name).then(|| dir.join("schedstat"))
+    })
+}
+
 /// One way to the upstream and what was measured through it.
 struct Side {
     name: &'static str,
     addr: String,
+    /// Where the proxy's CPU time is read (none for direct traffic).
+    schedstat: Option<std::path::PathBuf>,
+    /// CPU time of the proxy in the TTFT phase, ns, and requests in it.
+    cpu: (u64, usize),
     ttft: Vec<f64>,
     delay: Vec<f64>,
     rate: Vec<f64>,
@@ -89,6 +113,8 @@ impl Side {
         Side {
             name,
             addr: addr.to_owned(),
+            schedstat: None,
+            cpu: (0, 0),
             ttft: Vec::new(),
             delay: Vec::new(),
             rate: Vec::new(),
@@ -265,8 +291,12 @@ fn main() {
         Side::new("direct", &upstream),
         Side::new("reprise record", &proxy),
     ];
-    if let Some((_, addr)) = &nginx {
-        sides.push(Side::new("nginx", addr));
+    sides[1].schedstat = thread_schedstat("reprise-proxy");
+    if let Some((child, addr)) = &nginx {
+        let mut side = Side::new("nginx", addr);
+        // One worker, no master: the process is the worker.
+        side.schedstat = Some(format!("/proc/{}/schedstat", child.id()).into());
+        sides.push(side);
     }
     // Interleaved rounds, so that every side sees the same machine.
     // TTFT: unpaced streams one after another (the first event comes with the head).
@@ -277,7 +307,13 @@ fn main() {
         .unwrap_or(10);
     for _ in 0..ttft_rounds {
         for side in &mut sides {
+            let before = side.schedstat.as_deref().and_then(cpu_ns);
             let (t, _) = rt.block_on(latency(&side.addr, "/v1/chat/completions", 200));
+            let after = side.schedstat.as_deref().and_then(cpu_ns);
+            if let (Some(a), Some(b)) = (before, after) {
+                side.cpu.0 += b.saturating_sub(a);
+                side.cpu.1 += t.len();
+            }
             side.ttft.extend(t);
         }
     }
@@ -337,6 +373,14 @@ fn main() {
             ratio(3),
             p[4] / n[4]
         );
+        // What the added TTFT is made of: the proxy's own CPU time on the request's path.
+        let per_request = |s: &Side| (s.cpu.1 > 0).then(|| s.cpu.0 as f64 / s.cpu.1 as f64 / 1e3);
+        if let (Some(r), Some(x)) = (per_request(&sides[1]), per_request(&sides[2])) {
+            println!(
+                "| proxy CPU per sequential request (TTFT phase, µs) | {r:.1} vs {x:.1}: {:.2} | |",
+                r / x
+            );
+        }
         println!(
             "(nginx added: TTFT {:.0} / {:.0} µs, per-event delay {:.0} / {:.0} µs)",
             n[0] - d[0],

@@ -1,4 +1,4 @@
-//! The response body the proxy hands to hyper: the upstream's body passed through frame by
+//! The response body the proxy writes to its client (through its own server or hyper): the upstream's body passed through frame by
 //! frame as it arrives (never re-chunked), stamped and kept by a [`Tap`] for the workers to
 //! measure, or a fixed body of the proxy's own.
 

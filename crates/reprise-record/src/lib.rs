@@ -21,8 +21,10 @@
 //! [`counters`], `upstream` (the client to the server and its body), `sink` (where
 //! finished exchanges go: workers, writer, counted drops), `body` (the response body and
 //! the `Tap` that measures it), `proxy` (the forwarding path and its decisions), `admin`
-//! (`/metrics`, `/health`), `writer` (part files), [`observe`] (rows from exchanges, on
-//! worker threads) and [`salt`]; this file holds the lifecycle ([`Recorder`]).
+//! (`/metrics`, `/health`), `server` (the proxy's own HTTP/1.1 server for its clients'
+//! common requests; hyper serves the rest, and the admin port), `writer` (part files),
+//! [`observe`] (rows from exchanges, on worker threads) and [`salt`]; this file holds the
+//! lifecycle ([`Recorder`]).
 
 mod admin;
 mod body;
@@ -32,6 +34,7 @@ pub mod counters;
 pub mod observe;
 mod proxy;
 pub mod salt;
+mod server;
 mod sink;
 mod upstream;
 mod writer;
@@ -97,11 +100,16 @@ pub struct Recorder {
     writer: Option<std::thread::JoinHandle<RecordSummary>>,
 }
 
-async fn serve<F, Fut>(listener: tokio::net::TcpListener, shared: Arc<Shared>, f: F)
-where
-    F: Fn(Arc<Shared>, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Response<ProxyBody>> + Send + 'static,
-{
+/// What a listener serves.
+#[derive(Clone, Copy)]
+enum Listener {
+    /// The proxy: `server`'s own HTTP/1.1 path, hyper for what it leaves.
+    Proxy,
+    /// `/metrics` and `/health`, through hyper.
+    Admin,
+}
+
+async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, kind: Listener) {
     let limits = shared.config.limits;
     let table = conns::Table::new(limits.max_connections);
     loop {
@@ -134,32 +142,59 @@ where
         let _ = stream.set_nodelay(true);
         let (shared, table) = (shared.clone(), table.clone());
         tokio::spawn(async move {
-            let conn = entry.conn.clone();
-            let svc = hyper::service::service_fn(move |req| {
-                let (shared, busy) = (shared.clone(), table.busy(&conn));
-                async move {
-                    let response = f(shared, req).await;
-                    Ok::<_, std::convert::Infallible>(
-                        response.map(|body| conns::Marked { body, _busy: busy }),
-                    )
+            match kind {
+                Listener::Proxy => {
+                    let mut stream = stream;
+                    let served = server::connection(&mut stream, &shared, &table, &entry.conn);
+                    if let server::Handled::Unusual(read) = served.await {
+                        let io = server::Rewind::new(read, stream);
+                        with_hyper(io, shared, &table, &entry, proxy::handle).await;
+                    }
                 }
-            });
-            let serving = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .max_buf_size(limits.max_header_bytes)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            tokio::pin!(serving);
-            tokio::select! {
-                _ = serving.as_mut() => {}
-                _ = entry.conn.close.notified() => {
-                    // Closes at once when idle; an exchange begun meanwhile is finished.
-                    serving.as_mut().graceful_shutdown();
-                    let _ = serving.await;
-                }
+                Listener::Admin => with_hyper(stream, shared, &table, &entry, admin::admin).await,
             }
             drop(entry);
         });
+    }
+}
+
+/// Serves a connection through hyper with handler `f`, until it closes or is asked to
+/// (`conns`).
+async fn with_hyper<I, F, Fut>(
+    io: I,
+    shared: Arc<Shared>,
+    table: &Arc<conns::Table>,
+    entry: &conns::Entry,
+    f: F,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Arc<Shared>, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let limits = shared.config.limits;
+    let (conn, table) = (entry.conn.clone(), table.clone());
+    let svc = hyper::service::service_fn(move |req| {
+        let (shared, busy) = (shared.clone(), table.busy(&conn));
+        async move {
+            let response = f(shared, req).await;
+            Ok::<_, std::convert::Infallible>(
+                response.map(|body| conns::Marked { body, _busy: busy }),
+            )
+        }
+    });
+    let serving = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+    tokio::pin!(serving);
+    tokio::select! {
+        _ = serving.as_mut() => {}
+        _ = entry.conn.close.notified() => {
+            // Closes at once when idle; an exchange begun meanwhile is finished.
+            serving.as_mut().graceful_shutdown();
+            let _ = serving.await;
+        }
     }
 }
 
@@ -266,9 +301,13 @@ impl Recorder {
             run_tag,
             stopping: AtomicBool::new(false),
         });
-        let mut accept = vec![tokio::spawn(serve(listener, shared.clone(), proxy::handle))];
+        let mut accept = vec![tokio::spawn(serve(
+            listener,
+            shared.clone(),
+            Listener::Proxy,
+        ))];
         if let Some(l) = admin_listener {
-            accept.push(tokio::spawn(serve(l, shared.clone(), admin::admin)));
+            accept.push(tokio::spawn(serve(l, shared.clone(), Listener::Admin)));
         }
         // The tick: hands on the exchanges gathered for the workers (a row waits at most a
         // tick for its batch), and is a timer always pending: tokio wakes its driver (an

@@ -60,6 +60,12 @@ fn forwardable(name: &HeaderName) -> bool {
     !HOP_BY_HOP.contains(&name.as_str()) && name != header::UPGRADE
 }
 
+/// [`forwardable`] for a name as it came on the wire (any case).
+fn forwardable_name(name: &str) -> bool {
+    !HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        && !name.eq_ignore_ascii_case("upgrade")
+}
+
 pub(crate) fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::text(error_body(
         message,
@@ -103,11 +109,32 @@ fn model_wanted(config: &RecordConfig, body: &Bytes) -> bool {
         .is_some_and(|m| config.models.contains(&m))
 }
 
-pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
-    let s = &*shared;
+/// `{tag}-{n:08}`, without the formatting machinery (on the path of every exchange).
+fn request_id(tag: &str, n: u64) -> String {
+    let mut digits = [b'0'; 20];
+    let (mut i, mut rest) = (digits.len(), n);
+    while rest > 0 || i > digits.len() - 8 {
+        i -= 1;
+        digits[i] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    let mut id = String::with_capacity(tag.len() + 1 + digits.len() - i);
+    id.push_str(tag);
+    id.push('-');
+    id.extend(digits[i..].iter().map(|&d| d as char));
+    id
+}
+
+/// An exchange begun: its row in the making and when it started.
+pub(crate) struct Begun {
+    pending: Pending,
+    started: Instant,
+}
+
+/// Begins the exchange of a request whose head has been read: from here it ends in a row
+/// (or a counted skip) however the handling ends, a client that goes away included.
+pub(crate) fn begin(s: &Shared, parts: &hyper::http::request::Parts) -> Begun {
     let started = Instant::now();
-    let (parts, body) = req.into_parts();
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let path = parts.uri.path();
     let session_header = s
         .config
@@ -117,22 +144,54 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let x = Exchange {
-        request_id: format!(
-            "{}-{:08}",
-            s.run_tag,
-            s.next_id.fetch_add(1, Ordering::Relaxed)
-        ),
+        request_id: request_id(&s.run_tag, s.next_id.fetch_add(1, Ordering::Relaxed)),
         arrival: wall_now(),
         path: path.to_owned(),
         session_header,
         ..Exchange::default()
     };
-    // From here the exchange ends in a row (or a counted skip) however the handler ends,
-    // a client that goes away included.
-    let mut pending = Pending::begin(s.sink.clone(), x, wanted(&s.config, path), started);
-    // The request body: kept whole up to the observation limit (it is JSON to parse); a
-    // bigger one is refused with a clear answer rather than held in memory.
-    let body = match Limited::new(body, s.config.max_observed_body)
+    let pending = Pending::begin(s.sink.clone(), x, wanted(&s.config, path), started);
+    Begun { pending, started }
+}
+
+/// Why a request body could not be read whole.
+pub(crate) enum BodyError {
+    /// Over the observation limit (`max_observed_body`).
+    TooLarge,
+    /// The client went away or broke the framing.
+    Read(String),
+}
+
+/// The answer to a request whose body could not be read: 413 for one too large (it is
+/// JSON to parse, so it is kept whole; a bigger one is refused rather than held in
+/// memory), 400 otherwise.
+pub(crate) fn body_failed(s: &Shared, begun: Begun, e: BodyError) -> Response<ProxyBody> {
+    match e {
+        BodyError::TooLarge => {
+            begun.pending.fail(413, "request_too_large");
+            json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "reprise record: request body over {} bytes",
+                    s.config.max_observed_body
+                ),
+            )
+        }
+        BodyError::Read(e) => {
+            begun.pending.fail(400, "client_disconnect");
+            json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("reprise record: reading the request: {e}"),
+            )
+        }
+    }
+}
+
+/// One exchange served through hyper: the request body read whole, then [`forward`].
+pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let (parts, body) = req.into_parts();
+    let begun = begin(&shared, &parts);
+    let body = match Limited::new(body, shared.config.max_observed_body)
         .collect()
         .await
     {
@@ -141,24 +200,36 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
             let too_big = e
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some();
-            return if too_big {
-                pending.fail(413, "request_too_large");
-                json_error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!(
-                        "reprise record: request body over {} bytes",
-                        s.config.max_observed_body
-                    ),
-                )
+            let e = if too_big {
+                BodyError::TooLarge
             } else {
-                pending.fail(400, "client_disconnect");
-                json_error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("reprise record: reading the request: {e}"),
-                )
+                BodyError::Read(e.to_string())
             };
+            return body_failed(&shared, begun, e);
         }
     };
+    let deadline = tokio::time::sleep(shared.config.upstream_timeout);
+    forward(&shared, &parts, begun, body, deadline)
+        .await
+        .into_response()
+}
+
+/// Forwards a request whose body has been read to the upstream: the answer is the
+/// upstream's head with its body behind a [`Tap`], or the proxy's own error (504 when
+/// `upstream_deadline` comes first).
+pub(crate) async fn forward(
+    shared: &Arc<Shared>,
+    parts: &hyper::http::request::Parts,
+    begun: Begun,
+    body: Bytes,
+    upstream_deadline: impl Future<Output = ()>,
+) -> Answer {
+    let s = &**shared;
+    let Begun {
+        mut pending,
+        started,
+    } = begun;
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     if pending.record() && !model_wanted(&s.config, &body) {
         pending.skip();
     }
@@ -169,42 +240,51 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     // once, straight into the answer.
     let passes =
         |k: &HeaderName| forwardable(k) && k != header::HOST && k != header::CONTENT_LENGTH;
-    let sent = match &s.client {
-        UpstreamClient::Plain(target) => {
-            let request = wire_request(
-                &parts.method,
-                &s.base_path,
-                path_and_query,
-                target.host_header(),
-                &parts.headers,
-                passes,
-                &body,
-            );
-            let options = reprise_net::h1::RequestOptions {
-                head_only: parts.method == hyper::Method::HEAD,
-                keep_head: true,
-            };
-            tokio::time::timeout(
-                s.config.upstream_timeout,
-                target.send_request(&request, options),
-            )
-            .await
-            .map(|r| r.map(plain_response).map_err(|e| (false, e.to_string())))
-        }
-        UpstreamClient::Tls(client) => {
-            let url = upstream_url(&s.upstream, path_and_query);
-            let mut headers = HeaderMap::with_capacity(parts.headers.len());
-            for (k, v) in parts.headers.iter().filter(|(k, _)| passes(k)) {
-                headers.append(k.clone(), v.clone());
+    let sending = async {
+        match &s.client {
+            UpstreamClient::Plain(target) => {
+                let request = wire_request(
+                    &parts.method,
+                    &s.base_path,
+                    path_and_query,
+                    target.host_header(),
+                    &parts.headers,
+                    passes,
+                    &body,
+                );
+                let options = reprise_net::h1::RequestOptions {
+                    head_only: parts.method == hyper::Method::HEAD,
+                    keep_head: true,
+                };
+                target
+                    .send_request(&request, options)
+                    .await
+                    .map(Upstream::Plain)
+                    .map_err(|e| (false, e.to_string()))
             }
-            let request = client
-                .request(parts.method.clone(), url)
-                .headers(headers)
-                .body(body);
-            tokio::time::timeout(s.config.upstream_timeout, request.send())
-                .await
-                .map(|r| r.map(tls_response).map_err(|e| (e.is_timeout(), chain(&e))))
+            UpstreamClient::Tls(client) => {
+                let url = upstream_url(&s.upstream, path_and_query);
+                let mut headers = HeaderMap::with_capacity(parts.headers.len());
+                for (k, v) in parts.headers.iter().filter(|(k, _)| passes(k)) {
+                    headers.append(k.clone(), v.clone());
+                }
+                let request = client
+                    .request(parts.method.clone(), url)
+                    .headers(headers)
+                    .body(body);
+                request
+                    .send()
+                    .await
+                    .map(|r| Upstream::Tls(tls_response(r)))
+                    .map_err(|e| (e.is_timeout(), chain(&e)))
+            }
         }
+    };
+    // The upstream timeout, up to the response head.
+    let sent = tokio::select! {
+        biased;
+        r = sending => Ok(r),
+        () = upstream_deadline => Err(()),
     };
     let response = match sent {
         Ok(Ok(r)) => r,
@@ -215,48 +295,145 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
                 (StatusCode::BAD_GATEWAY, "connect")
             };
             let message = format!("reprise record: upstream {}: {msg}", s.upstream);
-            return upstream_failed(s, pending, status, class, &message);
+            return upstream_failed(s, pending, status, class, &message).into();
         }
         Err(_) => {
             let message = format!(
                 "reprise record: upstream {} sent no response within {:?}",
                 s.upstream, s.config.upstream_timeout
             );
-            return upstream_failed(s, pending, StatusCode::GATEWAY_TIMEOUT, "timeout", &message);
+            return upstream_failed(s, pending, StatusCode::GATEWAY_TIMEOUT, "timeout", &message)
+                .into();
         }
     };
     let x = pending.exchange();
-    x.status = response.status().as_u16();
-    x.streamed = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    let (head, upstream_body) = response.into_parts();
-    let (x, record) = pending.hand_over();
-    let tap = Tap::new(s.sink.clone(), upstream_body, x, record, started);
-    Response::from_parts(head, ProxyBody::Stream(Box::new(tap)))
+    match response {
+        Upstream::Plain(r) => {
+            x.status = r.status();
+            let head = plain_head(&r);
+            x.streamed = head.streamed;
+            let (x, record) = pending.hand_over();
+            let body = UpstreamBody::Plain(r);
+            Answer::Plain {
+                status: StatusCode::from_u16(x.status).unwrap_or(StatusCode::BAD_GATEWAY),
+                fields: head.fields,
+                length: head.length,
+                body: Box::new(Tap::new(s.sink.clone(), body, x, record, started)),
+            }
+        }
+        Upstream::Tls(response) => {
+            x.status = response.status().as_u16();
+            x.streamed = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            let (head, upstream_body) = response.into_parts();
+            let (x, record) = pending.hand_over();
+            let tap = Tap::new(s.sink.clone(), upstream_body, x, record, started);
+            Answer::Other(Response::from_parts(head, ProxyBody::Stream(Box::new(tap))))
+        }
+    }
 }
 
-/// A lean client's response as the answer's head (status, and the header fields that
-/// pass: not hop-by-hop, and valid HTTP field names and values) and its body.
-fn plain_response(r: reprise_net::h1::Response) -> Response<UpstreamBody> {
-    let mut out = Response::new(());
-    *out.status_mut() = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let headers = out.headers_mut();
-    r.headers(|k, v| {
+/// An upstream's response, from either client.
+enum Upstream {
+    Plain(reprise_net::h1::Response),
+    Tls(Response<UpstreamBody>),
+}
+
+/// The answer to a forwarded request.
+pub(crate) enum Answer {
+    /// The lean client's answer, its head as it goes on the wire: the status, the upstream
+    /// head's fields that pass (`name: value` lines, hop-by-hop fields left out), the length
+    /// it states, and its body.
+    Plain {
+        status: StatusCode,
+        fields: Vec<u8>,
+        length: Option<u64>,
+        body: Box<Tap>,
+    },
+    /// Any other: an `https://` upstream's, or the proxy's own.
+    Other(Response<ProxyBody>),
+}
+
+impl From<Response<ProxyBody>> for Answer {
+    fn from(r: Response<ProxyBody>) -> Answer {
+        Answer::Other(r)
+    }
+}
+
+impl Answer {
+    /// As a hyper response.
+    pub(crate) fn into_response(self) -> Response<ProxyBody> {
+        match self {
+            Answer::Other(r) => r,
+            Answer::Plain {
+                status,
+                fields,
+                body,
+                ..
+            } => {
+                let mut out = Response::new(ProxyBody::Stream(body));
+                *out.status_mut() = status;
+                wire_fields(&fields, out.headers_mut());
+                out
+            }
+        }
+    }
+}
+
+/// Header fields as wire lines (`name: value`, CRLF-ended) into a map.
+fn wire_fields(fields: &[u8], headers: &mut HeaderMap) {
+    for line in fields.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
         if let (Ok(k), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_bytes(v),
-        ) && forwardable(&k)
-        {
+            HeaderName::from_bytes(&line[..colon]),
+            HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) {
             headers.append(k, v);
         }
-    });
-    out.map(|()| UpstreamBody::Plain(r))
+    }
 }
 
-/// A `reqwest` response likewise, its hop-by-hop fields left out (and nothing else of its
+/// What the proxy passes on of a lean client's response head.
+struct PlainHead {
+    fields: Vec<u8>,
+    length: Option<u64>,
+    streamed: bool,
+}
+
+/// The fields of a lean client's response head that pass (not hop-by-hop), as wire lines,
+/// with the length it states and whether it is an event stream.
+fn plain_head(r: &reprise_net::h1::Response) -> PlainHead {
+    let mut head = PlainHead {
+        fields: Vec::with_capacity(256),
+        length: None,
+        streamed: false,
+    };
+    r.headers(|k, v| {
+        if !forwardable_name(k) {
+            return;
+        }
+        if k.eq_ignore_ascii_case("content-length") {
+            head.length = std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| v.trim().parse().ok());
+        } else if k.eq_ignore_ascii_case("content-type") {
+            head.streamed = v.starts_with(b"text/event-stream");
+        }
+        head.fields.extend_from_slice(k.as_bytes());
+        head.fields.extend_from_slice(b": ");
+        head.fields.extend_from_slice(v);
+        head.fields.extend_from_slice(b"\r\n");
+    });
+    head
+}
+
+/// A `reqwest` response as the answer's head, its hop-by-hop fields left out (and nothing else of its
 /// head kept: the answer is HTTP/1.1 whatever the upstream spoke).
 fn tls_response(r: reqwest::Response) -> Response<UpstreamBody> {
     let (head, body) = hyper::Response::<reqwest::Body>::from(r).into_parts();
@@ -336,6 +513,29 @@ mod tests {
     }
 
     #[test]
+    fn request_ids_are_the_tag_and_a_padded_count() {
+        assert_eq!(request_id("ab12", 0), "ab12-00000000");
+        assert_eq!(request_id("ab12", 42), "ab12-00000042");
+        assert_eq!(request_id("t", 123_456_789), "t-123456789");
+        assert_eq!(request_id("t", u64::MAX), format!("t-{}", u64::MAX));
+    }
+
+    #[test]
+    fn wire_fields_read_back_as_they_were_written() {
+        let mut h = HeaderMap::new();
+        wire_fields(
+            b"content-type: text/event-stream\r\nset-cookie: a=1\r\nSet-Cookie: b=2\r\n\
+              x-odd: v: w\r\nbad line\r\n",
+            &mut h,
+        );
+        assert_eq!(h["content-type"], "text/event-stream");
+        let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!(h["x-odd"], "v: w");
+        assert_eq!(h.len(), 4);
+    }
+
+    #[test]
     fn hop_by_hop_headers_do_not_pass() {
         for h in [
             "connection",
@@ -345,9 +545,11 @@ mod tests {
             "te",
         ] {
             assert!(!forwardable(&HeaderName::from_static(h)), "{h}");
+            assert!(!forwardable_name(&h.to_ascii_uppercase()), "{h}");
         }
         for h in ["authorization", "content-type", "x-session-id"] {
             assert!(forwardable(&HeaderName::from_static(h)), "{h}");
+            assert!(forwardable_name(h), "{h}");
         }
     }
 
