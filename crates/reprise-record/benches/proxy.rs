@@ -14,7 +14,7 @@
 //! `proxy_buffering off` and kept-alive upstream connections, the same client.
 //!
 //! Run: `cargo bench -p reprise-record --bench proxy` (`BENCH_TTFT_ROUNDS=N` repeats the TTFT
-//! phase, 10 rounds of 200 streams per side by default, to profile the `reprise-proxy` thread;
+//! phase, 10 rounds of 1,000 streams per side by default, to profile the `reprise-proxy` thread;
 //! `BENCH_SAMPLE=0.000001` records almost nothing: the forwarding path alone).
 
 use std::io::BufRead;
@@ -268,7 +268,10 @@ fn main() {
                 let recorder = Recorder::start(config).await.expect("proxy");
                 addr_tx.send(recorder.addr()).expect("address");
                 let _ = stop_rx.await;
-                recorder.shutdown().await
+                let counters = recorder.counters().clone();
+                let summary = recorder.shutdown().await;
+                let backlog = counters.backlog.load(Ordering::Relaxed);
+                (summary, backlog)
             })
         })
         .expect("proxy thread");
@@ -308,7 +311,7 @@ fn main() {
     for _ in 0..ttft_rounds {
         for side in &mut sides {
             let before = side.schedstat.as_deref().and_then(cpu_ns);
-            let (t, _) = rt.block_on(latency(&side.addr, "/v1/chat/completions", 200));
+            let (t, _) = rt.block_on(latency(&side.addr, "/v1/chat/completions", 1000));
             let after = side.schedstat.as_deref().and_then(cpu_ns);
             if let (Some(a), Some(b)) = (before, after) {
                 side.cpu.0 += b.saturating_sub(a);
@@ -397,9 +400,9 @@ fn main() {
         let _ = child.wait();
     }
     let _ = stop_tx.send(());
-    let summary = proxy_thread.join().expect("proxy thread");
+    let (summary, backlog) = proxy_thread.join().expect("proxy thread");
     println!(
-        "rows recorded: {}, lost: {}",
+        "rows recorded: {}, lost: {}, written without tokenizing (workers behind): {backlog}",
         summary.recorded, summary.lost
     );
     let _ = child.kill();

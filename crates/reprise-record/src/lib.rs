@@ -86,6 +86,19 @@ pub enum RecordError {
     },
 }
 
+/// Nice value of the recording threads (observation workers, writer).
+const RECORDING_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority (Linux nice values are per thread) so
+/// that, on a busy machine, the forwarding thread is not kept waiting behind recording:
+/// with the recording threads at the proxy's priority, added TTFT p99 was 1.5x nginx's with
+/// recording on and 1.14x with it off. Recording that falls behind is counted, never
+/// waited for. Best effort: a failure changes nothing else.
+fn yield_to_forwarding() {
+    #[cfg(target_os = "linux")]
+    let _ = rustix::process::setpriority_process(None, RECORDING_NICE);
+}
+
 /// How often exchanges gathered for the observation workers are handed on.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -235,7 +248,10 @@ impl Recorder {
             let (config, counters) = (config.clone(), counters.clone());
             std::thread::Builder::new()
                 .name("reprise-record-writer".into())
-                .spawn(move || writer_loop(config, row_rx, counters))
+                .spawn(move || {
+                    yield_to_forwarding();
+                    writer_loop(config, row_rx, counters)
+                })
                 .map_err(|e| RecordError::Config(format!("starting the writer: {e}")))?
         };
         let obs_rx = Arc::new(Mutex::new(obs_rx));
@@ -247,6 +263,7 @@ impl Recorder {
                 std::thread::Builder::new()
                     .name(format!("reprise-record-obs{i}"))
                     .spawn(move || {
+                        yield_to_forwarding();
                         loop {
                             let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                             let Ok(batch) = next else { break };
