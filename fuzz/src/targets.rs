@@ -12,7 +12,7 @@ use std::path::Path;
 pub type Target = fn(&[u8]);
 
 /// The targets, by name (the seed folder's name).
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("parse_datetime", parse_datetime),
     ("import_rows", import_rows),
     ("read_parquet", read_parquet),
@@ -20,6 +20,7 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("sse_chunks", sse_chunks),
     ("request_json", request_json),
     ("h1_response", h1_response),
+    ("h1_request", h1_request),
 ];
 
 /// The UTC date-time parser (importers, `--anchor`): accepted input round-trips.
@@ -140,4 +141,16 @@ pub fn h1_response(data: &[u8]) {
     let split = data.first().map_or(0, |&b| b as usize);
     let rest = data.get(1..).unwrap_or_default();
     let _ = reprise_replay::h1::parse_response(rest, split);
+}
+
+/// What the capture proxy's own server reads from clients: a request head, with a head
+/// limit the first byte names. A head it serves lies within the input and within the
+/// limit, and parses the same on its own.
+pub fn h1_request(data: &[u8]) {
+    let max = data.first().map_or(64, |&b| 64 + 16 * b as usize);
+    let rest = data.get(1..).unwrap_or_default();
+    if let Some(len) = reprise_record::parse_request_head(rest, max) {
+        assert!(len <= rest.len() && len <= max, "{len} of {}", rest.len());
+        assert_eq!(reprise_record::parse_request_head(&rest[..len], max), Some(len));
+    }
 }

@@ -86,6 +86,15 @@ pub enum RecordError {
     },
 }
 
+/// Reads `data` as a client's request head the way the proxy's own server does, with a
+/// head limit of `max` bytes: the length of a complete head it would serve itself, or
+/// `None` (incomplete, left to hyper, too large, or invalid). The entry point of the
+/// `h1_request` fuzz target and its corpus test (untrusted input: clients send these bytes).
+#[doc(hidden)]
+pub fn parse_request_head(data: &[u8], max: usize) -> Option<usize> {
+    server::head_len(data, max)
+}
+
 /// Nice value of the recording threads (observation workers, writer).
 const RECORDING_NICE: i32 = 10;
 

@@ -159,6 +159,14 @@ fn parse(buf: &[u8], max: usize) -> Parse {
     }))
 }
 
+/// The length of a complete head served here (see [`crate::parse_request_head`]).
+pub(crate) fn head_len(buf: &[u8], max: usize) -> Option<usize> {
+    match parse(buf, max) {
+        Parse::Complete(h) => Some(h.len),
+        _ => None,
+    }
+}
+
 /// How reading a request head ended.
 enum Read {
     Head(Box<Head>),
@@ -744,6 +752,49 @@ mod tests {
             (Framing::None, "\r\n".into())
         );
         assert_eq!(framed(304, Some(5), None, false, false).0, Framing::None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_get_a_verdict(data in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            if let Parse::Complete(h) = parse(&data, 512) {
+                proptest::prop_assert!(h.len <= data.len() && h.len <= 512);
+            }
+        }
+
+        #[test]
+        fn written_heads_read_back(
+            method in "GET|POST|PUT|DELETE|OPTIONS",
+            path in "/[a-zA-Z0-9/_.~-]{0,40}(\\?[a-z0-9=&]{0,20})?",
+            fields in proptest::collection::vec(("x-[a-z0-9-]{1,12}", "[ -~]{0,30}"), 0..8),
+            length in proptest::option::of(0u64..1_000_000),
+            close in proptest::bool::ANY,
+        ) {
+            let mut raw = format!("{method} {path} HTTP/1.1\r\nhost: h\r\n");
+            for (k, v) in &fields {
+                raw.push_str(&format!("{k}: {v}\r\n"));
+            }
+            if let Some(n) = length {
+                raw.push_str(&format!("Content-Length: {n}\r\n"));
+            }
+            if close {
+                raw.push_str("connection: close\r\n");
+            }
+            raw.push_str("\r\n");
+            let Parse::Complete(h) = parse(raw.as_bytes(), 1 << 16) else {
+                return Err(proptest::test_runner::TestCaseError::fail(format!("{raw:?}")));
+            };
+            proptest::prop_assert_eq!(h.len, raw.len());
+            proptest::prop_assert_eq!(h.parts.method.as_str(), method.as_str());
+            proptest::prop_assert_eq!(h.parts.uri.path_and_query().unwrap().as_str(), path.as_str());
+            proptest::prop_assert_eq!(h.content_length, length.unwrap_or(0));
+            proptest::prop_assert_eq!(h.close, close);
+            for (k, v) in &fields {
+                // Values lose their surrounding spaces, as HTTP says.
+                let values: Vec<_> = h.parts.headers.get_all(k.as_str()).iter().map(|v| v.as_bytes()).collect();
+                proptest::prop_assert!(values.contains(&v.trim_matches(' ').as_bytes()), "{k}: {v:?} in {values:?}");
+            }
+        }
     }
 
     /// Reads one answer: its head, then a body by its length, to its last chunk, or to
