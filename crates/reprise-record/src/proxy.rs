@@ -1,8 +1,9 @@
-//! The forwarding path: one exchange from the client's request to the upstream's response
-//! head ([`handle`]), with the decisions made on the way — whether the exchange is recorded
-//! (path and model filters, sampling), which headers pass (hop-by-hop ones do not), where
-//! it goes upstream, and how a failure is answered and classed. The response body is then
-//! streamed through a [`Tap`].
+//! The forwarding path: one exchange from the client's request head to the upstream's
+//! response head — [`begin`] (the row in the making), then [`forward`] once the body is
+//! read, called by the proxy's own server (`server`) or through hyper ([`handle`]) — with
+//! the decisions made on the way: whether the exchange is recorded (path and model filters,
+//! sampling), which headers pass (hop-by-hop ones do not), where it goes upstream, and how
+//! a failure is answered and classed. The response body is then streamed through a [`Tap`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
