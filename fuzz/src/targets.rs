@@ -151,6 +151,9 @@ pub fn h1_request(data: &[u8]) {
     let rest = data.get(1..).unwrap_or_default();
     if let Some(len) = reprise_record::parse_request_head(rest, max) {
         assert!(len <= rest.len() && len <= max, "{len} of {}", rest.len());
-        assert_eq!(reprise_record::parse_request_head(&rest[..len], max), Some(len));
+        assert_eq!(
+            reprise_record::parse_request_head(&rest[..len], max),
+            Some(len)
+        );
     }
 }
