@@ -92,19 +92,18 @@ pub fn prom_text(data: &[u8]) {
 /// What the replayer and the proxy read from servers: the SSE parser (input split at the
 /// point its first byte names) and `chunk_facts` on every event.
 pub fn sse_chunks(data: &[u8]) {
-    use reprise_protocol::openai::{chunk_facts, chunk_facts_serde};
+    use reprise_protocol::openai::{ChunkReader, chunk_facts, chunk_facts_serde};
     use reprise_protocol::sse::SseParser;
     let split = data.first().map_or(0, |&b| b as usize).min(data.len());
     let mut parser = SseParser::new();
+    let mut reader = ChunkReader::new();
     for part in [&data[..split], &data[split..]] {
         let _ = parser.feed(part, |event| {
-            // The fast path must answer exactly as serde does.
-            assert_eq!(
-                chunk_facts(&event.data).ok(),
-                chunk_facts_serde(&event.data).ok(),
-                "{:?}",
-                event.data
-            );
+            // The fast paths must answer exactly as serde does: one chunk alone, and a
+            // stream's reader comparing each chunk with the one before.
+            let serde = chunk_facts_serde(&event.data).ok();
+            assert_eq!(chunk_facts(&event.data).ok(), serde, "{:?}", event.data);
+            assert_eq!(reader.facts(&event.data).ok(), serde, "{:?}", event.data);
         });
     }
 }

@@ -410,6 +410,74 @@ pub fn chunk_facts(data: &str) -> Result<ChunkFacts, serde_json::Error> {
     }
 }
 
+/// Reads the chunks of one stream ([`chunk_facts`] for each), faster when they differ only
+/// in their text, as a server's chunks mostly do: the same id, model, `created` and
+/// structure, another token in `text` or `delta.content`.
+///
+/// It keeps the last chunk the fast path read whole, with where its first content string's
+/// body lies. A chunk that is byte for byte that chunk outside that body, and whose body is
+/// a string body the fast path reads, is that chunk with other text: its facts are the kept
+/// ones, its content whether that body or another content string is non-empty. Anything
+/// else is read whole (and kept). A property test compares it with serde over sequences of
+/// chunks.
+#[derive(Debug, Default)]
+pub struct ChunkReader {
+    kept: Vec<u8>,
+    content: Option<(usize, usize)>,
+    others: bool,
+    facts: ChunkFacts,
+}
+
+impl ChunkReader {
+    /// A reader for a new stream.
+    pub fn new() -> ChunkReader {
+        ChunkReader::default()
+    }
+
+    /// The chunk's facts, as [`chunk_facts`] gives them.
+    pub fn facts(&mut self, data: &str) -> Result<ChunkFacts, serde_json::Error> {
+        if let Some(facts) = self.same_but_text(data.as_bytes()) {
+            return Ok(facts);
+        }
+        match crate::skim::chunk_facts_and_content(data) {
+            Some((facts, content)) => {
+                self.content = content.first;
+                if content.first.is_some() {
+                    self.kept.clear();
+                    self.kept.extend_from_slice(data.as_bytes());
+                    self.others = content.others;
+                    self.facts = facts.clone();
+                }
+                Ok(facts)
+            }
+            None => {
+                self.content = None;
+                chunk_facts_serde(data)
+            }
+        }
+    }
+
+    fn same_but_text(&self, data: &[u8]) -> Option<ChunkFacts> {
+        let (start, end) = self.content?;
+        let kept = &self.kept;
+        let tail = kept.len() - end;
+        if data.len() < start + tail
+            || data[..start] != kept[..start]
+            || data[data.len() - tail..] != kept[end..]
+        {
+            return None;
+        }
+        let body = &data[start..data.len() - tail];
+        if !crate::skim::plain_string_body(body) {
+            return None;
+        }
+        Some(ChunkFacts {
+            has_content: self.others || !body.is_empty(),
+            ..self.facts.clone()
+        })
+    }
+}
+
 /// [`chunk_facts`] through serde alone: the reference the fast path is tested and fuzzed
 /// against.
 #[doc(hidden)]
@@ -757,6 +825,63 @@ mod tests {
                 proptest::prop_assert_eq!(&fast, &serde(&s), "{}", s);
             }
             proptest::prop_assert_eq!(chunk_facts(&s).ok(), serde(&s), "{}", s);
+        }
+
+        #[test]
+        fn a_stream_reader_agrees_with_serde_on_every_chunk(
+            template in proptest::prop_oneof![
+                // `§` marks where each chunk's text goes.
+                proptest::strategy::Just(r#"{"id":"c","object":"chunk","choices":[{"index":0,"delta":{"content":"§"},"finish_reason":null}]}"#.to_owned()),
+                proptest::strategy::Just(r#"{"choices":[{"text":"§"},{"text":"x"}]}"#.to_owned()),
+                proptest::strategy::Just(r#"{"choices":[{"text":"§"},{"text":""}]}"#.to_owned()),
+                proptest::strategy::Just(r#"{"choices":[{"delta":{"content":"§","reasoning_content":"r"}}]}"#.to_owned()),
+                proptest::strategy::Just(r#"{"choices":[{"delta":{"reasoning_content":"§","content":null}}],"usage":null}"#.to_owned()),
+                proptest::strategy::Just(r#" {"choices":[{"text":"§"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}} "#.to_owned()),
+                // Generated chunks, their first string's body marked.
+                proptest::strategy::Strategy::prop_map(chunk_text(), |t| match t.find(":\"") {
+                    Some(at) => {
+                        let at = at + 2;
+                        let end = t[at..].find('"').map_or(t.len(), |e| at + e);
+                        format!("{}§{}", &t[..at], &t[end..])
+                    }
+                    None => t,
+                }),
+            ],
+            texts in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "[a-z ]{0,6}",
+                    proptest::strategy::Just(String::new()),
+                    proptest::strategy::Just("\\\"".to_owned()),
+                    proptest::strategy::Just("\\n\\t\\/".to_owned()),
+                    proptest::strategy::Just("\\u0041".to_owned()),
+                    proptest::strategy::Just("\\ud800".to_owned()),
+                    proptest::strategy::Just("\\uZZ".to_owned()),
+                    proptest::strategy::Just("\\x".to_owned()),
+                    proptest::strategy::Just("\\".to_owned()),
+                    proptest::strategy::Just("\"".to_owned()),
+                    proptest::strategy::Just("\",\"x\":\"".to_owned()),
+                    proptest::strategy::Just("\u{1}".to_owned()),
+                    proptest::strategy::Just("é\u{1F600}".to_owned()),
+                ],
+                1..12,
+            ),
+            others in proptest::collection::vec(chunk_text(), 0..3),
+        ) {
+            // Chunks made from one template with each text in its place (the reader's fast
+            // case, and its traps: quotes, escapes cut in two, control characters), with
+            // other chunks between.
+            let mut reader = ChunkReader::new();
+            let mut chunks = Vec::new();
+            for (i, t) in texts.iter().enumerate() {
+                chunks.push(template.replace('§', t));
+                if let Some(o) = others.get(i) {
+                    chunks.push(o.clone());
+                }
+                chunks.push(template.replace('§', "a"));
+            }
+            for c in &chunks {
+                proptest::prop_assert_eq!(reader.facts(c).ok(), serde(c), "{}", c);
+            }
         }
     }
 }

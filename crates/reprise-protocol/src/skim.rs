@@ -19,6 +19,16 @@ struct Skim<'a> {
     b: &'a [u8],
     i: usize,
     depth: u32,
+    /// The content strings met (`text`, `delta.content`, `delta.reasoning_content`).
+    content: Content,
+}
+
+/// Where a chunk's content strings are: the first one's body (between its quotes), and
+/// whether any other is non-empty. What [`crate::openai::ChunkReader`] compares chunks by.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Content {
+    pub(crate) first: Option<(usize, usize)>,
+    pub(crate) others: bool,
 }
 
 /// A string's raw content (between its quotes) and whether it held escapes.
@@ -36,14 +46,38 @@ impl Str {
 
 /// The facts of a chunk, or `None` where the serde path must decide.
 pub(crate) fn chunk_facts(data: &str) -> Option<ChunkFacts> {
+    chunk_facts_and_content(data).map(|(facts, _)| facts)
+}
+
+/// [`chunk_facts`], and where its content strings are.
+pub(crate) fn chunk_facts_and_content(data: &str) -> Option<(ChunkFacts, Content)> {
     let mut p = Skim {
         b: data.as_bytes(),
         i: 0,
         depth: 0,
+        content: Content::default(),
     };
     let facts = p.chunk()?;
     p.ws();
-    (p.i == p.b.len()).then_some(facts)
+    (p.i == p.b.len()).then_some((facts, p.content))
+}
+
+/// Whether `body` is the body of a JSON string (between its quotes) that this fast path
+/// reads: no unescaped quote, no control character, no escape other than the short ones
+/// (a `\u` escape is the serde path's), every escape whole within it.
+pub(crate) fn plain_string_body(body: &[u8]) -> bool {
+    let mut i = 0;
+    loop {
+        i = plain_run(body, i);
+        match body.get(i) {
+            None => return true,
+            Some(b'\\') => match body.get(i + 1) {
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                _ => return false,
+            },
+            Some(_) => return false,
+        }
+    }
 }
 
 impl<'a> Skim<'a> {
@@ -255,7 +289,8 @@ impl<'a> Skim<'a> {
         Some(())
     }
 
-    /// A string or `null`: `Some(true)` for a non-empty string.
+    /// A content string or `null`: `Some(true)` for a non-empty string. Where it is goes
+    /// into [`Content`].
     #[inline(always)]
     fn opt_text(&mut self) -> Option<bool> {
         if self.null()? {
@@ -264,7 +299,14 @@ impl<'a> Skim<'a> {
         if self.peek()? != b'"' {
             return None;
         }
-        Some(!self.string()?.is_empty())
+        let s = self.string()?;
+        let non_empty = !s.is_empty();
+        if self.content.first.is_none() {
+            self.content.first = Some((s.start, s.end));
+        } else {
+            self.content.others |= non_empty;
+        }
+        Some(non_empty)
     }
 
     fn chunk(&mut self) -> Option<ChunkFacts> {

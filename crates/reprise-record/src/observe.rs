@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use reprise_protocol::openai::{
-    Api, GenerationRequest, Usage, answer_text, chunk_facts, content_of,
+    Api, ChunkReader, GenerationRequest, Usage, answer_text, content_of,
 };
 use reprise_protocol::sse::SseParser;
 use reprise_tokenizer::{Cl100k, Tokenizer, block_hashes};
@@ -61,6 +61,7 @@ pub struct Exchange {
 #[derive(Debug, Default)]
 pub struct EventMeter {
     parser: SseParser,
+    chunks: ChunkReader,
     last_content: Option<Duration>,
     content: bool,
     completion: String,
@@ -77,15 +78,19 @@ impl EventMeter {
 
     /// One network read of the stream, arrived `at` after the exchange did.
     pub fn feed(&mut self, x: &mut Exchange, at: Duration, read: &[u8]) {
-        let (last_content, completion, content) =
-            (&mut self.last_content, &mut self.completion, self.content);
+        let (last_content, completion, content, chunks) = (
+            &mut self.last_content,
+            &mut self.completion,
+            self.content,
+            &mut self.chunks,
+        );
         // Borrowed events: no allocation or copy per event. A framing error ends nothing:
         // the events before it are counted.
         let _ = self.parser.feed_ref(read, |event| {
             if event.is_done() {
                 return;
             }
-            let Ok(f) = chunk_facts(event.data) else {
+            let Ok(f) = chunks.facts(event.data) else {
                 return;
             };
             if f.has_content {

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use reprise_protocol::openai::{Api, Usage, answer_text, chunk_facts};
+use reprise_protocol::openai::{Api, ChunkReader, Usage, answer_text};
 use reprise_protocol::sse::SseParser;
 use reprise_tokenizer::{Cl100k, Tokenizer};
 use serde_json::{Value, json};
@@ -395,6 +395,7 @@ pub async fn send(
         return m;
     }
     let mut parser = SseParser::new();
+    let mut chunks = ChunkReader::new();
     let mut saw_done = false;
     loop {
         let gap_deadline = (tokio::time::Instant::now() + timeouts.gap).min(deadline);
@@ -420,7 +421,7 @@ pub async fn send(
                 saw_done = true;
                 return;
             }
-            match chunk_facts(event.data) {
+            match chunks.facts(event.data) {
                 Ok(f) => {
                     if m.first_chunk.is_none() && f.has_choices {
                         m.first_chunk = Some(now);
