@@ -9,7 +9,9 @@
 //!   network chunks as they arrive and yields complete events, and the framing helpers
 //!   that write events exactly as vLLM does (`data: {...}\n\n`, `data: [DONE]\n\n`);
 //! - [`openai::content_of`]: what counts as content in a streamed chunk (per
-//!   `docs/metrics.md`: `delta.content`, `delta.reasoning_content`, `text`).
+//!   `docs/metrics.md`: `delta.content`, `delta.reasoning_content`, `text`), and what a
+//!   client measures of each chunk: [`openai::chunk_facts`] for one,
+//!   [`openai::ChunkReader`] for a stream's (read by difference from the last one).
 //!
 //! This crate depends on no other reprise crate.
 
