@@ -46,7 +46,7 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-const HOP_BY_HOP: [&str; 8] = [
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -55,16 +55,16 @@ const HOP_BY_HOP: [&str; 8] = [
     "te",
     "trailer",
     "transfer-encoding",
+    "upgrade",
 ];
 
 fn forwardable(name: &HeaderName) -> bool {
-    !HOP_BY_HOP.contains(&name.as_str()) && name != header::UPGRADE
+    forwardable_name(name.as_str())
 }
 
-/// [`forwardable`] for a name as it came on the wire (any case).
+/// Whether a header field of this name passes, the name as it came on the wire (any case).
 fn forwardable_name(name: &str) -> bool {
     !HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-        && !name.eq_ignore_ascii_case("upgrade")
 }
 
 pub(crate) fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
