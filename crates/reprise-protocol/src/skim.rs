@@ -66,16 +66,29 @@ pub(crate) fn chunk_facts_and_content(data: &str) -> Option<(ChunkFacts, Content
 /// reads: no unescaped quote, no control character, no escape other than the short ones
 /// (a `\u` escape is the serde path's), every escape whole within it.
 pub(crate) fn plain_string_body(body: &[u8]) -> bool {
-    let mut i = 0;
+    string_body_end(body, 0).is_some_and(|(end, _)| end == body.len())
+}
+
+/// From `i` inside a JSON string's body: where the body ends (its closing quote, or the end
+/// of `b` when none comes) and whether it held escapes; `None` at a raw control character,
+/// at an escape this fast path leaves to serde (`\u`, or an invalid one), and at an escape
+/// cut off by the end of `b`.
+#[inline(always)]
+fn string_body_end(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
+    let mut escaped = false;
     loop {
-        i = plain_run(body, i);
-        match body.get(i) {
-            None => return true,
-            Some(b'\\') => match body.get(i + 1) {
-                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
-                _ => return false,
-            },
-            Some(_) => return false,
+        i = plain_run(b, i);
+        match b.get(i) {
+            None | Some(b'"') => return Some((i, escaped)),
+            Some(b'\\') => {
+                escaped = true;
+                match b.get(i + 1)? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                    _ => return None,
+                }
+            }
+            // A raw control character: invalid in a JSON string.
+            Some(_) => return None,
         }
     }
 }
@@ -129,30 +142,16 @@ impl<'a> Skim<'a> {
     fn string(&mut self) -> Option<Str> {
         self.eat(b'"')?;
         let start = self.i;
-        let mut escaped = false;
-        loop {
-            self.i = plain_run(self.b, self.i);
-            match *self.b.get(self.i)? {
-                b'"' => {
-                    let end = self.i;
-                    self.i += 1;
-                    return Some(Str {
-                        start,
-                        end,
-                        escaped,
-                    });
-                }
-                b'\\' => {
-                    escaped = true;
-                    match self.b.get(self.i + 1)? {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 2,
-                        _ => return None,
-                    }
-                }
-                // A raw control character: invalid in a JSON string.
-                _ => return None,
-            }
+        let (end, escaped) = string_body_end(self.b, start)?;
+        if self.b.get(end) != Some(&b'"') {
+            return None;
         }
+        self.i = end + 1;
+        Some(Str {
+            start,
+            end,
+            escaped,
+        })
     }
 
     /// An object key without escapes.
