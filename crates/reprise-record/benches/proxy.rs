@@ -14,8 +14,10 @@
 //! `proxy_buffering off` and kept-alive upstream connections, the same client.
 //!
 //! Run: `cargo bench -p reprise-record --bench proxy` (`BENCH_TTFT_ROUNDS=N` repeats the TTFT
-//! phase, 10 rounds of 1,000 streams per side by default, to profile the `reprise-proxy` thread;
-//! `BENCH_SAMPLE=0.000001` records almost nothing: the forwarding path alone).
+//! phase, 10 rounds of 1,000 streams per side by default, to profile the `reprise-proxy` thread
+//! or steady its p99; `BENCH_ONLY_TTFT=1` runs the other phases once and briefly;
+//! `BENCH_SAMPLE=0.000001` records almost nothing: the forwarding path alone;
+//! `BENCH_WORKERS_PRIORITY=idle` runs the observation workers idle-class rather than at nice 10).
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -86,13 +88,25 @@ fn cpu_ns(schedstat: &std::path::Path) -> Option<u64> {
         .ok()
 }
 
-/// The `schedstat` file of this process's thread named `name`.
-fn thread_schedstat(name: &str) -> Option<std::path::PathBuf> {
+/// The file `file` (`schedstat`, `stat`) of this process's thread named `name`.
+fn thread_file(name: &str, file: &str) -> Option<std::path::PathBuf> {
     std::fs::read_dir("/proc/self/task").ok()?.find_map(|t| {
         let dir = t.ok()?.path();
         let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-        (comm.trim() == name).then(|| dir.join("schedstat"))
+        (comm.trim() == name).then(|| dir.join(file))
     })
+}
+
+/// Minor page faults a thread has taken, from its `stat` file (field 10).
+fn thread_faults(stat: Option<&std::path::Path>) -> Option<u64> {
+    let text = std::fs::read_to_string(stat?).ok()?;
+    // The fields after the command name, which may hold spaces, start after its ')'.
+    text.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(7)?
+        .parse()
+        .ok()
 }
 
 /// One way to the upstream and what was measured through it.
@@ -217,6 +231,8 @@ fn main() {
         reprise_stub::sse::serve_forever(reprise_stub::sse::Style::ChatStamped);
         return;
     }
+    // As `reprise record` does.
+    reprise_os::keep_freed_memory();
     let exe = std::env::current_exe().expect("exe");
     let mut child = Command::new(exe)
         .arg("--serve")
@@ -247,6 +263,11 @@ fn main() {
         .and_then(|v| v.parse::<f64>().ok())
     {
         config.sample = f;
+    }
+    // `BENCH_WORKERS_PRIORITY=idle` runs the observation workers idle-class (`reprise record
+    // --workers-priority idle`) rather than at nice 10.
+    if std::env::var("BENCH_WORKERS_PRIORITY").as_deref() == Ok("idle") {
+        config.worker_priority = reprise_record::Priority::Idle;
     }
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -294,7 +315,9 @@ fn main() {
         Side::new("direct", &upstream),
         Side::new("reprise record", &proxy),
     ];
-    sides[1].schedstat = thread_schedstat("reprise-proxy");
+    sides[1].schedstat = thread_file("reprise-proxy", "schedstat");
+    let faults_file = thread_file("reprise-proxy", "stat");
+    let faults_before = thread_faults(faults_file.as_deref());
     if let Some((child, addr)) = &nginx {
         let mut side = Side::new("nginx", addr);
         // One worker, no master: the process is the worker.
@@ -320,17 +343,24 @@ fn main() {
             side.ttft.extend(t);
         }
     }
+    let faults = thread_faults(faults_file.as_deref())
+        .zip(faults_before)
+        .map(|(after, before)| after.saturating_sub(before));
+    // `BENCH_ONLY_TTFT`: the other phases once and short (for repeated TTFT runs).
+    let short = std::env::var_os("BENCH_ONLY_TTFT").is_some();
     // Per-event delay: streams whose events come 1 ms apart.
-    for _ in 0..5 {
+    for _ in 0..(if short { 1 } else { 5 }) {
         for side in &mut sides {
             let (_, d) = rt.block_on(latency(&side.addr, "/paced/v1/chat/completions", 60));
             side.delay.extend(d);
         }
     }
     // Throughput: closed loop, 32 connections, responses sent at once.
-    for _ in 0..3 {
+    for _ in 0..(if short { 1 } else { 3 }) {
         for side in &mut sides {
-            side.rate.push(rt.block_on(throughput(&side.addr, 32, 1.5)));
+            let secs = if short { 0.1 } else { 1.5 };
+            side.rate
+                .push(rt.block_on(throughput(&side.addr, 32, secs)));
         }
     }
     let stats: Vec<[f64; 5]> = sides.iter_mut().map(Side::stats).collect();
@@ -382,6 +412,12 @@ fn main() {
             println!(
                 "| proxy CPU per sequential request (TTFT phase, µs) | {r:.1} vs {x:.1}: {:.2} | |",
                 r / x
+            );
+        }
+        if let Some(f) = faults {
+            println!(
+                "| forwarding thread's page faults (TTFT phase) | {f} in {} requests | |",
+                sides[1].ttft.len()
             );
         }
         println!(

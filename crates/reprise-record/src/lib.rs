@@ -57,6 +57,7 @@ use writer::writer_loop;
 
 pub use config::{Limits, RecordConfig};
 pub use counters::{Counters, RecordSummary};
+pub use reprise_os::Priority;
 
 /// Errors starting or stopping a recorder.
 #[derive(Debug, thiserror::Error)]
@@ -95,17 +96,81 @@ pub fn parse_request_head(data: &[u8], max: usize) -> Option<usize> {
     server::head_len(data, max)
 }
 
-/// Nice value of the recording threads (observation workers, writer).
-const RECORDING_NICE: i32 = 10;
+/// Nice value of the writer thread, and of the observation workers by default
+/// ([`RecordConfig::worker_priority`]).
+pub const RECORDING_NICE: i32 = 10;
 
-/// Lowers the calling thread's scheduling priority (Linux nice values are per thread) so
-/// that, on a busy machine, the forwarding thread is not kept waiting behind recording:
-/// with the recording threads at the proxy's priority, added TTFT p99 was 1.5x nginx's with
-/// recording on and 1.14x with it off. Recording that falls behind is counted, never
-/// waited for. Best effort: a failure changes nothing else.
-fn yield_to_forwarding() {
-    #[cfg(target_os = "linux")]
-    let _ = rustix::process::setpriority_process(None, RECORDING_NICE);
+/// Lowers the calling recording thread's scheduling priority, so that on a busy machine
+/// the forwarding thread is not kept waiting behind recording: with the recording threads
+/// at the proxy's priority, added TTFT p99 was 1.5x nginx's with recording on and 1.14x
+/// with it off. Recording that falls behind is counted, never waited for. Best effort: a
+/// failure is logged and changes nothing else.
+fn yield_to_forwarding(priority: reprise_os::Priority) {
+    if let Err(e) = reprise_os::lower_this_thread(priority) {
+        tracing::debug!("recording thread stays at its priority ({priority}): {e}");
+    }
+}
+
+/// What the observation workers share: the batches of exchanges to observe, and where their
+/// rows go.
+struct Observer {
+    rx: Mutex<std_mpsc::Receiver<Vec<Exchange>>>,
+    tx: std_mpsc::SyncSender<sink::Rows>,
+    opts: observe::ObserveOptions,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
+}
+
+impl Observer {
+    /// Observes a batch and hands its rows to the writer (counted dropped when it is full).
+    fn observe(&self, batch: Vec<Exchange>) {
+        let counters = &self.counters;
+        counters
+            .waiting
+            .fetch_sub(batch.len() as u64, Ordering::AcqRel);
+        let rows: sink::Rows = batch
+            .into_iter()
+            .map(|x| {
+                let row = to_record(x, &self.opts, false);
+                counters.latency.observe(&row);
+                row
+            })
+            .collect();
+        let n = rows.len() as u64;
+        if self.tx.try_send(rows).is_err() {
+            counters.dropped.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// After the cut (the batches' sender dropped): observes batches beside the workers
+    /// until none is left or every worker has ended. A worker waiting in `recv` holds the
+    /// receiver's lock, so the lock is only tried.
+    fn help_until_drained(&self, workers: &[std::thread::JoinHandle<()>]) {
+        use std::sync::TryLockError;
+        use std_mpsc::TryRecvError;
+        loop {
+            let next = match self.rx.try_lock() {
+                Ok(rx) => rx.try_recv(),
+                Err(TryLockError::Poisoned(e)) => e.into_inner().try_recv(),
+                Err(TryLockError::WouldBlock) => Err(TryRecvError::Empty),
+            };
+            match next {
+                Ok(batch) => self.observe(batch),
+                Err(TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty) => {
+                    if workers.iter().all(std::thread::JoinHandle::is_finished) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
 }
 
 /// How often exchanges gathered for the observation workers are handed on.
@@ -119,6 +184,8 @@ pub struct Recorder {
     shared: Arc<Shared>,
     accept: Vec<tokio::task::JoinHandle<()>>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    /// What the workers share; the shutdown helps them with it.
+    observer: Option<Arc<Observer>>,
     writer: Option<std::thread::JoinHandle<RecordSummary>>,
 }
 
@@ -258,39 +325,30 @@ impl Recorder {
             std::thread::Builder::new()
                 .name("reprise-record-writer".into())
                 .spawn(move || {
-                    yield_to_forwarding();
+                    yield_to_forwarding(reprise_os::Priority::Nice(RECORDING_NICE));
                     writer_loop(config, row_rx, counters)
                 })
                 .map_err(|e| RecordError::Config(format!("starting the writer: {e}")))?
         };
-        let obs_rx = Arc::new(Mutex::new(obs_rx));
+        let observer = Arc::new(Observer {
+            rx: Mutex::new(obs_rx),
+            tx: row_tx.clone(),
+            opts: config.observe.clone(),
+            counters: counters.clone(),
+        });
         let mut workers = Vec::new();
         for i in 0..config.workers.max(1) {
-            let (rx, tx, opts) = (obs_rx.clone(), row_tx.clone(), config.observe.clone());
-            let counters = counters.clone();
+            let observer = observer.clone();
+            let priority = config.worker_priority;
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("reprise-record-obs{i}"))
                     .spawn(move || {
-                        yield_to_forwarding();
+                        yield_to_forwarding(priority);
                         loop {
-                            let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                            let next = observer.rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                             let Ok(batch) = next else { break };
-                            counters
-                                .waiting
-                                .fetch_sub(batch.len() as u64, Ordering::AcqRel);
-                            let rows: sink::Rows = batch
-                                .into_iter()
-                                .map(|x| {
-                                    let row = to_record(x, &opts, false);
-                                    counters.latency.observe(&row);
-                                    row
-                                })
-                                .collect();
-                            let n = rows.len() as u64;
-                            if tx.try_send(rows).is_err() {
-                                counters.dropped.fetch_add(n, Ordering::Relaxed);
-                            }
+                            observer.observe(batch);
                         }
                     })
                     .map_err(|e| RecordError::Config(format!("starting a worker: {e}")))?,
@@ -353,6 +411,7 @@ impl Recorder {
             shared,
             accept,
             workers,
+            observer: Some(observer),
             writer: Some(writer),
         })
     }
@@ -400,8 +459,15 @@ impl Recorder {
         // the files are closed.
         let abandoned = s.close();
         let workers = std::mem::take(&mut self.workers);
+        let observer = self.observer.take();
         let writer = self.writer.take();
         let mut summary = tokio::task::spawn_blocking(move || {
+            // The workers may be idle-class on a machine busy with other work: what waits
+            // for them is observed here too, at this thread's priority, so that the cut
+            // never waits for idle CPU time.
+            if let Some(observer) = observer {
+                observer.help_until_drained(&workers);
+            }
             for w in workers {
                 let _ = w.join();
             }
@@ -417,5 +483,83 @@ impl Recorder {
         summary.abandoned = abandoned;
         summary.lost = summary.dropped + summary.failed + abandoned;
         summary
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observer(
+        rx: std_mpsc::Receiver<Vec<Exchange>>,
+    ) -> (Observer, std_mpsc::Receiver<sink::Rows>) {
+        let (tx, rows) = std_mpsc::sync_channel(16);
+        let observer = Observer {
+            rx: Mutex::new(rx),
+            tx,
+            opts: observe::ObserveOptions {
+                block_tokens: 4,
+                record_content: false,
+                salt: salt::Salt::from_bytes(b"t"),
+            },
+            counters: Arc::new(Counters::default()),
+        };
+        (observer, rows)
+    }
+
+    fn batch(ids: &[&str]) -> Vec<Exchange> {
+        ids.iter()
+            .map(|id| Exchange {
+                request_id: (*id).into(),
+                path: "/v1/completions".into(),
+                body: Some(bytes::Bytes::from_static(
+                    br#"{"model":"m","prompt":"one two three"}"#,
+                )),
+                status: 200,
+                ..Exchange::default()
+            })
+            .collect()
+    }
+
+    /// At the cut, what no worker took is observed by the shutdown itself: whole rows
+    /// (tokenized), every batch, in order.
+    #[test]
+    fn the_shutdown_observes_what_the_workers_left() {
+        let (tx, rx) = std_mpsc::sync_channel(8);
+        let (observer, rows) = observer(rx);
+        observer.counters.waiting.store(3, Ordering::Relaxed);
+        tx.send(batch(&["a", "b"])).unwrap();
+        tx.send(batch(&["c"])).unwrap();
+        drop(tx);
+        observer.help_until_drained(&[]);
+        let ids: Vec<(String, Option<u32>)> = rows
+            .try_iter()
+            .flatten()
+            .map(|r| (r.request_id, r.input_tokens))
+            .collect();
+        assert_eq!(
+            ids,
+            [("a", Some(3)), ("b", Some(3)), ("c", Some(3))].map(|(id, n)| (id.to_owned(), n))
+        );
+        assert_eq!(observer.counters.waiting.load(Ordering::Relaxed), 0);
+    }
+
+    /// A worker still holding the batches' lock does not stop the shutdown from ending once
+    /// every worker has: the lock is only tried.
+    #[test]
+    fn the_shutdown_stops_helping_when_the_workers_have_ended() {
+        let (tx, rx) = std_mpsc::sync_channel::<Vec<Exchange>>(8);
+        let (observer, _rows) = observer(rx);
+        let ended = std::thread::spawn(|| {});
+        while !ended.is_finished() {
+            std::thread::yield_now();
+        }
+        let guard = observer.rx.lock().unwrap();
+        // The channel is still open and its lock held: only the ended workers let it return.
+        std::thread::scope(|s| {
+            s.spawn(|| observer.help_until_drained(std::slice::from_ref(&ended)));
+        });
+        drop(guard);
+        drop(tx);
     }
 }

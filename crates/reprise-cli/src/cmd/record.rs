@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use super::common::secs;
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use reprise_record::salt::Salt;
 use reprise_record::{RecordConfig, RecordError, Recorder};
 
@@ -71,6 +71,13 @@ pub struct Args {
     /// Worker threads for tokenizing and hashing.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// How the workers step aside for forwarding. low: nice 10, a share of a busy CPU.
+    /// idle: they run only on CPU time nothing else wants (Linux SCHED_IDLE), for the
+    /// lowest added latency on a machine with CPU to spare; on CPUs kept busy by other work
+    /// they barely run, so rows wait in memory (a crash loses them) and past 10,000 waiting
+    /// are written without tokenizing (counted in the summary and /metrics).
+    #[arg(long, value_enum, default_value_t = WorkersPriority::Low)]
+    workers_priority: WorkersPriority,
     /// Seconds to wait for exchanges in flight at shutdown.
     #[arg(long, default_value_t = 30.0)]
     drain: f64,
@@ -101,6 +108,13 @@ pub struct Args {
     max_connections: usize,
 }
 
+/// `--workers-priority`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum WorkersPriority {
+    Idle,
+    Low,
+}
+
 fn default_salt_file() -> PathBuf {
     std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
@@ -111,6 +125,9 @@ fn default_salt_file() -> PathBuf {
 
 /// Runs the proxy until Ctrl-C or SIGTERM.
 pub fn run(args: Args) -> Result<ExitCode> {
+    // The forwarding thread allocates each exchange and a recording thread frees it: kept
+    // mapped, those pages are not faulted in again on the forwarding path.
+    reprise_os::keep_freed_memory();
     let salt_file = args.salt_file.clone().unwrap_or_else(default_salt_file);
     let salt = Salt::load_or_create(&salt_file).context("--salt-file")?;
     let mut config = RecordConfig::new(args.listen, args.upstream.clone(), args.out.clone(), salt);
@@ -125,6 +142,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     config.part_max_rows = args.part_rows.max(1);
     config.upstream_timeout = secs(args.upstream_timeout, "--upstream-timeout")?;
     config.workers = args.workers.max(1);
+    config.worker_priority = match args.workers_priority {
+        WorkersPriority::Idle => reprise_record::Priority::Idle,
+        WorkersPriority::Low => reprise_record::Priority::Nice(reprise_record::RECORDING_NICE),
+    };
     config.drain = secs(args.drain, "--drain")?;
     config.max_observed_body = args.max_body_bytes.max(1);
     config.limits = reprise_record::Limits {
