@@ -152,15 +152,7 @@ mod tests {
     fn a_thread_lowers_its_nice_value() {
         std::thread::spawn(|| {
             lower_this_thread(Priority::Nice(7)).expect("lowered");
-            let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
-            // Field 19 (nice) of /proc/<tid>/stat, counted after the command name's ')'.
-            let nice: i32 = stat
-                .rsplit(')')
-                .next()
-                .and_then(|rest| rest.split_whitespace().nth(16))
-                .and_then(|n| n.parse().ok())
-                .expect("nice field");
-            assert_eq!(nice, 7);
+            assert_eq!(stat_field(19), 7, "nice");
             // Kernels that take a thread's slice from it (6.12 and later) show the short one.
             let sched = std::fs::read_to_string("/proc/thread-self/sched").unwrap_or_default();
             let line = sched.lines().find(|l| l.starts_with("se.slice "));
@@ -175,6 +167,19 @@ mod tests {
         })
         .join()
         .expect("thread");
+    }
+
+    /// Field `n` (counted from 1, as in proc(5)) of the calling thread's
+    /// `/proc/thread-self/stat`, as a number.
+    #[cfg(target_os = "linux")]
+    fn stat_field(n: usize) -> i64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+        // The command name (field 2) may hold spaces: the fields from 3 on follow its ')'.
+        stat.rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(n - 3))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("field {n} of {stat:?}"))
     }
 
     /// Whether the running kernel's release is at least `major.minor`.
@@ -195,15 +200,7 @@ mod tests {
     fn a_thread_moves_itself_to_sched_idle() {
         std::thread::spawn(|| {
             lower_this_thread(Priority::Idle).expect("idle");
-            let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
-            // Field 41 (policy), counted after the command name's ')'.
-            let policy: i32 = stat
-                .rsplit(')')
-                .next()
-                .and_then(|rest| rest.split_whitespace().nth(38))
-                .and_then(|n| n.parse().ok())
-                .expect("policy field");
-            assert_eq!(policy, libc::SCHED_IDLE);
+            assert_eq!(stat_field(41), i64::from(libc::SCHED_IDLE), "policy");
         })
         .join()
         .expect("thread");

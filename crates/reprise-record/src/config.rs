@@ -40,10 +40,11 @@ pub struct RecordConfig {
     pub upstream_timeout: Duration,
     /// Observation worker threads.
     pub workers: usize,
-    /// How the observation workers step aside for forwarding. `Priority::Nice(RECORDING_NICE)`
-    /// (the default): a share of a busy CPU. [`Priority::Idle`]: they run only on CPU time
-    /// nothing else wants (Linux `SCHED_IDLE`), which gave the lowest added TTFT p99 on a
-    /// machine with CPU to spare; on CPUs kept busy by other work they barely run, so rows
+    /// How the observation workers step aside for forwarding.
+    /// `Priority::Nice(RECORDING_NICE)` (the default): a share of a busy CPU, with the
+    /// shortest time slice. [`Priority::Idle`](crate::Priority::Idle): they run only on CPU
+    /// time nothing else wants (Linux `SCHED_IDLE`), which gave the lowest added TTFT p99 on
+    /// a machine with CPU to spare; on CPUs kept busy by other work they barely run, so rows
     /// wait in memory (a crash loses them, past `flush_interval`) and past `queue` are
     /// written without tokenizing (counted). The writer runs at nice 10 either way.
     pub worker_priority: crate::Priority,
