@@ -41,6 +41,45 @@ impl Gauge {
     }
 }
 
+/// Values counted for a [`Histogram`] and added to it when dropped (see
+/// [`Histogram::batch`]); until then readers of the histogram do not see them.
+#[derive(Debug)]
+pub struct HistogramBatch<'a> {
+    histogram: &'a Histogram,
+    counts: Vec<u64>,
+    sum_ns: u64,
+}
+
+impl HistogramBatch<'_> {
+    /// Counts one value, in seconds, as [`Histogram::observe`] would.
+    pub fn observe(&mut self, secs: f64) {
+        let secs = if secs.is_finite() { secs.max(0.0) } else { 0.0 };
+        let i = self.histogram.bounds.partition_point(|b| *b < secs);
+        self.counts[i] += 1;
+        self.sum_ns += (secs * 1e9) as u64;
+    }
+
+    /// Counts one value given in microseconds.
+    pub fn observe_us(&mut self, us: u64) {
+        self.observe(us as f64 * 1e-6);
+    }
+}
+
+impl Drop for HistogramBatch<'_> {
+    fn drop(&mut self) {
+        for (total, &n) in self.histogram.counts.iter().zip(&self.counts) {
+            if n > 0 {
+                total.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        if self.sum_ns > 0 {
+            self.histogram
+                .sum_ns
+                .fetch_add(self.sum_ns, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A classic histogram over fixed bounds (seconds): a count a bucket, the sum and the count.
 #[derive(Debug)]
 pub struct Histogram {
@@ -73,6 +112,17 @@ impl Histogram {
     /// Counts one value given in microseconds.
     pub fn observe_us(&self, us: u64) {
         self.observe(us as f64 * 1e-6);
+    }
+
+    /// Counts gathered on the calling thread and added here at once when the batch is
+    /// dropped: one atomic add a bucket touched instead of two a value, for a thread that
+    /// counts many values at a time (the capture proxy's workers, a row's every gap).
+    pub fn batch(&self) -> HistogramBatch<'_> {
+        HistogramBatch {
+            histogram: self,
+            counts: vec![0; self.counts.len()],
+            sum_ns: 0,
+        }
     }
 
     /// Values counted.
@@ -425,6 +475,40 @@ fn float(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch adds what the same values observed one by one would, and only when dropped.
+    #[test]
+    fn a_batch_counts_as_single_observations_do() {
+        let bounds: Arc<[f64]> = Arc::from(vec![0.001, 0.01, 0.1, 1.0]);
+        let (one, many) = (Histogram::new(bounds.clone()), Histogram::new(bounds));
+        let values = [
+            0.0,
+            0.0005,
+            0.001,
+            0.002,
+            0.05,
+            0.1,
+            0.7,
+            3.0,
+            -1.0,
+            f64::NAN,
+            0.0123,
+        ];
+        for v in values {
+            one.observe(v);
+        }
+        let mut batch = many.batch();
+        for v in values {
+            batch.observe(v);
+        }
+        batch.observe_us(2_500);
+        one.observe_us(2_500);
+        assert_eq!(many.count(), 0, "nothing shows before the batch is dropped");
+        drop(batch);
+        assert_eq!(many.cumulative(), one.cumulative());
+        assert_eq!(many.cumulative(), [5, 7, 10, 11, 12]);
+        assert_eq!(many.sum(), one.sum());
+    }
 
     fn labels(phase: &str) -> Labels {
         vec![("run_id", "r1".into()), ("phase", phase.into())]

@@ -70,14 +70,24 @@ impl Default for Latency {
 impl Latency {
     /// Counts a row's latencies (failed exchanges have none).
     pub fn observe(&self, row: &TraceRecord) {
-        if let Some(t) = row.ttft_us {
-            self.ttft.observe_us(t);
-        }
-        if let Some(e) = row.e2e_us {
-            self.e2e.observe_us(e);
-        }
-        for gap in row.itl_us.iter().flatten() {
-            self.itl.observe_us(u64::from(*gap));
+        self.observe_all(std::slice::from_ref(row));
+    }
+
+    /// Counts the latencies of rows, added to the shared histograms once for all of them:
+    /// a row's every gap counted with two atomic adds on counters the other workers also
+    /// add to was 11% of the recording threads' time (perf, the proxy bench).
+    pub fn observe_all(&self, rows: &[TraceRecord]) {
+        let (mut ttft, mut e2e, mut itl) = (self.ttft.batch(), self.e2e.batch(), self.itl.batch());
+        for row in rows {
+            if let Some(t) = row.ttft_us {
+                ttft.observe_us(t);
+            }
+            if let Some(e) = row.e2e_us {
+                e2e.observe_us(e);
+            }
+            for gap in row.itl_us.iter().flatten() {
+                itl.observe_us(u64::from(*gap));
+            }
         }
     }
 }

@@ -135,12 +135,9 @@ impl Observer {
             .fetch_sub(batch.len() as u64, Ordering::AcqRel);
         let rows: sink::Rows = batch
             .into_iter()
-            .map(|x| {
-                let row = to_record(x, &self.opts, false);
-                counters.latency.observe(&row);
-                row
-            })
+            .map(|x| to_record(x, &self.opts, false))
             .collect();
+        counters.latency.observe_all(&rows);
         let n = rows.len() as u64;
         if self.tx.try_send(rows).is_err() {
             counters.dropped.fetch_add(n, Ordering::Relaxed);

@@ -138,12 +138,9 @@ impl Sink {
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 let rows: Rows = batch
                     .into_iter()
-                    .map(|x| {
-                        let row = to_record(x, &self.observe, true);
-                        self.counters.latency.observe(&row);
-                        row
-                    })
+                    .map(|x| to_record(x, &self.observe, true))
                     .collect();
+                self.counters.latency.observe_all(&rows);
                 self.write_rows(rows);
             }
         }
