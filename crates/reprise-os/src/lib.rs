@@ -38,11 +38,20 @@ impl fmt::Display for Priority {
 }
 
 /// Lowers the calling thread's scheduling priority (per thread on Linux); an error says why
-/// it stayed as it was (and on other systems nothing is done).
+/// it stayed as it was (a nice value out of 0..=19 is refused everywhere; on other systems
+/// nothing else is done).
 ///
 /// A thread can lower itself this way without privileges, but not raise itself back: call
 /// it once, at the start of a thread whose whole work is of lower priority.
 pub fn lower_this_thread(priority: Priority) -> std::io::Result<()> {
+    if let Priority::Nice(n) = priority
+        && !(0..=19).contains(&n)
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("nice value {n} is not in 0..=19"),
+        ));
+    }
     #[cfg(target_os = "linux")]
     {
         let rc = match priority {
@@ -56,12 +65,6 @@ pub fn lower_this_thread(priority: Priority) -> std::io::Result<()> {
                 }
             }
             Priority::Nice(n) => {
-                if !(0..=19).contains(&n) {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        format!("nice value {n} is not in 0..=19"),
-                    ));
-                }
                 let attr = libc::sched_attr {
                     size: std::mem::size_of::<libc::sched_attr>() as u32,
                     sched_policy: libc::SCHED_OTHER as u32,
