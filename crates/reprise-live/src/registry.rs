@@ -53,10 +53,9 @@ pub struct HistogramBatch<'a> {
 impl HistogramBatch<'_> {
     /// Counts one value, in seconds, as [`Histogram::observe`] would.
     pub fn observe(&mut self, secs: f64) {
-        let secs = if secs.is_finite() { secs.max(0.0) } else { 0.0 };
-        let i = self.histogram.bounds.partition_point(|b| *b < secs);
+        let (i, ns) = self.histogram.place(secs);
         self.counts[i] += 1;
-        self.sum_ns += (secs * 1e9) as u64;
+        self.sum_ns += ns;
     }
 
     /// Counts one value given in microseconds.
@@ -102,11 +101,17 @@ impl Histogram {
 
     /// Counts one value, in seconds (a bucket holds the values up to its bound, inclusive).
     pub fn observe(&self, secs: f64) {
+        let (i, ns) = self.place(secs);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Where a value in seconds goes: its bucket and what it adds to the sum (ns). A value
+    /// that is negative or not finite counts as 0.
+    fn place(&self, secs: f64) -> (usize, u64) {
         let secs = if secs.is_finite() { secs.max(0.0) } else { 0.0 };
         let i = self.bounds.partition_point(|b| *b < secs);
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_ns
-            .fetch_add((secs * 1e9) as u64, Ordering::Relaxed);
+        (i, (secs * 1e9) as u64)
     }
 
     /// Counts one value given in microseconds.

@@ -68,12 +68,7 @@ impl Default for Latency {
 }
 
 impl Latency {
-    /// Counts a row's latencies (failed exchanges have none).
-    pub fn observe(&self, row: &TraceRecord) {
-        self.observe_all(std::slice::from_ref(row));
-    }
-
-    /// Counts the latencies of rows, added to the shared histograms once for all of them:
+    /// Counts the latencies of rows (failed exchanges have none), added to the shared histograms once for all of them:
     /// a row's every gap counted with two atomic adds on counters the other workers also
     /// add to was 11% of the recording threads' time (perf, the proxy bench).
     pub fn observe_all(&self, rows: &[TraceRecord]) {
@@ -240,10 +235,10 @@ mod tests {
         row.ttft_us = Some(50_000);
         row.e2e_us = Some(2_000_000);
         row.itl_us = Some(vec![10_000, 12_000, 900_000]);
-        c.latency.observe(&row);
+        c.latency.observe_all(std::slice::from_ref(&row));
         // A failed exchange: no latency.
         c.latency
-            .observe(&TraceRecord::new("f", reprise_trace::Timestamp(0)));
+            .observe_all(&[TraceRecord::new("f", reprise_trace::Timestamp(0))]);
         let text = c.render();
         assert!(
             text.contains("reprise_record_ttft_seconds_count 1\n"),
