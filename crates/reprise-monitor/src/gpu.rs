@@ -140,7 +140,8 @@ pub fn from_dcgm(samples: &[Sample], time: Timestamp, host: &str) -> Vec<GpuSamp
         if let Some(g) = gpus.get_mut(&key)
             && g.mem_total_bytes.is_none()
         {
-            g.mem_total_bytes = g.mem_used_bytes.map(|u| u + f);
+            // Both halves saturate at u64::MAX bytes (`mib`); so does their sum.
+            g.mem_total_bytes = g.mem_used_bytes.map(|u| u.saturating_add(f));
         }
     }
     gpus.into_values().collect()
@@ -180,6 +181,18 @@ DCGM_FI_DEV_GPU_UTIL{UUID="no-index"} 50
             (rows[1].gpu, rows[1].util_pct, rows[1].mem_used_bytes),
             (1, Some(12.0), None)
         );
+    }
+
+    #[test]
+    fn absurd_memory_figures_saturate_instead_of_overflowing() {
+        // Found by fuzzing: used + free past u64::MAX bytes overflowed the total.
+        let text = "DCGM_FI_DEV_FB_USED{gpu=\"0\"} 1e300\nDCGM_FI_DEV_FB_FREE{gpu=\"0\"} 1e300\n\
+                    DCGM_FI_DEV_FB_USED{gpu=\"1\"} -5\nDCGM_FI_DEV_FB_FREE{gpu=\"1\"} 2\n";
+        let rows = from_dcgm(&parse(text).unwrap(), Timestamp(0), "h");
+        assert_eq!(rows[0].mem_used_bytes, Some(u64::MAX));
+        assert_eq!(rows[0].mem_total_bytes, Some(u64::MAX));
+        assert_eq!(rows[1].mem_used_bytes, Some(0));
+        assert_eq!(rows[1].mem_total_bytes, Some(2 << 20));
     }
 
     #[test]
