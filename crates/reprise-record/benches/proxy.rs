@@ -97,6 +97,25 @@ fn thread_file(name: &str, file: &str) -> Option<std::path::PathBuf> {
     })
 }
 
+/// `file` of every thread of this process whose name starts with `prefix`.
+fn threads_files(prefix: &str, file: &str) -> Vec<std::path::PathBuf> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            comm.starts_with(prefix).then(|| dir.join(file))
+        })
+        .collect()
+}
+
+/// Minor page faults of all of `stats` together (`None` if one cannot be read).
+fn threads_faults(stats: &[std::path::PathBuf]) -> Option<u64> {
+    stats.iter().map(|s| thread_faults(Some(s))).sum()
+}
+
 /// Minor page faults a thread has taken, from its `stat` file (field 10).
 fn thread_faults(stat: Option<&std::path::Path>) -> Option<u64> {
     let text = std::fs::read_to_string(stat?).ok()?;
@@ -318,6 +337,9 @@ fn main() {
     sides[1].schedstat = thread_file("reprise-proxy", "schedstat");
     let faults_file = thread_file("reprise-proxy", "stat");
     let faults_before = thread_faults(faults_file.as_deref());
+    // The recording threads: "reprise-record-obs<i>" and "reprise-record-writer".
+    let recording = threads_files("reprise-record", "stat");
+    let recording_before = threads_faults(&recording);
     if let Some((child, addr)) = &nginx {
         let mut side = Side::new("nginx", addr);
         // One worker, no master: the process is the worker.
@@ -331,8 +353,13 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    for _ in 0..ttft_rounds {
-        for side in &mut sides {
+    // Each round starts with the next side, so that no side always follows the proxy (whose
+    // recording of its round's last 50 ms runs on into the next side's round). Rounds stay
+    // long beside that: 1,000 streams, ~0.25 s.
+    let k = sides.len();
+    for r in 0..ttft_rounds {
+        for j in 0..k {
+            let side = &mut sides[(r + j) % k];
             let before = side.schedstat.as_deref().and_then(cpu_ns);
             let (t, _) = rt.block_on(latency(&side.addr, "/v1/chat/completions", 1000));
             let after = side.schedstat.as_deref().and_then(cpu_ns);
@@ -345,6 +372,9 @@ fn main() {
     }
     let faults = thread_faults(faults_file.as_deref())
         .zip(faults_before)
+        .map(|(after, before)| after.saturating_sub(before));
+    let recording_faults = threads_faults(&recording)
+        .zip(recording_before)
         .map(|(after, before)| after.saturating_sub(before));
     // `BENCH_ONLY_TTFT`: the other phases once and short (for repeated TTFT runs).
     let short = std::env::var_os("BENCH_ONLY_TTFT").is_some();
@@ -418,6 +448,12 @@ fn main() {
             println!(
                 "| forwarding thread's page faults (TTFT phase) | {f} in {} requests | |",
                 sides[1].ttft.len()
+            );
+        }
+        if let Some(f) = recording_faults {
+            println!(
+                "| recording threads' page faults (TTFT phase, {} threads) | {f} | |",
+                recording.len()
             );
         }
         println!(
