@@ -3,12 +3,13 @@
 //!
 //! - [`lower_this_thread`]: a recording thread steps aside for forwarding, by scheduling
 //!   class (Linux `SCHED_IDLE`) or by nice value with the shortest time slice.
-//! - [`keep_freed_memory`]: the allocator (mimalloc, the binaries' global allocator) keeps
-//!   the pages it frees instead of handing them back to the system.
+//! - [`keep_freed_memory`]: the allocators (mimalloc, the binaries' global allocator, and
+//!   glibc's `malloc`, the C libraries') keep the pages they free instead of handing them
+//!   back to the system.
 //!
-//! This is the one crate of the workspace with `unsafe` code, at four foreign calls
-//! (`sched_setscheduler`, `sched_setattr`, `setpriority`, `mi_option_set`), each with its
-//! safety argument; every other crate forbids it. Both functions are best effort:
+//! This is the one crate of the workspace with `unsafe` code, at five foreign functions
+//! (`sched_setscheduler`, `sched_setattr`, `setpriority`, `mi_option_set`, `mallopt`), each
+//! call with its safety argument; every other crate forbids it. Both functions are best effort:
 //! they report what they could not do and change nothing else.
 
 use std::fmt;

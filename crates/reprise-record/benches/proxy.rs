@@ -10,11 +10,12 @@
 //!   against direct.
 //!
 //! The proxy users already trust is measured beside it when `nginx` is installed (Debian's
-//! `nginx-light`): one worker, a plain reverse proxy to the same upstream with
+//! `nginx-light`; `scripts/setup-bench-packages` installs the pinned version): one worker, a plain reverse proxy to the same upstream with
 //! `proxy_buffering off` and kept-alive upstream connections, the same client.
 //!
 //! Run: `cargo bench -p reprise-record --bench proxy` (`BENCH_TTFT_ROUNDS=N` repeats the TTFT
-//! phase, 10 rounds of 1,000 streams per side by default, to profile the `reprise-proxy` thread
+//! phase, 10 rounds of 1,000 streams per side by default, each round started by the next side
+//! in turn, to profile the `reprise-proxy` thread
 //! or steady its p99; `BENCH_ONLY_TTFT=1` runs the other phases once and briefly;
 //! `BENCH_SAMPLE=0.000001` records almost nothing: the forwarding path alone;
 //! `BENCH_WORKERS_PRIORITY=idle` runs the observation workers idle-class rather than at nice 10).
