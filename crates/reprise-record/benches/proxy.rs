@@ -68,11 +68,8 @@ async fn one(sender: &mut Sender, addr: &str, path: &str) -> (f64, Vec<f64>) {
         };
         ttft.get_or_insert(start.elapsed());
         let text = String::from_utf8_lossy(&data);
-        for part in text.split("\"sent_ns\":").skip(1) {
-            let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
-            if let Ok(sent) = digits.parse::<u64>() {
-                delays.push(now.saturating_sub(sent) as f64 / 1000.0);
-            }
+        for sent in reprise_stub::sse::sent_stamps(&text) {
+            delays.push(now.saturating_sub(sent) as f64 / 1000.0);
         }
     }
     (ttft.expect("data").as_secs_f64() * 1e6, delays)
@@ -341,6 +338,10 @@ fn main() {
     // The recording threads: "reprise-record-obs<i>" and "reprise-record-writer".
     let recording = threads_files("reprise-record", "stat");
     let recording_before = threads_faults(&recording);
+    let recording_cpu = threads_files("reprise-record", "schedstat");
+    let recording_cpu_ns =
+        |files: &[std::path::PathBuf]| -> Option<u64> { files.iter().map(|f| cpu_ns(f)).sum() };
+    let recording_cpu_before = recording_cpu_ns(&recording_cpu);
     if let Some((child, addr)) = &nginx {
         let mut side = Side::new("nginx", addr);
         // One worker, no master: the process is the worker.
@@ -373,6 +374,9 @@ fn main() {
     }
     let faults = thread_faults(faults_file.as_deref())
         .zip(faults_before)
+        .map(|(after, before)| after.saturating_sub(before));
+    let recording_cpu_used = recording_cpu_ns(&recording_cpu)
+        .zip(recording_cpu_before)
         .map(|(after, before)| after.saturating_sub(before));
     let recording_faults = threads_faults(&recording)
         .zip(recording_before)
@@ -449,6 +453,13 @@ fn main() {
             println!(
                 "| forwarding thread's page faults (TTFT phase) | {f} in {} requests | |",
                 sides[1].ttft.len()
+            );
+        }
+        if let Some(ns) = recording_cpu_used {
+            // Rows of the phase's last 50 ms are observed after it: a slight undercount.
+            println!(
+                "| recording threads' CPU per row (TTFT phase, µs) | {:.1} | |",
+                ns as f64 / sides[1].ttft.len().max(1) as f64 / 1e3
             );
         }
         if let Some(f) = recording_faults {

@@ -54,8 +54,12 @@ pub enum Style {
     /// `/v1/completions` chunks: `{"choices":[{"text":" the"}]}`, all alike (cheapest to
     /// serve, so that the server is never the bottleneck of a client measurement).
     Completion,
-    /// `/v1/chat/completions` chunks with `delta.content`, each carrying `sent_ns`: the
-    /// wall-clock time it was written, to measure per-chunk delay through a proxy.
+    /// `/v1/chat/completions` chunks with `delta.content`, each carrying the wall-clock time
+    /// it was written inside its content (`" t<i> @<ns>"`, read back by [`sent_stamps`]), to
+    /// measure per-chunk delay through a proxy. As in a real server's stream (vLLM's, say),
+    /// only the content changes from one chunk to the next: a stamp in a field of its own
+    /// would make every chunk unlike the one before, the worst case for a reader that
+    /// compares them (the capture proxy's).
     ChatStamped,
 }
 
@@ -74,10 +78,21 @@ fn event(style: Style, i: u32) -> Bytes {
     match style {
         Style::Completion => Bytes::from_static(COMPLETION_EVENT.as_bytes()),
         Style::ChatStamped => Bytes::from(format!(
-            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" t{i}\"}}}}],\"sent_ns\":{}}}\n\n",
+            "data: {{\"id\":\"chatcmpl-0\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" t{i} @{}\"}},\"finish_reason\":null}}]}}\n\n",
             wall_ns()
         )),
     }
+}
+
+/// The send times (ns since the Unix epoch) of the [`Style::ChatStamped`] events in `text`, in
+/// order.
+pub fn sent_stamps(text: &str) -> impl Iterator<Item = u64> + '_ {
+    text.split(" @").skip(1).filter_map(|part| {
+        let end = part
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(part.len());
+        part[..end].parse().ok()
+    })
 }
 
 fn events(style: Style, from: u32, to: u32) -> Bytes {
@@ -294,7 +309,11 @@ mod tests {
                 let content = text.matches("\"choices\":[{").count();
                 assert_eq!(content, 16, "{path} {style:?}");
                 assert!(text.ends_with("data: [DONE]\n\n"));
-                assert_eq!(text.contains("sent_ns"), style == Style::ChatStamped);
+                let stamps: Vec<u64> = sent_stamps(&text).collect();
+                let stamped = if style == Style::ChatStamped { 16 } else { 0 };
+                assert_eq!(stamps.len(), stamped, "{path} {style:?}");
+                assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
+                assert!(stamps.iter().all(|&t| t > 1_600_000_000_000_000_000));
             }
         }
     }
