@@ -96,8 +96,9 @@ pub fn parse_request_head(data: &[u8], max: usize) -> Option<usize> {
     server::head_len(data, max)
 }
 
-/// Nice value of the writer thread, and of the observation workers by default
-/// ([`RecordConfig::worker_priority`]).
+/// Nice value of the observation workers by default ([`RecordConfig::worker_priority`]).
+/// The writer runs at nice 0 (the proxy's), with the shortest slice: its part every flush
+/// interval is what a crash can count on.
 pub const RECORDING_NICE: i32 = 10;
 
 /// Lowers the calling recording thread's scheduling priority, so that on a busy machine
@@ -322,7 +323,10 @@ impl Recorder {
             std::thread::Builder::new()
                 .name("reprise-record-writer".into())
                 .spawn(move || {
-                    yield_to_forwarding(reprise_os::Priority::Nice(RECORDING_NICE));
+                    // The proxy's nice value, with the shortest slice: at nice 10, three busy
+                    // loops on the two cores starved it of the CPU a part takes, and a kill -9
+                    // found no part written after several flush intervals (tests/e2e/torture.rs).
+                    yield_to_forwarding(reprise_os::Priority::Nice(0));
                     writer_loop(config, row_rx, counters)
                 })
                 .map_err(|e| RecordError::Config(format!("starting the writer: {e}")))?
@@ -341,6 +345,10 @@ impl Recorder {
                 std::thread::Builder::new()
                     .name(format!("reprise-record-obs{i}"))
                     .spawn(move || {
+                        // The tokenizer's tables are built at the proxy's priority: at nice 10
+                        // on a busy machine, building them held the first rows back past a
+                        // flush interval (a kill -9 then found none written).
+                        reprise_tokenizer::warm_up();
                         yield_to_forwarding(priority);
                         loop {
                             let next = observer.rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
