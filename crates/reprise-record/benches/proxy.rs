@@ -10,13 +10,13 @@
 //!   against direct.
 //!
 //! The proxy users already trust is measured beside it when `nginx` is installed (Debian's
-//! `nginx-light`; `scripts/setup-bench-packages` installs the pinned version): one worker, a plain reverse proxy to the same upstream with
-//! `proxy_buffering off` and kept-alive upstream connections, the same client.
+//! `nginx-light`; `scripts/setup-bench-packages` installs the pinned version): one worker, a
+//! plain reverse proxy to the same upstream with `proxy_buffering off` and kept-alive upstream
+//! connections, the same client.
 //!
 //! Run: `cargo bench -p reprise-record --bench proxy` (`BENCH_TTFT_ROUNDS=N` repeats the TTFT
 //! phase, 10 rounds of 1,000 streams per side by default, each round started by the next side
-//! in turn, to profile the `reprise-proxy` thread
-//! or steady its p99; `BENCH_ONLY_TTFT=1` runs the other phases once and briefly;
+//! in turn, to profile the `reprise-proxy` thread or steady its p99; `BENCH_ONLY_TTFT=1` runs the other phases once and briefly;
 //! `BENCH_SAMPLE=0.000001` records almost nothing: the forwarding path alone;
 //! `BENCH_WORKERS_PRIORITY=idle` runs the observation workers idle-class rather than at nice 10).
 
@@ -86,15 +86,6 @@ fn cpu_ns(schedstat: &std::path::Path) -> Option<u64> {
         .ok()
 }
 
-/// The file `file` (`schedstat`, `stat`) of this process's thread named `name`.
-fn thread_file(name: &str, file: &str) -> Option<std::path::PathBuf> {
-    std::fs::read_dir("/proc/self/task").ok()?.find_map(|t| {
-        let dir = t.ok()?.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-        (comm.trim() == name).then(|| dir.join(file))
-    })
-}
-
 /// `file` of every thread of this process whose name starts with `prefix`.
 fn threads_files(prefix: &str, file: &str) -> Vec<std::path::PathBuf> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
@@ -109,14 +100,26 @@ fn threads_files(prefix: &str, file: &str) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
-/// Minor page faults of all of `stats` together (`None` if one cannot be read).
+/// Minor page faults of all of `stats` together (`None` if there are none or one cannot be
+/// read).
 fn threads_faults(stats: &[std::path::PathBuf]) -> Option<u64> {
-    stats.iter().map(|s| thread_faults(Some(s))).sum()
+    (!stats.is_empty()).then(|| stats.iter().map(|s| thread_faults(s)).sum())?
+}
+
+/// CPU time of all of `schedstats` together, ns (`None` if there are none or one cannot be
+/// read).
+fn threads_cpu_ns(schedstats: &[std::path::PathBuf]) -> Option<u64> {
+    (!schedstats.is_empty()).then(|| schedstats.iter().map(|s| cpu_ns(s)).sum())?
+}
+
+/// What a counter read `before` and `after` a phase grew by.
+fn grown(before: Option<u64>, after: Option<u64>) -> Option<u64> {
+    Some(after?.saturating_sub(before?))
 }
 
 /// Minor page faults a thread has taken, from its `stat` file (field 10).
-fn thread_faults(stat: Option<&std::path::Path>) -> Option<u64> {
-    let text = std::fs::read_to_string(stat?).ok()?;
+fn thread_faults(stat: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(stat).ok()?;
     // The fields after the command name, which may hold spaces, start after its ')'.
     text.rsplit(')')
         .next()?
@@ -332,16 +335,14 @@ fn main() {
         Side::new("direct", &upstream),
         Side::new("reprise record", &proxy),
     ];
-    sides[1].schedstat = thread_file("reprise-proxy", "schedstat");
-    let faults_file = thread_file("reprise-proxy", "stat");
-    let faults_before = thread_faults(faults_file.as_deref());
+    sides[1].schedstat = threads_files("reprise-proxy", "schedstat").pop();
+    let forwarding = threads_files("reprise-proxy", "stat");
+    let faults_before = threads_faults(&forwarding);
     // The recording threads: "reprise-record-obs<i>" and "reprise-record-writer".
     let recording = threads_files("reprise-record", "stat");
     let recording_before = threads_faults(&recording);
     let recording_cpu = threads_files("reprise-record", "schedstat");
-    let recording_cpu_ns =
-        |files: &[std::path::PathBuf]| -> Option<u64> { files.iter().map(|f| cpu_ns(f)).sum() };
-    let recording_cpu_before = recording_cpu_ns(&recording_cpu);
+    let recording_cpu_before = threads_cpu_ns(&recording_cpu);
     if let Some((child, addr)) = &nginx {
         let mut side = Side::new("nginx", addr);
         // One worker, no master: the process is the worker.
@@ -372,15 +373,9 @@ fn main() {
             side.ttft.extend(t);
         }
     }
-    let faults = thread_faults(faults_file.as_deref())
-        .zip(faults_before)
-        .map(|(after, before)| after.saturating_sub(before));
-    let recording_cpu_used = recording_cpu_ns(&recording_cpu)
-        .zip(recording_cpu_before)
-        .map(|(after, before)| after.saturating_sub(before));
-    let recording_faults = threads_faults(&recording)
-        .zip(recording_before)
-        .map(|(after, before)| after.saturating_sub(before));
+    let faults = grown(faults_before, threads_faults(&forwarding));
+    let recording_cpu_used = grown(recording_cpu_before, threads_cpu_ns(&recording_cpu));
+    let recording_faults = grown(recording_before, threads_faults(&recording));
     // `BENCH_ONLY_TTFT`: the other phases once and short (for repeated TTFT runs).
     let short = std::env::var_os("BENCH_ONLY_TTFT").is_some();
     // Per-event delay: streams whose events come 1 ms apart.

@@ -46,7 +46,8 @@ pub struct RecordConfig {
     /// time nothing else wants (Linux `SCHED_IDLE`), which gave the lowest added TTFT p99 on
     /// a machine with CPU to spare; on CPUs kept busy by other work they barely run, so rows
     /// wait in memory (a crash loses them, past `flush_interval`) and past `queue` are
-    /// written without tokenizing (counted). The writer runs at nice 10 either way.
+    /// written without tokenizing (counted). The writer runs at nice 0 either way (with the
+    /// shortest slice), so that its part every flush interval is never starved.
     pub worker_priority: crate::Priority,
     /// Exchanges waiting for a worker before rows are written without tokenizing.
     pub queue: usize,

@@ -68,9 +68,10 @@ impl Default for Latency {
 }
 
 impl Latency {
-    /// Counts the latencies of rows (failed exchanges have none), added to the shared histograms once for all of them:
-    /// a row's every gap counted with two atomic adds on counters the other workers also
-    /// add to was 11% of the recording threads' time (perf, the proxy bench).
+    /// Counts the latencies of rows (failed exchanges have none), added to the shared
+    /// histograms once for all of them: a row's every gap counted with two atomic adds on
+    /// counters the other workers also add to was 11% of the recording threads' time (perf,
+    /// the proxy bench).
     pub fn observe_all(&self, rows: &[TraceRecord]) {
         let (mut ttft, mut e2e, mut itl) = (self.ttft.batch(), self.e2e.batch(), self.itl.batch());
         for row in rows {

@@ -101,8 +101,9 @@ pub fn parse_request_head(data: &[u8], max: usize) -> Option<usize> {
 /// interval is what a crash can count on.
 pub const RECORDING_NICE: i32 = 10;
 
-/// Lowers the calling recording thread's scheduling priority, so that on a busy machine
-/// the forwarding thread is not kept waiting behind recording: with the recording threads
+/// Sets the calling recording thread's scheduling priority (the shortest time slice and, for
+/// the workers, a lower one), so that on a busy machine the forwarding thread is not kept
+/// waiting behind recording: with the recording threads
 /// at the proxy's priority, added TTFT p99 was 1.5x nginx's with recording on and 1.14x
 /// with it off. Recording that falls behind is counted, never waited for. Best effort: a
 /// failure is logged and changes nothing else.
