@@ -319,6 +319,7 @@ impl Recorder {
         // BATCH.
         let (obs_tx, obs_rx) = std_mpsc::sync_channel::<Vec<Exchange>>(config.queue.max(1));
         let (row_tx, row_rx) = std_mpsc::sync_channel::<sink::Rows>(65_536 / sink::BATCH);
+        let (ready_tx, ready_rx) = std_mpsc::sync_channel::<()>(1);
         let writer = {
             let (config, counters) = (config.clone(), counters.clone());
             std::thread::Builder::new()
@@ -328,10 +329,17 @@ impl Recorder {
                     // loops on the two cores starved it of the CPU a part takes, and a kill -9
                     // found no part written after several flush intervals (tests/e2e/torture.rs).
                     yield_to_forwarding(reprise_os::Priority::Nice(0));
-                    writer_loop(config, row_rx, counters)
+                    writer_loop(config, row_rx, counters, move || {
+                        let _ = ready_tx.send(());
+                    })
                 })
                 .map_err(|e| RecordError::Config(format!("starting the writer: {e}")))?
         };
+        // Traffic is taken only once the writer has rehearsed a part (writer::rehearsal).
+        tokio::task::spawn_blocking(move || ready_rx.recv())
+            .await
+            .map_err(|e| RecordError::Config(format!("starting the writer: {e}")))?
+            .map_err(|_| RecordError::Config("the writer stopped while starting".into()))?;
         let observer = Arc::new(Observer {
             rx: Mutex::new(obs_rx),
             tx: row_tx.clone(),

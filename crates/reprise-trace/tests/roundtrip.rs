@@ -572,3 +572,51 @@ proptest! {
         prop_assert_eq!(back, rows);
     }
 }
+
+#[test]
+fn a_rehearsal_writes_nothing_and_leaves_the_output_as_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = WriterOptions {
+        part_max_rows: Some(40),
+        batch_rows: 16,
+        ..Default::default()
+    };
+    let real: Vec<_> = (0..100).map(trace).collect();
+    let plain = dir.path().join("plain");
+    let plain_summary = write_all(Output::Dir(plain.clone()), opts.clone(), &real);
+
+    let rehearsed = dir.path().join("rehearsed");
+    let mut w = DatasetWriter::<TraceRecord>::create(Output::Dir(rehearsed.clone()), opts).unwrap();
+    // Three batches and a half, of rows unlike the real ones.
+    w.rehearse((1000..1056).map(trace)).unwrap();
+    assert_eq!(w.rows(), 0);
+    assert_eq!(
+        fs::read_dir(&rehearsed).unwrap().count(),
+        0,
+        "a rehearsal opens no file"
+    );
+    w.write(&real[0]).unwrap();
+    // With a row pending, a rehearsal must not touch the builders.
+    w.rehearse((2000..2010).map(trace)).unwrap();
+    w.write_all(&real[1..]).unwrap();
+    let summary = w.close().unwrap();
+
+    assert_eq!(summary.rows, plain_summary.rows);
+    assert_eq!(summary.files.len(), plain_summary.files.len());
+    for (a, b) in plain_summary.files.iter().zip(&summary.files) {
+        assert_eq!(a.file_name(), b.file_name());
+        assert_eq!(
+            fs::read(a).unwrap(),
+            fs::read(b).unwrap(),
+            "{}",
+            b.display()
+        );
+    }
+    assert_eq!(
+        DatasetReader::<TraceRecord>::open(&rehearsed)
+            .unwrap()
+            .read_all()
+            .unwrap(),
+        real
+    );
+}
