@@ -17,6 +17,8 @@
 //! Run: `cargo bench -p reprise-record --bench proxy` (`BENCH_TTFT_ROUNDS=N` repeats the TTFT
 //! phase, 10 rounds of 1,000 streams per side by default, each round started by the next side
 //! in turn, to profile the `reprise-proxy` thread or steady its p99; `BENCH_ONLY_TTFT=1` runs the other phases once and briefly;
+//! `BENCH_EVENT_ROUNDS=N` sets the per-event phase's rounds, 10 of 60 streams per side, started
+//! in turn the same way;
 //! `BENCH_SAMPLE=0.000001` records almost nothing: the forwarding path alone;
 //! `BENCH_WORKERS_PRIORITY=idle` runs the observation workers idle-class rather than at nice 10).
 
@@ -378,9 +380,19 @@ fn main() {
     let recording_faults = grown(recording_before, threads_faults(&recording));
     // `BENCH_ONLY_TTFT`: the other phases once and short (for repeated TTFT runs).
     let short = std::env::var_os("BENCH_ONLY_TTFT").is_some();
-    // Per-event delay: streams whose events come 1 ms apart.
-    for _ in 0..(if short { 1 } else { 5 }) {
-        for side in &mut sides {
+    // Per-event delay: streams whose events come 1 ms apart, 60 streams (~1 s) a side a round,
+    // each round started by the next side in turn as above (`BENCH_EVENT_ROUNDS`, 10).
+    let event_rounds = if short {
+        1
+    } else {
+        std::env::var("BENCH_EVENT_ROUNDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10)
+    };
+    for r in 0..event_rounds {
+        for j in 0..k {
+            let side = &mut sides[(r + j) % k];
             let (_, d) = rt.block_on(latency(&side.addr, "/paced/v1/chat/completions", 60));
             side.delay.extend(d);
         }
