@@ -124,7 +124,7 @@ pub(crate) fn writer_loop(
 
 /// Rows in the start-up rehearsal: a part's worth at a few thousand requests a second.
 /// On the proxy bench it took the recording threads' page faults over 10,000 requests from
-/// 320-350 to 8-9 (8,192 rows: 17-37); it takes ~120 ms in a debug build.
+/// 319-353 to 8-13 (8,192 rows: 17-37); it takes ~120 ms in a debug build.
 const REHEARSAL_ROWS: usize = 2048;
 
 /// A batch of rows shaped like a capture's (a 1,024-token prompt in `block_tokens` blocks,

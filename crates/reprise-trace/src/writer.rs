@@ -263,10 +263,7 @@ impl<R: Row> DatasetWriter<R> {
             buffered += 1;
             if buffered >= self.options.batch_rows || rows.peek().is_none() {
                 buffered = 0;
-                let batch =
-                    RecordBatch::try_new(self.schema.clone(), R::finish(&mut self.builders))
-                        .map_err(|e| TraceError::parquet(&path, e))?;
-                sink.write(&batch).map_err(err)?;
+                sink.write(&self.finish_batch()?).map_err(err)?;
             }
         }
         sink.close().map_err(err)?;
@@ -386,11 +383,9 @@ impl<R: Row> DatasetWriter<R> {
         if self.pending == 0 {
             return Ok(());
         }
-        let columns = R::finish(&mut self.builders);
         let rows = self.pending;
         self.pending = 0;
-        let batch = RecordBatch::try_new(self.schema.clone(), columns)
-            .map_err(|e| TraceError::parquet(self.output.path(), e))?;
+        let batch = self.finish_batch()?;
         if self.part.is_none() {
             self.open_part()?;
         }
@@ -402,6 +397,12 @@ impl<R: Row> DatasetWriter<R> {
         part.rows += rows as u64;
         self.summary.rows += rows as u64;
         Ok(())
+    }
+
+    /// The builders' rows as one batch (the builders are left empty).
+    fn finish_batch(&mut self) -> Result<RecordBatch> {
+        RecordBatch::try_new(self.schema.clone(), R::finish(&mut self.builders))
+            .map_err(|e| TraceError::parquet(self.output.path(), e))
     }
 
     fn rotate_if_due(&mut self) -> Result<()> {
